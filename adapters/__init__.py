@@ -1,0 +1,1 @@
+"""Adapters from other frameworks to cudcn (installed as ``cudcn.adapters``)."""

@@ -1,0 +1,28 @@
+"""cudcn: deformable convolution and deformable RoI pooling as CUDA kernels.
+
+The same functions run on CuPy arrays (GPU) and on NumPy arrays (the same
+kernel sources built for the CPU).
+"""
+
+from ._executors.cpu import CompileError, CompilerNotFoundError
+from ._workspace import (
+    DEFAULT_WORKSPACE_LIMIT,
+    get_workspace_limit,
+    set_workspace_limit,
+    workspace_limit,
+)
+from .deform_conv import DeformConv2dGrads, deform_conv2d, deform_conv2d_backward
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CompileError",
+    "CompilerNotFoundError",
+    "DEFAULT_WORKSPACE_LIMIT",
+    "DeformConv2dGrads",
+    "deform_conv2d",
+    "deform_conv2d_backward",
+    "get_workspace_limit",
+    "set_workspace_limit",
+    "workspace_limit",
+]

@@ -1,0 +1,33 @@
+"""Which array library an array belongs to, without importing CuPy needlessly."""
+
+import numpy as np
+
+
+def is_cupy_array(x):
+    return type(x).__module__.startswith("cupy") and type(x).__name__ == "ndarray"
+
+
+def is_array(x):
+    return isinstance(x, np.ndarray) or is_cupy_array(x)
+
+
+def array_module(x):
+    if isinstance(x, np.ndarray):
+        return np
+    if is_cupy_array(x):
+        import cupy
+
+        return cupy
+    raise TypeError(f"expected a numpy.ndarray or cupy.ndarray, got {type(x).__name__}")
+
+
+def device_of(x):
+    """None for a NumPy array, the device id for a CuPy one."""
+    return None if isinstance(x, np.ndarray) else x.device.id
+
+
+def describe(x):
+    """'numpy.ndarray' or 'cupy.ndarray on device 1', for error messages."""
+    if isinstance(x, np.ndarray):
+        return "numpy.ndarray"
+    return f"cupy.ndarray on device {x.device.id}"

@@ -1,0 +1,1 @@
+"""The two executors of a launch description: CuPy (GPU) and the host CPU."""

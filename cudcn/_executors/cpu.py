@@ -1,0 +1,133 @@
+"""CPU executor: the unchanged ``.cu`` files, built by the host C++ compiler.
+
+``cpu_shim.h`` maps the CUDA keywords and launch model onto C++ and OpenMP;
+this module generates one ``extern "C"`` entry point per kernel instantiation,
+compiles each kernel file once into a shared library cached on disk, and calls
+the entry point through ctypes (which releases the GIL during the call).
+"""
+
+import ctypes
+import functools
+import hashlib
+import os
+import pathlib
+import shlex
+import shutil
+import subprocess
+import tempfile
+
+import numpy as np
+
+from .. import _kernels, _sources
+
+CXXFLAGS = ("-std=c++17", "-O3", "-fPIC", "-shared", "-fno-math-errno")
+OPENMP_FLAGS = ("-fopenmp",)
+
+
+class CompilerNotFoundError(RuntimeError):
+    """No host C++ compiler for the CPU backend."""
+
+
+class CompileError(RuntimeError):
+    """The host compiler rejected a kernel file."""
+
+
+def symbol(kernel, scalar, index):
+    short = kernel.name.rsplit("::", 1)[-1]
+    return f"cudcn_cpu_{short}_{scalar.dtype_name}_{'i64' if index == 'long long' else 'i32'}"
+
+
+def wrapper_source(source):
+    """C++ that includes one kernel file and exports each instantiation."""
+    lines = ['#include "cpu_shim.h"', f'#include "{source}"', ""]
+    for kernel, scalar, index in _kernels.instantiations(source, _kernels.CPU_DTYPES):
+        lines += [
+            f'extern "C" void {symbol(kernel, scalar, index)}(unsigned int grid, '
+            "unsigned int block, void** params) {",
+            # Fails to compile if _kernels.py and the .cu file disagree.
+            f"  void (*kernel)({_kernels.c_signature(kernel, scalar, index)}) = "
+            f"&{_kernels.instantiation(kernel, scalar, index)};",
+            "  cudcn_cpu::launch(kernel, grid, block, params);",
+            "}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def compiler():
+    """The host compiler command: $CXX, else c++."""
+    command = shlex.split(os.environ.get("CXX", "c++"))
+    if not command or shutil.which(command[0]) is None:
+        raise CompilerNotFoundError(
+            "cudcn's CPU backend compiles its kernels with a C++17 compiler and found none "
+            f"({' '.join(command) or '$CXX'!r} is not on PATH). Install one (for example "
+            "'apt-get install g++', 'dnf install gcc-c++' or Xcode's command line tools) "
+            "or point the CXX environment variable at it."
+        )
+    return command
+
+
+@functools.cache
+def _compiler_version(command):
+    result = subprocess.run([*command, "--version"], capture_output=True, text=True)
+    return result.stdout + result.stderr
+
+
+def cache_dir():
+    root = os.environ.get("CUDCN_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "cudcn"
+    )
+    return pathlib.Path(root) / "cpu"
+
+
+def _build(source, command, flags):
+    code = wrapper_source(source)
+    key = hashlib.sha256(
+        "\0".join([_sources.sources_digest(), code, *command, *flags,
+                   _compiler_version(tuple(command))]).encode()
+    ).hexdigest()[:32]
+    library = cache_dir() / f"{pathlib.Path(source).stem}-{key}.so"
+    if library.exists():
+        return library
+    library.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
+        wrapper = pathlib.Path(tmp) / "wrapper.cpp"
+        wrapper.write_text(code)
+        built = pathlib.Path(tmp) / library.name
+        argv = [*command, *flags, f"-I{_sources.kernel_dir()}", str(wrapper), "-o", str(built)]
+        result = subprocess.run(argv, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise CompileError(f"{' '.join(argv)}\nfailed:\n{result.stderr}")
+        # Atomic, so that concurrent processes never load a half-written file.
+        os.replace(built, library)
+    return library
+
+
+@functools.cache
+def library(source):
+    """The loaded shared library of one kernel file, built on first use."""
+    command = compiler()
+    try:
+        path = _build(source, command, CXXFLAGS + OPENMP_FLAGS)
+    except CompileError:
+        # A compiler without OpenMP still runs every kernel, on one thread.
+        path = _build(source, command, CXXFLAGS)
+    lib = ctypes.CDLL(str(path))
+    for kernel, scalar, index in _kernels.instantiations(source, _kernels.CPU_DTYPES):
+        fn = getattr(lib, symbol(kernel, scalar, index))
+        fn.argtypes = (ctypes.c_uint, ctypes.c_uint, ctypes.POINTER(ctypes.c_void_p))
+        fn.restype = None
+    return lib
+
+
+def run(launch):
+    if launch.scalar.dtype_name not in _kernels.CPU_DTYPES:
+        raise TypeError(f"the CPU backend does not run {launch.scalar.dtype_name}")
+    fn = getattr(library(launch.kernel.source), symbol(launch.kernel, launch.scalar, launch.index))
+    # Scalars go through 0-d arrays, which keep their exact C type in memory.
+    holders = [a if isinstance(a, np.ndarray) else np.array(a) for a in launch.args]
+    pointers = [ctypes.c_void_p(h.ctypes.data) for h in holders]
+    params = (ctypes.c_void_p * len(holders))(
+        *(ctypes.addressof(p) if isinstance(a, np.ndarray) else h.ctypes.data
+          for a, p, h in zip(launch.args, pointers, holders))
+    )
+    fn(launch.grid, launch.block, params)

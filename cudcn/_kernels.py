@@ -1,0 +1,111 @@
+"""Every kernel cudcn launches: its source file and exact C++ signature.
+
+The signature is written once, here. The launch description converts each
+argument to exactly the type listed; the CPU executor's generated wrapper
+assigns the kernel to a function pointer of this signature, so a table that
+drifts from the ``.cu`` file fails to compile instead of passing a wrong type.
+
+In parameter types, ``T`` is the storage scalar, ``A`` its accumulation type
+and ``I`` the index type of the instantiation.
+"""
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    name: str  # qualified C++ name of the template
+    source: str  # file in raw_kernels/
+    params: tuple  # ((name, C type with T/A/I placeholders), ...)
+
+    @property
+    def param_names(self):
+        return tuple(name for name, _ in self.params)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScalarType:
+    dtype_name: str
+    c_name: str
+    acc_dtype_name: str
+    acc_c_name: str
+
+
+SCALAR_TYPES = {
+    "float32": ScalarType("float32", "float", "float32", "float"),
+    "float64": ScalarType("float64", "double", "float64", "double"),
+    "float16": ScalarType("float16", "__half", "float32", "float"),
+    "bfloat16": ScalarType("bfloat16", "__nv_bfloat16", "float32", "float"),
+}
+CPU_DTYPES = ("float32", "float64")
+GPU_DTYPES = ("float32", "float64", "float16", "bfloat16")
+INDEX_TYPES = ("int", "long long")
+INDEX_DTYPES = {"int": np.dtype(np.int32), "long long": np.dtype(np.int64)}
+
+_DEFORM_CONV_GEOMETRY = tuple(
+    (name, "int")
+    for name in (
+        "channels", "height", "width", "kernel_h", "kernel_w", "stride_h", "stride_w",
+        "pad_h", "pad_w", "dil_h", "dil_w", "offset_groups", "out_h", "out_w",
+    )
+)
+
+DEFORM_CONV2D_IM2COL = Kernel(
+    "cudcn::deform_conv2d_im2col",
+    "deform_conv2d.cu",
+    (("input", "const T*"), ("offset", "const T*"), ("mask", "const T*"), ("columns", "T*"),
+     ("n", "I"), ("use_mask", "int")) + _DEFORM_CONV_GEOMETRY,
+)
+DEFORM_CONV2D_COL2IM = Kernel(
+    "cudcn::deform_conv2d_col2im",
+    "deform_conv2d.cu",
+    (("grad_columns", "const T*"), ("offset", "const T*"), ("mask", "const T*"),
+     ("grad_input", "A*"), ("n", "I"), ("use_mask", "int")) + _DEFORM_CONV_GEOMETRY,
+)
+DEFORM_CONV2D_COL2IM_COORD = Kernel(
+    "cudcn::deform_conv2d_col2im_coord",
+    "deform_conv2d.cu",
+    (("grad_columns", "const T*"), ("input", "const T*"), ("offset", "const T*"),
+     ("mask", "const T*"), ("grad_offset", "T*"), ("grad_mask", "T*"), ("n", "I"),
+     ("use_mask", "int"), ("want_grad_mask", "int")) + _DEFORM_CONV_GEOMETRY,
+)
+
+KERNELS = (DEFORM_CONV2D_IM2COL, DEFORM_CONV2D_COL2IM, DEFORM_CONV2D_COL2IM_COORD)
+
+
+def sources():
+    """The kernel files, in a stable order."""
+    return tuple(sorted({kernel.source for kernel in KERNELS}))
+
+
+def kernels_in(source):
+    return tuple(kernel for kernel in KERNELS if kernel.source == source)
+
+
+def resolve_type(ctype, scalar, index):
+    """Spell a parameter type for one instantiation: 'const T*' -> 'const float*'."""
+    base = ctype.replace("const ", "").rstrip("*")
+    spelled = {"T": scalar.c_name, "A": scalar.acc_c_name, "I": index}.get(base, base)
+    return ctype.replace(base, spelled, 1) if base in ("T", "A", "I") else ctype
+
+
+def instantiation(kernel, scalar, index):
+    """The name expression of one instantiation, as NVRTC and C++ spell it."""
+    return f"{kernel.name}<{scalar.c_name}, {index}>"
+
+
+def c_signature(kernel, scalar, index):
+    """The parameter list of one instantiation, types only."""
+    return ", ".join(resolve_type(ctype, scalar, index) for _, ctype in kernel.params)
+
+
+def instantiations(source, dtype_names):
+    """Every (kernel, scalar type, index type) of one file for the given dtypes."""
+    return tuple(
+        (kernel, SCALAR_TYPES[dtype_name], index)
+        for kernel in kernels_in(source)
+        for dtype_name in dtype_names
+        for index in INDEX_TYPES
+    )

@@ -1,0 +1,292 @@
+"""Deformable convolution, DCN v1 and (with ``mask``) v2: forward and backward.
+
+Per chunk of images: a kernel gathers the bilinearly sampled input into a
+column buffer (B, C_in * kh * kw, H_out * W_out), and a batched GEMM per
+group multiplies it by the weights straight into the output layout. The
+backward runs the GEMMs the other way and two adjoint kernels.
+"""
+
+import collections
+import dataclasses
+
+from . import _checks, _kernels, _launch, _workspace
+
+GRADIENT_NAMES = ("input", "offset", "weight", "bias", "mask")
+
+DeformConv2dGrads = collections.namedtuple("DeformConv2dGrads", GRADIENT_NAMES)
+DeformConv2dGrads.__doc__ = """Gradients of deform_conv2d; None where not asked for or not given."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Geometry:
+    xp: object
+    dtype: object
+    batch: int
+    channels: int
+    height: int
+    width: int
+    out_channels: int
+    groups: int
+    offset_groups: int
+    kernel: tuple
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    out_size: tuple
+
+    @property
+    def kernel_points(self):
+        return self.kernel[0] * self.kernel[1]
+
+    @property
+    def out_pixels(self):
+        return self.out_size[0] * self.out_size[1]
+
+    @property
+    def column_rows(self):
+        return self.channels * self.kernel_points
+
+    def kernel_values(self):
+        """The geometry arguments every deform_conv2d kernel takes."""
+        return dict(
+            channels=self.channels, height=self.height, width=self.width,
+            kernel_h=self.kernel[0], kernel_w=self.kernel[1],
+            stride_h=self.stride[0], stride_w=self.stride[1],
+            pad_h=self.padding[0], pad_w=self.padding[1],
+            dil_h=self.dilation[0], dil_w=self.dilation[1],
+            offset_groups=self.offset_groups,
+            out_h=self.out_size[0], out_w=self.out_size[1],
+        )
+
+
+def _geometry(input, offset, weight, bias, mask, stride, padding, dilation, extra=None):
+    arrays = dict(input=input, offset=offset, weight=weight, bias=bias, mask=mask, **(extra or {}))
+    _checks.array("input", input, 4, "(N, C_in, H, W)")
+    _checks.array("offset", offset, 4, "(N, 2 * offset_groups * kh * kw, H_out, W_out)")
+    _checks.array("weight", weight, 4, "(C_out, C_in / groups, kh, kw)")
+    if bias is not None:
+        _checks.array("bias", bias, 1, "(C_out,)")
+    if mask is not None:
+        _checks.array("mask", mask, 4, "(N, offset_groups * kh * kw, H_out, W_out)")
+    for name, x in (extra or {}).items():
+        _checks.array(name, x, 4, "(N, C_out, H_out, W_out)")
+    xp = _checks.same_backend(arrays)
+    dtype = _checks.float_dtype(arrays, xp)
+    stride = _checks.int_pair("stride", stride, 1)
+    padding = _checks.int_pair("padding", padding, 0)
+    dilation = _checks.int_pair("dilation", dilation, 1)
+
+    n, c, h, w = input.shape
+    c_out, c_per_group, kh, kw = weight.shape
+    if c_per_group == 0 or c % c_per_group:
+        raise ValueError(
+            f"weight.shape[1] = {c_per_group} must divide the input channels C_in = {c} "
+            "(groups = C_in // weight.shape[1])"
+        )
+    groups = c // c_per_group
+    if c_out == 0 or c_out % groups:
+        raise ValueError(
+            f"weight.shape[0] = {c_out} (C_out) must be a positive multiple of groups = {groups}"
+        )
+    if kh == 0 or kw == 0:
+        raise ValueError(f"weight must have a non-empty kernel, got shape {tuple(weight.shape)}")
+    _checks.fits_int32(**{"input H + 2 * padding": h + 2 * padding[0],
+                          "input W + 2 * padding": w + 2 * padding[1],
+                          "dilated kernel height": dilation[0] * (kh - 1) + 1,
+                          "dilated kernel width": dilation[1] * (kw - 1) + 1,
+                          "C_in * kh * kw": c * kh * kw})
+    out_size = tuple(
+        (size + 2 * p - (d * (k - 1) + 1)) // s + 1
+        for size, p, d, k, s in zip((h, w), padding, dilation, (kh, kw), stride)
+    )
+    if min(out_size) < 1:
+        raise ValueError(
+            f"input of spatial size {(h, w)} with padding {padding}, dilation {dilation} and "
+            f"kernel {(kh, kw)} gives an empty output of size {out_size}"
+        )
+    points = kh * kw
+    if offset.shape[1] == 0 or offset.shape[1] % (2 * points):
+        raise ValueError(
+            f"offset.shape[1] must be a positive multiple of 2 * kh * kw = {2 * points}, "
+            f"got {offset.shape[1]}"
+        )
+    offset_groups = offset.shape[1] // (2 * points)
+    if c % offset_groups:
+        raise ValueError(
+            f"the input channels C_in = {c} must divide into offset_groups = {offset_groups} "
+            f"(offset.shape[1] // (2 * kh * kw))"
+        )
+    _checks.shape("offset", offset, (n, 2 * offset_groups * points, *out_size),
+                  "N, 2 * offset_groups * kh * kw, H_out, W_out")
+    if mask is not None:
+        _checks.shape("mask", mask, (n, offset_groups * points, *out_size),
+                      "N, offset_groups * kh * kw, H_out, W_out")
+    if bias is not None:
+        _checks.shape("bias", bias, (c_out,), "C_out,")
+    for name, x in (extra or {}).items():
+        _checks.shape(name, x, (n, c_out, *out_size), "N, C_out, H_out, W_out")
+    return _Geometry(xp, dtype, n, c, h, w, c_out, groups, offset_groups, (kh, kw), stride,
+                     padding, dilation, out_size)
+
+
+def _chunk_launch(kernel, g, images, **arrays):
+    """A launch of one deform_conv2d kernel over a chunk of ``images`` images."""
+    n = images * g.offset_groups * g.kernel_points * g.out_pixels
+    index = _launch.index_type(
+        n,
+        images * g.column_rows * g.out_pixels,
+        images * g.channels * g.height * g.width,
+        images * 2 * g.offset_groups * g.kernel_points * g.out_pixels,
+    )
+    return _launch.make_launch(kernel, g.dtype, n, index, **arrays, **g.kernel_values())
+
+
+def _chunks(g, buffers):
+    """(start, stop) of each chunk of images, and the chunk size, for ``buffers``
+    column-sized buffers kept at once."""
+    per_image = buffers * g.column_rows * g.out_pixels * g.dtype.itemsize
+    size = _workspace.images_per_chunk(g.batch, per_image)
+    return [(s, min(s + size, g.batch)) for s in range(0, g.batch, size)], size
+
+
+def _im2col(g, x, offset, mask, columns):
+    _launch.run(_chunk_launch(
+        _kernels.DEFORM_CONV2D_IM2COL, g, x.shape[0], input=x, offset=offset,
+        # The kernel reads mask only when use_mask; offset stands in for the pointer.
+        mask=offset if mask is None else mask, columns=columns, use_mask=int(mask is not None),
+    ))
+
+
+def _contiguous(xp, *arrays):
+    return [None if a is None else xp.ascontiguousarray(a) for a in arrays]
+
+
+def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
+    """Deformable 2-D convolution (torchvision.ops.deform_conv2d semantics).
+
+    Args:
+        input: (N, C_in, H, W) array, NumPy (CPU backend) or CuPy (GPU backend).
+        offset: (N, 2 * offset_groups * kh * kw, H_out, W_out). Channel
+            2 * (g * kh * kw + k) is the y offset of kernel point k (row-major)
+            for offset group g, the next channel its x offset.
+        weight: (C_out, C_in / groups, kh, kw).
+        bias: (C_out,) or None.
+        stride, padding, dilation: int or (h, w) pair.
+        mask: (N, offset_groups * kh * kw, H_out, W_out) modulation (DCN v2),
+            or None for all ones (DCN v1).
+
+    Returns:
+        (N, C_out, H_out, W_out) array of the input's type, dtype and device, with
+        H_out = (H + 2 * pad_h - (dil_h * (kh - 1) + 1)) // stride_h + 1, likewise W_out.
+
+    Every float argument shares one dtype: float32 or float64, and on the GPU
+    also float16 or bfloat16 (computed in float32).
+    """
+    g = _geometry(input, offset, weight, bias, mask, stride, padding, dilation)
+    xp = g.xp
+    x, offset, weight, mask = _contiguous(xp, input, offset, weight, mask)
+    out = xp.empty((g.batch, g.out_channels, *g.out_size), dtype=g.dtype)
+    out_grouped = out.reshape(g.batch, g.groups, g.out_channels // g.groups, g.out_pixels)
+    weight_grouped = weight.reshape(g.groups, g.out_channels // g.groups, -1)
+    chunks, size = _chunks(g, buffers=1)
+    columns = xp.empty((size, g.column_rows, g.out_pixels), dtype=g.dtype)
+    for start, stop in chunks:
+        cols = columns[: stop - start]
+        _im2col(g, x[start:stop], offset[start:stop], None if mask is None else mask[start:stop], cols)
+        xp.matmul(weight_grouped, cols.reshape(stop - start, g.groups, -1, g.out_pixels),
+                  out=out_grouped[start:stop])
+    if bias is not None:
+        out += bias.reshape(1, -1, 1, 1)
+    return out
+
+
+def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride=1, padding=0,
+                           dilation=1, mask=None, needs=GRADIENT_NAMES):
+    """Gradients of :func:`deform_conv2d`.
+
+    Args:
+        grad_output: (N, C_out, H_out, W_out), the gradient of the loss with
+            respect to deform_conv2d's output.
+        input, offset, weight, bias, stride, padding, dilation, mask: exactly as
+            given to :func:`deform_conv2d`.
+        needs: the gradients to compute, out of "input", "offset", "weight",
+            "bias", "mask" (default all). Work only another one needs is skipped.
+
+    Returns:
+        DeformConv2dGrads(input, offset, weight, bias, mask), each of the shape
+        and dtype of its argument, None where not asked for, and None for bias
+        and mask when they were None.
+
+    Where the bilinear weight has a kink, the offset gradient follows
+    torchvision: d/dy is taken on the cell [floor(y), floor(y) + 1], and a
+    point that samples 0 by the border rule has zero offset gradient.
+    """
+    wanted = _checks.needs(needs, GRADIENT_NAMES)
+    g = _geometry(input, offset, weight, bias, mask, stride, padding, dilation,
+                  extra=dict(grad_output=grad_output))
+    xp = g.xp
+    grad_output, x, offset, weight, mask = _contiguous(xp, grad_output, input, offset, weight, mask)
+    acc_dtype = xp.dtype(_kernels.SCALAR_TYPES[g.dtype.name].acc_dtype_name)
+    want_bias = "bias" in wanted and bias is not None
+    want_mask = "mask" in wanted and mask is not None
+    want_weight = "weight" in wanted
+    want_input = "input" in wanted
+    want_coord = "offset" in wanted or want_mask
+
+    grad_bias = grad_output.sum(axis=(0, 2, 3), dtype=acc_dtype).astype(g.dtype) if want_bias else None
+    grad_input = xp.zeros(x.shape, dtype=acc_dtype) if want_input else None
+    grad_offset = xp.empty(offset.shape, dtype=g.dtype) if want_coord else None
+    grad_mask = xp.empty(mask.shape, dtype=g.dtype) if want_mask else None
+    grad_weight = None
+    c_out_g = g.out_channels // g.groups
+    weight_grouped = weight.reshape(g.groups, c_out_g, -1)
+    grad_out_grouped = grad_output.reshape(g.batch, g.groups, c_out_g, g.out_pixels)
+    if want_weight:
+        grad_weight = xp.zeros(weight_grouped.shape, dtype=acc_dtype)
+
+    chunks, size = _chunks(g, buffers=int(want_weight) + int(want_input or want_coord))
+    columns = xp.empty((size, g.column_rows, g.out_pixels), dtype=g.dtype) if want_weight else None
+    grad_columns = (xp.empty((size, g.column_rows, g.out_pixels), dtype=g.dtype)
+                    if want_input or want_coord else None)
+    for start, stop in chunks if g.batch else ():
+        images = stop - start
+        x_c, off_c = x[start:stop], offset[start:stop]
+        mask_c = None if mask is None else mask[start:stop]
+        if want_weight:
+            cols = columns[:images]
+            _im2col(g, x_c, off_c, mask_c, cols)
+            cols_grouped = cols.reshape(images, g.groups, -1, g.out_pixels)
+            for i in range(images):
+                grad_weight += xp.matmul(grad_out_grouped[start + i], cols_grouped[i].swapaxes(-1, -2))
+        if not (want_input or want_coord):
+            continue
+        gcols = grad_columns[:images]
+        xp.matmul(weight_grouped.swapaxes(-1, -2), grad_out_grouped[start:stop],
+                  out=gcols.reshape(images, g.groups, -1, g.out_pixels))
+        mask_arg = off_c if mask_c is None else mask_c
+        if want_input:
+            _launch.run(_chunk_launch(
+                _kernels.DEFORM_CONV2D_COL2IM, g, images, grad_columns=gcols, offset=off_c,
+                mask=mask_arg, grad_input=grad_input[start:stop], use_mask=int(mask is not None),
+            ))
+        if want_coord:
+            grad_off_c = grad_offset[start:stop]
+            _launch.run(_chunk_launch(
+                _kernels.DEFORM_CONV2D_COL2IM_COORD, g, images, grad_columns=gcols, input=x_c,
+                offset=off_c, mask=mask_arg, grad_offset=grad_off_c,
+                # Written only when want_grad_mask; grad_offset stands in for the pointer.
+                grad_mask=grad_off_c if grad_mask is None else grad_mask[start:stop],
+                use_mask=int(mask is not None), want_grad_mask=int(want_mask),
+            ))
+
+    if grad_input is not None:
+        grad_input = grad_input.astype(g.dtype, copy=False)
+    if grad_weight is not None:
+        grad_weight = grad_weight.reshape(weight.shape).astype(g.dtype, copy=False)
+    return DeformConv2dGrads(
+        input=grad_input,
+        offset=grad_offset if "offset" in wanted else None,
+        weight=grad_weight,
+        bias=grad_bias,
+        mask=grad_mask,
+    )

@@ -1,0 +1,94 @@
+// Shared by every cudcn kernel: index and accumulation types, loads and
+// stores that widen half types to float, and the bilinear-sampling helper.
+//
+// Everything here must stay inside what cpu_shim.h can run faithfully on the
+// host: no shared memory, no __syncthreads, no warp intrinsics.
+#pragma once
+
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#define CUDCN_GPU 1
+#define CUDCN_DEVICE __device__ __forceinline__
+#endif
+
+namespace cudcn {
+
+// Arithmetic happens in acc_t<T>: float for the 16-bit storage types, so that
+// half inputs neither overflow nor lose the low bits of long sums.
+template <typename T> struct accumulate { using type = T; };
+#ifdef CUDCN_GPU
+template <> struct accumulate<__half> { using type = float; };
+template <> struct accumulate<__nv_bfloat16> { using type = float; };
+#endif
+template <typename T> using acc_t = typename accumulate<T>::type;
+
+template <typename T>
+CUDCN_DEVICE acc_t<T> load(const T* p) { return static_cast<acc_t<T>>(*p); }
+template <typename T>
+CUDCN_DEVICE void store(T* p, acc_t<T> v) { *p = static_cast<T>(v); }
+#ifdef CUDCN_GPU
+template <>
+CUDCN_DEVICE float load<__half>(const __half* p) { return __half2float(*p); }
+template <>
+CUDCN_DEVICE void store<__half>(__half* p, float v) { *p = __float2half_rn(v); }
+template <>
+CUDCN_DEVICE float load<__nv_bfloat16>(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+template <>
+CUDCN_DEVICE void store<__nv_bfloat16>(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+#endif
+
+// The four integer corners around a sampling point of one H x W plane, with
+// their bilinear weights. A corner outside the plane has weight 0 and index 0,
+// so that a caller that forgets to test `valid` still cannot read out of
+// bounds. A point with y <= -1, y >= H, x <= -1 or x >= W (NaN and +-inf
+// included, since every comparison with NaN is false) is not `inside`: it
+// samples 0 and has no gradient.
+template <typename A, typename I>
+struct BilinearCorners {
+  bool inside;
+  bool valid[4];  // (y0, x0), (y0, x0+1), (y0+1, x0), (y0+1, x0+1)
+  I index[4];     // y * W + x of each corner
+  A weight[4];
+  A frac_y, frac_x;  // y - y0, x - x0
+};
+
+template <typename A, typename I>
+CUDCN_DEVICE BilinearCorners<A, I> bilinear_corners(A y, A x, int height, int width) {
+  BilinearCorners<A, I> c;
+  c.inside = y > A(-1) && y < A(height) && x > A(-1) && x < A(width);
+  if (!c.inside) {
+    for (int q = 0; q < 4; ++q) { c.valid[q] = false; c.index[q] = 0; c.weight[q] = A(0); }
+    c.frac_y = A(0);
+    c.frac_x = A(0);
+    return c;
+  }
+  // Only now is the float-to-int conversion defined: |y| and |x| are bounded.
+  const A yf = floor(y);
+  const A xf = floor(x);
+  const int y0 = static_cast<int>(yf);
+  const int x0 = static_cast<int>(xf);
+  c.frac_y = y - yf;
+  c.frac_x = x - xf;
+  const bool y0_in = y0 >= 0, y1_in = y0 + 1 < height;
+  const bool x0_in = x0 >= 0, x1_in = x0 + 1 < width;
+  c.valid[0] = y0_in && x0_in;
+  c.valid[1] = y0_in && x1_in;
+  c.valid[2] = y1_in && x0_in;
+  c.valid[3] = y1_in && x1_in;
+  const A wy[2] = {A(1) - c.frac_y, c.frac_y};
+  const A wx[2] = {A(1) - c.frac_x, c.frac_x};
+  for (int q = 0; q < 4; ++q) {
+    const int dy = q >> 1, dx = q & 1;
+    c.index[q] = c.valid[q] ? I(y0 + dy) * width + (x0 + dx) : I(0);
+    c.weight[q] = c.valid[q] ? wy[dy] * wx[dx] : A(0);
+  }
+  return c;
+}
+
+}  // namespace cudcn
+
+// Grid-stride loop: correct for any grid, so the launcher may cap the grid.
+#define CUDCN_KERNEL_LOOP(i, I, n)                                   \
+  for (I i = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x; \
+       i < (n); i += static_cast<I>(blockDim.x) * gridDim.x)

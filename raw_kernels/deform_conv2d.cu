@@ -1,0 +1,175 @@
+// Deformable convolution (DCN v1, and v2 with a modulation mask): the column
+// transform and its two adjoints. The GEMMs around them run in the array
+// library (cuBLAS / BLAS).
+//
+// Layouts (C-contiguous), for a chunk of B images, P = out_h * out_w,
+// KK = kernel_h * kernel_w, G = offset groups:
+//   input   (B, C, H, W)             offset (B, 2 * G * KK, out_h, out_w)
+//   mask    (B, G * KK, out_h, out_w), read only when use_mask != 0
+//   columns (B, C * KK, P), row c * KK + k holds channel c at kernel point k
+//
+// Thread mapping, shared by the three kernels: one thread per
+// (image b, offset group g, kernel point k, output pixel p), p fastest.
+// Every channel of group g samples at the same point with the same bilinear
+// weights, so a thread computes them once and loops over the group's
+// channels. With p fastest, neighbouring threads read neighbouring offsets and
+// masks and write neighbouring column entries: those accesses coalesce; only
+// the reads of the input at the sampled points are scattered.
+#include "cudcn_common.cuh"
+
+namespace cudcn {
+
+struct DeformConvGeometry {
+  int channels, height, width;
+  int kernel_h, kernel_w;
+  int stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
+  int offset_groups, out_h, out_w;
+};
+
+// Kernel arguments are plain scalars (what every launcher can pass); the
+// kernels gather them into a DeformConvGeometry.
+#define CUDCN_DEFORM_CONV_GEOMETRY_PARAMS                                              \
+  int channels, int height, int width, int kernel_h, int kernel_w, int stride_h,      \
+      int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int offset_groups,    \
+      int out_h, int out_w
+#define CUDCN_DEFORM_CONV_GEOMETRY                                                     \
+  const DeformConvGeometry s = {channels, height, width,  kernel_h, kernel_w,          \
+                                stride_h, stride_w, pad_h, pad_w,  dil_h,              \
+                                dil_w,    offset_groups, out_h, out_w}
+
+// Position of work item i and the point it samples.
+template <typename A, typename I>
+struct DeformConvItem {
+  I b, g, k, p;
+  I offset_y_at;  // index of dy in offset; dx is offset_y_at + P
+  I mask_at;
+  A y, x;
+};
+
+template <typename T, typename I>
+CUDCN_DEVICE DeformConvItem<acc_t<T>, I> deform_conv_item(I i, const T* offset,
+                                                          const DeformConvGeometry& s) {
+  using A = acc_t<T>;
+  const I P = I(s.out_h) * s.out_w;
+  const I KK = I(s.kernel_h) * s.kernel_w;
+  DeformConvItem<A, I> it;
+  it.p = i % P;
+  I t = i / P;
+  it.k = t % KK;
+  t /= KK;
+  it.g = t % s.offset_groups;
+  it.b = t / s.offset_groups;
+  const int oh = static_cast<int>(it.p / s.out_w), ow = static_cast<int>(it.p % s.out_w);
+  const int ki = static_cast<int>(it.k / s.kernel_w), kj = static_cast<int>(it.k % s.kernel_w);
+  const I group_kernel_point = it.g * KK + it.k;
+  it.offset_y_at = ((it.b * s.offset_groups * KK + group_kernel_point) * 2) * P + it.p;
+  it.mask_at = (it.b * s.offset_groups * KK + group_kernel_point) * P + it.p;
+  it.y = A(oh * s.stride_h - s.pad_h + ki * s.dil_h) + load(offset + it.offset_y_at);
+  it.x = A(ow * s.stride_w - s.pad_w + kj * s.dil_w) + load(offset + it.offset_y_at + P);
+  return it;
+}
+
+template <typename T, typename I>
+__global__ void deform_conv2d_im2col(const T* __restrict__ input, const T* __restrict__ offset,
+                                     const T* __restrict__ mask, T* __restrict__ columns, I n,
+                                     int use_mask,
+                                     CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
+  CUDCN_DEFORM_CONV_GEOMETRY;
+  using A = acc_t<T>;
+  const I P = I(s.out_h) * s.out_w;
+  const I KK = I(s.kernel_h) * s.kernel_w;
+  const I plane = I(s.height) * s.width;
+  const int group_channels = s.channels / s.offset_groups;
+  CUDCN_KERNEL_LOOP(i, I, n) {
+    const DeformConvItem<A, I> it = deform_conv_item<T, I>(i, offset, s);
+    const A m = use_mask ? load(mask + it.mask_at) : A(1);
+    const BilinearCorners<A, I> c = bilinear_corners<A, I>(it.y, it.x, s.height, s.width);
+    const I c0 = it.g * group_channels;
+    for (int cc = 0; cc < group_channels; ++cc) {
+      const I ch = c0 + cc;
+      const T* in = input + (it.b * s.channels + ch) * plane;
+      A v = A(0);
+      for (int q = 0; q < 4; ++q) {
+        if (c.valid[q]) v += c.weight[q] * load(in + c.index[q]);
+      }
+      store(columns + ((it.b * s.channels + ch) * KK + it.k) * P + it.p, m * v);
+    }
+  }
+}
+
+// grad_input += adjoint of im2col applied to grad_columns. Sampling points of
+// different items may share corners, hence the atomics; grad_input is in the
+// accumulation type so that half precision never accumulates in half.
+template <typename T, typename I>
+__global__ void deform_conv2d_col2im(const T* __restrict__ grad_columns,
+                                     const T* __restrict__ offset, const T* __restrict__ mask,
+                                     acc_t<T>* __restrict__ grad_input, I n, int use_mask,
+                                     CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
+  CUDCN_DEFORM_CONV_GEOMETRY;
+  using A = acc_t<T>;
+  const I P = I(s.out_h) * s.out_w;
+  const I KK = I(s.kernel_h) * s.kernel_w;
+  const I plane = I(s.height) * s.width;
+  const int group_channels = s.channels / s.offset_groups;
+  CUDCN_KERNEL_LOOP(i, I, n) {
+    const DeformConvItem<A, I> it = deform_conv_item<T, I>(i, offset, s);
+    const BilinearCorners<A, I> c = bilinear_corners<A, I>(it.y, it.x, s.height, s.width);
+    if (!c.inside) continue;
+    const A m = use_mask ? load(mask + it.mask_at) : A(1);
+    const I c0 = it.g * group_channels;
+    for (int cc = 0; cc < group_channels; ++cc) {
+      const I ch = c0 + cc;
+      const A gc = m * load(grad_columns + ((it.b * s.channels + ch) * KK + it.k) * P + it.p);
+      A* gin = grad_input + (it.b * s.channels + ch) * plane;
+      for (int q = 0; q < 4; ++q) {
+        if (c.valid[q]) atomicAdd(gin + c.index[q], c.weight[q] * gc);
+      }
+    }
+  }
+}
+
+// Gradients of the offsets (dy, dx) and of the mask. One item owns its two
+// offset entries and its mask entry, so no atomics are needed. The derivative
+// in y is taken on the cell [y0, y0 + 1] (likewise x), torchvision's choice
+// where the bilinear weight has a kink.
+template <typename T, typename I>
+__global__ void deform_conv2d_col2im_coord(const T* __restrict__ grad_columns,
+                                           const T* __restrict__ input,
+                                           const T* __restrict__ offset,
+                                           const T* __restrict__ mask, T* __restrict__ grad_offset,
+                                           T* __restrict__ grad_mask, I n, int use_mask,
+                                           int want_grad_mask, CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
+  CUDCN_DEFORM_CONV_GEOMETRY;
+  using A = acc_t<T>;
+  const I P = I(s.out_h) * s.out_w;
+  const I KK = I(s.kernel_h) * s.kernel_w;
+  const I plane = I(s.height) * s.width;
+  const int group_channels = s.channels / s.offset_groups;
+  CUDCN_KERNEL_LOOP(i, I, n) {
+    const DeformConvItem<A, I> it = deform_conv_item<T, I>(i, offset, s);
+    const BilinearCorners<A, I> c = bilinear_corners<A, I>(it.y, it.x, s.height, s.width);
+    A grad_y = A(0), grad_x = A(0), grad_m = A(0);
+    if (c.inside) {
+      const A wy1 = c.frac_y, wy0 = A(1) - c.frac_y;
+      const A wx1 = c.frac_x, wx0 = A(1) - c.frac_x;
+      const I c0 = it.g * group_channels;
+      for (int cc = 0; cc < group_channels; ++cc) {
+        const I ch = c0 + cc;
+        const A gc = load(grad_columns + ((it.b * s.channels + ch) * KK + it.k) * P + it.p);
+        const T* in = input + (it.b * s.channels + ch) * plane;
+        A v[4];
+        for (int q = 0; q < 4; ++q) v[q] = c.valid[q] ? load(in + c.index[q]) : A(0);
+        grad_y += gc * (wx0 * (v[2] - v[0]) + wx1 * (v[3] - v[1]));
+        grad_x += gc * (wy0 * (v[1] - v[0]) + wy1 * (v[3] - v[2]));
+        grad_m += gc * (c.weight[0] * v[0] + c.weight[1] * v[1] + c.weight[2] * v[2] +
+                        c.weight[3] * v[3]);
+      }
+    }
+    const A m = use_mask ? load(mask + it.mask_at) : A(1);
+    store(grad_offset + it.offset_y_at, m * grad_y);
+    store(grad_offset + it.offset_y_at + P, m * grad_x);
+    if (want_grad_mask) store(grad_mask + it.mask_at, grad_m);
+  }
+}
+
+}  // namespace cudcn

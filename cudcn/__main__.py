@@ -1,0 +1,58 @@
+"""The ``cudcn`` command line (also ``python -m cudcn``)."""
+
+import argparse
+import sys
+
+
+def _compile_check(args):
+    from . import _compile_check
+
+    try:
+        rows = _compile_check.compile_check(archs=args.arch)
+    except ImportError as exc:
+        print(f"compile-check needs NVRTC through cuda-bindings: {exc}\n"
+              "pip install cuda-bindings nvidia-cuda-nvrtc nvidia-cuda-runtime", file=sys.stderr)
+        return 1
+    print(_compile_check.format_table(rows))
+    failed = [r for r in rows if not r.ok]
+    spilled = [r for r in rows if r.ok and r.spill_stores + r.spill_loads > args.max_spill_bytes]
+    print(f"\nNVRTC {_compile_check.nvrtc_version()}: {len(rows)} instantiations, "
+          f"{len(rows) - len(failed)} compiled, {len(failed)} failed, "
+          f"{len(spilled)} over {args.max_spill_bytes} spill bytes; "
+          f"max registers {max((r.registers for r in rows), default=0)}")
+    for row in failed:
+        print(f"\n{row.kernel} {row.dtype} {row.index} {row.arch}:\n{row.error}", file=sys.stderr)
+    return 1 if failed or spilled else 0
+
+
+def build_parser():
+    from ._compile_check import ARCHITECTURES
+
+    parser = argparse.ArgumentParser(prog="cudcn", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    check = commands.add_parser(
+        "compile-check",
+        help="NVRTC-compile every GPU kernel instantiation; report registers and spills",
+        description="Compile every kernel instantiation the GPU executor can launch, with its "
+                    "own options, for each architecture (no GPU needed). Exits 1 on any "
+                    "failure or spill.",
+    )
+    check.add_argument("--arch", action="append", choices=ARCHITECTURES,
+                       help="architecture to compile for (repeatable; default all)")
+    check.add_argument("--max-spill-bytes", type=int, default=0,
+                       help="spill stores + loads allowed per instantiation (default 0)")
+    check.set_defaults(run=_compile_check)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if getattr(args, "arch", None) is None and args.command == "compile-check":
+        from ._compile_check import ARCHITECTURES
+
+        args.arch = ARCHITECTURES
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+import functools
+
+import numpy as np
+import pytest
+
+import cudcn
+
+
+@functools.cache
+def gpu_count():
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # no CuPy, no driver, or no device
+        return 0
+
+
+def pytest_collection_modifyitems(config, items):
+    if gpu_count():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device; none here")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def force_index64(monkeypatch):
+    """Run every launch with 64-bit indices, however small the problem."""
+    monkeypatch.setattr(cudcn._launch, "_force_index64", True)
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Record every launch description that runs."""
+    seen = []
+    real = cudcn._launch.run
+
+    def spy(launch):
+        seen.append(launch)
+        return real(launch)
+
+    monkeypatch.setattr(cudcn._launch, "run", spy)
+    return seen
+
+
+def assert_close(actual, expected, rtol, atol, what=""):
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, what
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)

@@ -1,0 +1,215 @@
+"""deform_conv2d on the CPU backend against the float64 reference and finite differences."""
+
+import numpy as np
+import pytest
+
+import cudcn
+from cudcn import reference
+from cudcn.testing import deform_conv2d_inputs
+from conftest import assert_close
+from deform_conv2d_cases import case_params
+
+DIFFERENTIABLE = ("input", "offset", "weight", "bias", "mask")
+TOLERANCES = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-4, atol=1e-4)}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", case_params())
+def test_forward_matches_reference(case, dtype):
+    args = deform_conv2d_inputs(dtype=dtype, **case)
+    out = cudcn.deform_conv2d(**args)
+    assert out.dtype == dtype and isinstance(out, np.ndarray)
+    assert_close(out, reference.deform_conv2d(**args), **TOLERANCES[dtype])
+
+
+def _loss(args, grad_output):
+    return float(np.sum(reference.deform_conv2d(**args) * grad_output))
+
+
+@pytest.mark.parametrize("case", case_params())
+def test_gradients_match_finite_differences(case):
+    """Directional derivatives of <grad_output, output> along random directions."""
+    args = deform_conv2d_inputs(away_from_kinks=True, seed=1, **case)
+    out = cudcn.deform_conv2d(**args)
+    rng = np.random.default_rng(2)
+    grad_output = rng.standard_normal(out.shape)
+    grads = cudcn.deform_conv2d_backward(grad_output, **args)
+    eps = 1e-6
+    for name in DIFFERENTIABLE:
+        if args[name] is None:
+            assert getattr(grads, name) is None
+            continue
+        grad = getattr(grads, name)
+        assert grad.shape == args[name].shape and grad.dtype == args[name].dtype
+        for _ in range(3):
+            direction = rng.standard_normal(args[name].shape)
+            plus = dict(args, **{name: args[name] + eps * direction})
+            minus = dict(args, **{name: args[name] - eps * direction})
+            numeric = (_loss(plus, grad_output) - _loss(minus, grad_output)) / (2 * eps)
+            analytic = float(np.sum(grad * direction))
+            assert analytic == pytest.approx(numeric, rel=1e-6, abs=1e-7), name
+
+
+@pytest.mark.parametrize("case", case_params(["3x3", "groups-and-offset-groups", "5x3-asymmetric"]))
+def test_float32_gradients_match_float64(case):
+    args64 = deform_conv2d_inputs(away_from_kinks=True, **case)
+    args32 = deform_conv2d_inputs(away_from_kinks=True, dtype=np.float32, **case)
+    grad_output = np.random.default_rng(3).standard_normal(cudcn.deform_conv2d(**args64).shape)
+    g64 = cudcn.deform_conv2d_backward(grad_output, **args64)
+    g32 = cudcn.deform_conv2d_backward(grad_output.astype(np.float32), **args32)
+    for name in DIFFERENTIABLE:
+        if getattr(g64, name) is not None:
+            scale = np.abs(getattr(g64, name)).max()
+            assert getattr(g32, name).dtype == np.float32
+            assert_close(getattr(g32, name), getattr(g64, name), rtol=1e-4, atol=1e-5 * scale,
+                         what=name)
+
+
+def test_zero_offsets_without_mask_equal_grouped_conv():
+    torch = pytest.importorskip("torch")
+    args = deform_conv2d_inputs(in_channels=6, out_channels=4, groups=2, offset_groups=3,
+                                mask=False, stride=(2, 1), padding=(1, 2), dilation=(1, 2),
+                                size=(10, 9))
+    args["offset"] = np.zeros_like(args["offset"])
+    conv = torch.nn.functional.conv2d(
+        torch.from_numpy(args["input"]), torch.from_numpy(args["weight"]),
+        torch.from_numpy(args["bias"]), stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2,
+    )
+    assert_close(cudcn.deform_conv2d(**args), conv.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_batch_zero():
+    args = deform_conv2d_inputs(batch=0)
+    out = cudcn.deform_conv2d(**args)
+    assert out.shape == (0, 6, 7, 6)
+    grads = cudcn.deform_conv2d_backward(out, **args)
+    for name in DIFFERENTIABLE:
+        assert getattr(grads, name).shape == args[name].shape
+    assert not grads.weight.any() and not grads.bias.any()
+
+
+def test_batch_33_runs_in_chunks_under_the_workspace_limit(launches):
+    args = deform_conv2d_inputs(batch=33, in_channels=4, size=(6, 5), seed=4)
+    rng = np.random.default_rng(5)
+    expected = reference.deform_conv2d(**args)
+    grad_output = rng.standard_normal(expected.shape)
+    full = cudcn.deform_conv2d_backward(grad_output, **args)
+    del launches[:]
+    column_bytes = 4 * 9 * 6 * 5 * 8  # one image's column buffer
+    limit = 4 * column_bytes
+    with cudcn.workspace_limit(limit):
+        out = cudcn.deform_conv2d(**args)
+        forward_launches = len(launches)
+        chunked = cudcn.deform_conv2d_backward(grad_output, **args)
+    assert_close(out, expected, rtol=1e-10, atol=1e-12)
+    assert forward_launches == 9  # ceil(33 / 4)
+    # Backward keeps two column buffers at once: two images per chunk.
+    assert len(launches) - forward_launches == 3 * 17
+    for launch in launches:
+        for name, value in zip(launch.kernel.param_names, launch.args):
+            if name in ("columns", "grad_columns"):
+                assert value.nbytes <= limit
+    for name in DIFFERENTIABLE:
+        assert_close(getattr(chunked, name), getattr(full, name), rtol=1e-12, atol=1e-12, what=name)
+
+
+def test_workspace_limit_is_restored_and_checked():
+    before = cudcn.get_workspace_limit()
+    assert before == cudcn.DEFAULT_WORKSPACE_LIMIT == 256 * 2**20
+    with cudcn.workspace_limit(1024):
+        assert cudcn.get_workspace_limit() == 1024
+    assert cudcn.get_workspace_limit() == before
+    with pytest.raises(ValueError, match="nbytes"):
+        cudcn.set_workspace_limit(0)
+    with pytest.raises(TypeError, match="nbytes"):
+        cudcn.set_workspace_limit(1.5)
+
+
+def test_any_memory_layout_gives_the_same_result():
+    args = deform_conv2d_inputs(groups=2, in_channels=4, out_channels=4, seed=6)
+    expected_out = cudcn.deform_conv2d(**args)
+    grad_output = np.random.default_rng(7).standard_normal(expected_out.shape)
+    expected = cudcn.deform_conv2d_backward(grad_output, **args)
+    strided = dict(args)
+    strided["input"] = np.asfortranarray(args["input"])
+    strided["weight"] = np.asfortranarray(args["weight"])
+    big = np.zeros(args["offset"].shape[:3] + (2 * args["offset"].shape[3],))
+    big[..., ::2] = args["offset"]
+    strided["offset"] = big[..., ::2]
+    strided["mask"] = np.ascontiguousarray(args["mask"].transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+    strided["bias"] = np.repeat(args["bias"], 2)[::2]
+    for name in ("input", "offset", "weight", "mask", "bias"):
+        assert not strided[name].flags.c_contiguous
+    assert_close(cudcn.deform_conv2d(**strided), expected_out, rtol=0, atol=0)
+    got = cudcn.deform_conv2d_backward(np.asfortranarray(grad_output), **strided)
+    for name in DIFFERENTIABLE:
+        assert_close(getattr(got, name), getattr(expected, name), rtol=0, atol=0, what=name)
+
+
+def test_64bit_index_path_matches_32bit(force_index64, launches):
+    args = deform_conv2d_inputs(groups=2, offset_groups=2, in_channels=4, out_channels=4)
+    out64 = cudcn.deform_conv2d(**args)
+    grads64 = cudcn.deform_conv2d_backward(out64, **args)
+    assert launches and all(launch.index == "long long" for launch in launches)
+    assert all(a.dtype == np.int64 for launch in launches for name, a in
+               zip(launch.kernel.param_names, launch.args) if name == "n")
+    cudcn._launch._force_index64 = False
+    del launches[:]
+    out32 = cudcn.deform_conv2d(**args)
+    grads32 = cudcn.deform_conv2d_backward(out32, **args)
+    assert all(launch.index == "int" for launch in launches)
+    assert_close(out64, out32, rtol=0, atol=0)
+    for name in DIFFERENTIABLE:
+        assert_close(getattr(grads64, name), getattr(grads32, name), rtol=0, atol=0, what=name)
+
+
+def test_index_type_switches_past_int32():
+    assert cudcn._launch.index_type(2**31 - 1, 10) == "int"
+    assert cudcn._launch.index_type(10, 2**31) == "long long"
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e30, -1e30, 3e9])
+def test_non_finite_and_huge_offsets_sample_zero(bad):
+    args = deform_conv2d_inputs(batch=2, seed=8)
+    # A view into a NaN-filled buffer: a read before or after the input shows as NaN.
+    guarded = np.full((4,) + args["input"].shape[1:], np.nan)
+    guarded[1:3] = args["input"]
+    args["input"] = guarded[1:3]
+    assert args["input"].flags.c_contiguous
+    args["offset"][0, 4, 2, 3] = bad  # dy of kernel point 2 at one pixel
+    args["offset"][1, 7, :, :] = bad  # dx of kernel point 3 everywhere in image 1
+    out = cudcn.deform_conv2d(**args)
+    assert np.isfinite(out).all()
+    assert_close(out, reference.deform_conv2d(**args), rtol=1e-10, atol=1e-12)
+    grads = cudcn.deform_conv2d_backward(np.ones_like(out), **args)
+    for name in DIFFERENTIABLE:
+        assert np.isfinite(getattr(grads, name)).all(), name
+    assert grads.offset[0, 4:6, 2, 3].tolist() == [0.0, 0.0]
+    assert not grads.offset[1, 6:8].any() and not grads.mask[1, 3].any()
+
+
+@pytest.mark.parametrize("name", DIFFERENTIABLE)
+def test_needs_computes_only_what_is_asked(name):
+    args = deform_conv2d_inputs(seed=9)
+    grad_output = np.random.default_rng(10).standard_normal(cudcn.deform_conv2d(**args).shape)
+    every = cudcn.deform_conv2d_backward(grad_output, **args)
+    only = cudcn.deform_conv2d_backward(grad_output, needs=(name,), **args)
+    for other in DIFFERENTIABLE:
+        if other == name:
+            assert_close(getattr(only, other), getattr(every, other), rtol=0, atol=0)
+        else:
+            assert getattr(only, other) is None
+    assert cudcn.deform_conv2d_backward(grad_output, needs=name, **args)._asdict().keys() == set(
+        DIFFERENTIABLE)
+
+
+def test_caller_arrays_are_never_written():
+    args = deform_conv2d_inputs(seed=11)
+    arrays = {k: v for k, v in args.items() if isinstance(v, np.ndarray)}
+    copies = {k: v.copy() for k, v in arrays.items()}
+    out = cudcn.deform_conv2d(**args)
+    grad_output = np.ones_like(out)
+    cudcn.deform_conv2d_backward(grad_output, **args)
+    for k in arrays:
+        np.testing.assert_array_equal(arrays[k], copies[k])
+    assert (grad_output == 1).all()

@@ -77,7 +77,8 @@ def compile_source(source, arch):
     try:
         for expr in _gpu_build.name_expressions(source):
             _check(nvrtc.nvrtcAddNameExpression(prog, expr.encode()), "add name expression")
-        opts = [o.encode() for o in (*_gpu_build.options(), f"--gpu-architecture={arch}",
+        opts = [o.encode() for o in (*_gpu_build.options(), *_gpu_build.CUPY_IMPLICIT_OPTIONS,
+                                     f"--gpu-architecture={arch}",
                                      "--ptxas-options=-v")]
         (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
         log = _log(nvrtc, prog)

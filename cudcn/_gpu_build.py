@@ -33,6 +33,11 @@ def options():
     return ("-std=c++17", *(f"-I{d}" for d in includes))
 
 
+# What CuPy's RawModule adds to every NVRTC compile besides the architecture;
+# the compile check adds them too so that it builds exactly what CuPy builds.
+CUPY_IMPLICIT_OPTIONS = ("-ftz=true", "--device-as-default-execution-space")
+
+
 def source_text(source):
     """The code handed to NVRTC for one kernel file.
 

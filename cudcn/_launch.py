@@ -59,7 +59,8 @@ def _convert(kernel, name, ctype, value, scalar, index):
             raise TypeError(f"{kernel.name}: {name} must be {expected}, got {value.dtype}")
         if not value.flags.c_contiguous:
             raise ValueError(f"{kernel.name}: {name} must be C-contiguous")
-        if not ctype.startswith("const") and not value.flags.writeable:
+        # CuPy arrays have no writeable flag: they are always writeable.
+        if not ctype.startswith("const") and not getattr(value.flags, "writeable", True):
             raise ValueError(f"{kernel.name}: {name} is written and must be writeable")
         return value
     dtype = INDEX_DTYPES[index] if base == "I" else INDEX_DTYPES[ctype]

@@ -1,0 +1,119 @@
+"""The launch description and the CPU executor's build, cache and type checks."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import cudcn
+from cudcn import _gpu_build, _kernels, _launch, _sources
+from cudcn._executors import cpu
+
+IM2COL = _kernels.DEFORM_CONV2D_IM2COL
+
+
+def _im2col_values(dtype=np.float32):
+    z = np.zeros((1, 4, 5, 5), dtype)
+    geometry = dict(channels=4, height=5, width=5, kernel_h=1, kernel_w=1, stride_h=1,
+                    stride_w=1, pad_h=0, pad_w=0, dil_h=1, dil_w=1, offset_groups=1, out_h=5,
+                    out_w=5)
+    return dict(input=z, offset=np.zeros((1, 2, 5, 5), dtype), mask=np.zeros((1, 2, 5, 5), dtype),
+                columns=np.zeros((1, 4, 25), dtype), use_mask=0, **geometry)
+
+
+def test_scalars_get_the_exact_c_type_of_the_signature():
+    launch = _launch.make_launch(IM2COL, np.float32, 25, "int", **_im2col_values())
+    by_name = dict(zip(IM2COL.param_names, launch.args))
+    assert type(by_name["n"]) is np.int32 and type(by_name["channels"]) is np.int32
+    launch64 = _launch.make_launch(IM2COL, np.float32, 25, "long long", **_im2col_values())
+    assert type(dict(zip(IM2COL.param_names, launch64.args))["n"]) is np.int64
+    assert (launch.grid, launch.block) == (1, 256)
+
+
+def test_grid_is_capped_and_covers_the_work_by_striding():
+    launch = _launch.make_launch(IM2COL, np.float32, 2**31 - 1, "int", **_im2col_values())
+    assert launch.grid == _launch.MAX_GRID
+
+
+@pytest.mark.parametrize("change, error, words", [
+    (dict(channels=2**31), ValueError, ["channels", "int"]),
+    (dict(channels=4.0), TypeError, ["channels", "integer"]),
+    (dict(columns=np.zeros((1, 4, 25), np.float64)), TypeError, ["columns", "float32"]),
+    (dict(columns=np.zeros((1, 25, 4), np.float32).T), ValueError, ["columns", "contiguous"]),
+    (dict(use_mask=None), TypeError, ["use_mask"]),
+])
+def test_launch_rejects_wrong_argument_types(change, error, words):
+    with pytest.raises(error) as info:
+        _launch.make_launch(IM2COL, np.float32, 25, "int", **dict(_im2col_values(), **change))
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_launch_rejects_missing_arguments():
+    values = _im2col_values()
+    del values["out_w"]
+    with pytest.raises(TypeError, match="out_w"):
+        _launch.make_launch(IM2COL, np.float32, 25, "int", **values)
+
+
+def test_cpu_executor_runs_a_launch_directly():
+    values = _im2col_values(np.float64)
+    values["input"] = np.arange(100, dtype=np.float64).reshape(1, 4, 5, 5)
+    _launch.run(_launch.make_launch(IM2COL, np.float64, 25, "int", **values))
+    np.testing.assert_array_equal(values["columns"], values["input"].reshape(1, 4, 25))
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDCN_CACHE_DIR", str(tmp_path))
+    return tmp_path
+
+
+@pytest.mark.parametrize("param, wrong", [("input", "T*"), ("channels", "long long"),
+                                          ("n", "int")])
+def test_signature_table_that_disagrees_with_the_kernel_fails_to_build(cache, monkeypatch,
+                                                                       param, wrong):
+    params = tuple((n, wrong if n == param else t) for n, t in IM2COL.params)
+    broken = dataclasses.replace(IM2COL, params=params)
+    monkeypatch.setattr(_kernels, "KERNELS", (broken,) + _kernels.KERNELS[1:])
+    with pytest.raises(cpu.CompileError, match="deform_conv2d_im2col"):
+        cpu._build("deform_conv2d.cu", cpu.compiler(), cpu.CXXFLAGS)
+
+
+def test_builds_are_cached_by_sources_flags_and_compiler(cache, monkeypatch):
+    first = cpu._build("deform_conv2d.cu", cpu.compiler(), cpu.CXXFLAGS)
+    mtime = first.stat().st_mtime_ns
+    assert cpu._build("deform_conv2d.cu", cpu.compiler(), cpu.CXXFLAGS) == first
+    assert first.stat().st_mtime_ns == mtime
+    assert first.parent == cache / "cpu"
+    monkeypatch.setattr(_sources, "sources_digest", lambda: "a header changed")
+    assert cpu._build("deform_conv2d.cu", cpu.compiler(), cpu.CXXFLAGS) != first
+
+
+def test_missing_compiler_says_what_to_install(monkeypatch):
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    with pytest.raises(cudcn.CompilerNotFoundError) as info:
+        cpu.compiler()
+    message = str(info.value)
+    assert "/nonexistent/c++" in message and "install" in message and "CXX" in message
+
+
+def test_nothing_is_compiled_at_import(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import cudcn, cudcn._executors.cpu as c; "
+            "assert c.library.cache_info().currsize == 0; import sys; "
+            "assert 'cupy' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   env={"CUDCN_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert not any(tmp_path.iterdir())
+
+
+def test_gpu_source_carries_the_digest_of_every_kernel_file():
+    text = _gpu_build.source_text("deform_conv2d.cu")
+    assert text.splitlines()[0] == f"// cudcn kernel sources {_sources.sources_digest()}"
+    names = _gpu_build.name_expressions("deform_conv2d.cu")
+    assert len(names) == 3 * 4 * 2
+    assert "cudcn::deform_conv2d_col2im<__nv_bfloat16, long long>" in names
+    assert f"-I{_sources.kernel_dir()}" in _gpu_build.options()

@@ -1,0 +1,108 @@
+"""The GPU backend through CuPy. Needs a CUDA device; skipped where there is none."""
+
+import numpy as np
+import pytest
+
+import cudcn
+from cudcn import reference
+from cudcn.testing import deform_conv2d_inputs
+from conftest import assert_close, gpu_count
+from deform_conv2d_cases import case_params
+
+pytestmark = pytest.mark.gpu
+NAMES = ("input", "offset", "weight", "bias", "mask")
+
+
+def _on_gpu(args):
+    import cupy
+
+    return {k: cupy.asarray(v) if isinstance(v, np.ndarray) else v for k, v in args.items()}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", case_params())
+def test_gpu_matches_cpu(case, dtype):
+    import cupy
+
+    args = deform_conv2d_inputs(dtype=dtype, seed=30, **case)
+    out_cpu = cudcn.deform_conv2d(**args)
+    grad_output = np.random.default_rng(31).standard_normal(out_cpu.shape).astype(dtype)
+    grads_cpu = cudcn.deform_conv2d_backward(grad_output, **args)
+    gpu = _on_gpu(args)
+    out = cudcn.deform_conv2d(**gpu)
+    assert isinstance(out, cupy.ndarray) and out.dtype == dtype
+    tol = 1e-10 if dtype == np.float64 else 1e-4
+    assert_close(out.get(), out_cpu, rtol=tol, atol=tol)
+    grads = cudcn.deform_conv2d_backward(cupy.asarray(grad_output), **gpu)
+    for name in NAMES:
+        if getattr(grads_cpu, name) is not None:
+            scale = max(1.0, float(np.abs(getattr(grads_cpu, name)).max()))
+            assert_close(getattr(grads, name).get(), getattr(grads_cpu, name), rtol=tol,
+                         atol=tol * scale, what=name)
+
+
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+def test_half_types_accumulate_in_float32(dtype_name):
+    import cupy
+
+    if dtype_name == "bfloat16":
+        ml_dtypes = pytest.importorskip("ml_dtypes")
+        dtype = np.dtype(ml_dtypes.bfloat16)
+        try:
+            cupy.zeros(1, dtype)
+        except (TypeError, ValueError):
+            pytest.skip("this CuPy has no bfloat16 arrays")
+        tol = 3e-2
+    else:
+        dtype = np.dtype(np.float16)
+        tol = 5e-3
+    args = deform_conv2d_inputs(in_channels=16, out_channels=8, seed=32)
+    expected = reference.deform_conv2d(**args)
+    gpu = {k: cupy.asarray(v).astype(dtype) if isinstance(v, np.ndarray) else v
+           for k, v in args.items()}
+    out = cudcn.deform_conv2d(**gpu)
+    assert out.dtype == dtype
+    scale = float(np.abs(expected).max())
+    assert_close(out.astype(cupy.float32).get(), expected, rtol=tol, atol=tol * scale)
+    grads = cudcn.deform_conv2d_backward(cupy.ones_like(out), **gpu)
+    grads64 = cudcn.deform_conv2d_backward(np.ones_like(expected), **args)
+    for name in NAMES:
+        want = getattr(grads64, name)
+        got = getattr(grads, name).astype(cupy.float32).get()
+        assert_close(got, want, rtol=tol, atol=tol * float(np.abs(want).max()), what=name)
+
+
+def test_runs_on_the_current_stream():
+    import cupy
+
+    args = _on_gpu(deform_conv2d_inputs(batch=4, seed=33))
+    expected = cudcn.deform_conv2d(**args)
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        out = cudcn.deform_conv2d(**args)
+        grads = cudcn.deform_conv2d_backward(out, **args)
+    stream.synchronize()
+    assert_close(out.get(), expected.get(), rtol=0, atol=0)
+    assert grads.offset.shape == args["offset"].shape
+
+
+@pytest.mark.skipif(gpu_count() < 2, reason="needs two CUDA devices")
+def test_results_stay_on_the_inputs_device():
+    import cupy
+
+    with cupy.cuda.Device(1):
+        args = _on_gpu(deform_conv2d_inputs(seed=34))
+    with cupy.cuda.Device(0):
+        out = cudcn.deform_conv2d(**args)
+        grads = cudcn.deform_conv2d_backward(out, **args)
+    assert out.device.id == 1 and grads.input.device.id == 1
+
+
+def test_mixed_numpy_and_cupy_is_a_value_error():
+    import cupy
+
+    args = deform_conv2d_inputs(seed=35)
+    args["weight"] = cupy.asarray(args["weight"])
+    with pytest.raises(ValueError, match="weight is a cupy.ndarray on device 0 but input is a "
+                                         "numpy.ndarray"):
+        cudcn.deform_conv2d(**args)

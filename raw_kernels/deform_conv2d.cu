@@ -37,12 +37,18 @@ struct DeformConvGeometry {
                                 stride_h, stride_w, pad_h, pad_w,  dil_h,              \
                                 dil_w,    offset_groups, out_h, out_w}
 
-// Position of work item i and the point it samples.
+// Work item i: where its sampling point is, and where its group's channels
+// live in every array, so that each kernel states only its own work.
 template <typename A, typename I>
 struct DeformConvItem {
-  I b, g, k, p;
-  I offset_y_at;  // index of dy in offset; dx is offset_y_at + P
-  I mask_at;
+  I offset_y_at;    // index of dy in offset; dx is P further
+  I mask_at;        // index of m in mask
+  I column_at;      // columns index of (first channel of the group, k, p)
+  I plane_at;       // input index of the first channel's H x W plane
+  I column_stride;  // from one channel to the next in columns: KK * P
+  I plane_stride;   // from one channel's plane to the next: H * W
+  I pixels;         // P
+  int group_channels;
   A y, x;
 };
 
@@ -52,18 +58,26 @@ CUDCN_DEVICE DeformConvItem<acc_t<T>, I> deform_conv_item(I i, const T* offset,
   using A = acc_t<T>;
   const I P = I(s.out_h) * s.out_w;
   const I KK = I(s.kernel_h) * s.kernel_w;
-  DeformConvItem<A, I> it;
-  it.p = i % P;
+  const I p = i % P;
   I t = i / P;
-  it.k = t % KK;
+  const I k = t % KK;
   t /= KK;
-  it.g = t % s.offset_groups;
-  it.b = t / s.offset_groups;
-  const int oh = static_cast<int>(it.p / s.out_w), ow = static_cast<int>(it.p % s.out_w);
-  const int ki = static_cast<int>(it.k / s.kernel_w), kj = static_cast<int>(it.k % s.kernel_w);
-  const I group_kernel_point = it.g * KK + it.k;
-  it.offset_y_at = ((it.b * s.offset_groups * KK + group_kernel_point) * 2) * P + it.p;
-  it.mask_at = (it.b * s.offset_groups * KK + group_kernel_point) * P + it.p;
+  const I g = t % s.offset_groups;
+  const I b = t / s.offset_groups;
+  const int oh = static_cast<int>(p / s.out_w), ow = static_cast<int>(p % s.out_w);
+  const int ki = static_cast<int>(k / s.kernel_w), kj = static_cast<int>(k % s.kernel_w);
+  const I group_kernel_point = (b * s.offset_groups + g) * KK + k;
+
+  DeformConvItem<A, I> it;
+  it.group_channels = s.channels / s.offset_groups;
+  it.pixels = P;
+  it.column_stride = KK * P;
+  it.plane_stride = I(s.height) * s.width;
+  const I first_channel = b * s.channels + g * it.group_channels;
+  it.column_at = first_channel * it.column_stride + k * P + p;
+  it.plane_at = first_channel * it.plane_stride;
+  it.offset_y_at = 2 * group_kernel_point * P + p;
+  it.mask_at = group_kernel_point * P + p;
   it.y = A(oh * s.stride_h - s.pad_h + ki * s.dil_h) + load(offset + it.offset_y_at);
   it.x = A(ow * s.stride_w - s.pad_w + kj * s.dil_w) + load(offset + it.offset_y_at + P);
   return it;
@@ -72,27 +86,20 @@ CUDCN_DEVICE DeformConvItem<acc_t<T>, I> deform_conv_item(I i, const T* offset,
 template <typename T, typename I>
 __global__ void deform_conv2d_im2col(const T* __restrict__ input, const T* __restrict__ offset,
                                      const T* __restrict__ mask, T* __restrict__ columns, I n,
-                                     int use_mask,
-                                     CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
+                                     int use_mask, CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
   CUDCN_DEFORM_CONV_GEOMETRY;
   using A = acc_t<T>;
-  const I P = I(s.out_h) * s.out_w;
-  const I KK = I(s.kernel_h) * s.kernel_w;
-  const I plane = I(s.height) * s.width;
-  const int group_channels = s.channels / s.offset_groups;
   CUDCN_KERNEL_LOOP(i, I, n) {
     const DeformConvItem<A, I> it = deform_conv_item<T, I>(i, offset, s);
     const A m = use_mask ? load(mask + it.mask_at) : A(1);
     const BilinearCorners<A, I> c = bilinear_corners<A, I>(it.y, it.x, s.height, s.width);
-    const I c0 = it.g * group_channels;
-    for (int cc = 0; cc < group_channels; ++cc) {
-      const I ch = c0 + cc;
-      const T* in = input + (it.b * s.channels + ch) * plane;
+    for (int cc = 0; cc < it.group_channels; ++cc) {
+      const T* in = input + it.plane_at + cc * it.plane_stride;
       A v = A(0);
       for (int q = 0; q < 4; ++q) {
         if (c.valid[q]) v += c.weight[q] * load(in + c.index[q]);
       }
-      store(columns + ((it.b * s.channels + ch) * KK + it.k) * P + it.p, m * v);
+      store(columns + it.column_at + cc * it.column_stride, m * v);
     }
   }
 }
@@ -107,20 +114,14 @@ __global__ void deform_conv2d_col2im(const T* __restrict__ grad_columns,
                                      CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
   CUDCN_DEFORM_CONV_GEOMETRY;
   using A = acc_t<T>;
-  const I P = I(s.out_h) * s.out_w;
-  const I KK = I(s.kernel_h) * s.kernel_w;
-  const I plane = I(s.height) * s.width;
-  const int group_channels = s.channels / s.offset_groups;
   CUDCN_KERNEL_LOOP(i, I, n) {
     const DeformConvItem<A, I> it = deform_conv_item<T, I>(i, offset, s);
     const BilinearCorners<A, I> c = bilinear_corners<A, I>(it.y, it.x, s.height, s.width);
     if (!c.inside) continue;
     const A m = use_mask ? load(mask + it.mask_at) : A(1);
-    const I c0 = it.g * group_channels;
-    for (int cc = 0; cc < group_channels; ++cc) {
-      const I ch = c0 + cc;
-      const A gc = m * load(grad_columns + ((it.b * s.channels + ch) * KK + it.k) * P + it.p);
-      A* gin = grad_input + (it.b * s.channels + ch) * plane;
+    for (int cc = 0; cc < it.group_channels; ++cc) {
+      const A gc = m * load(grad_columns + it.column_at + cc * it.column_stride);
+      A* gin = grad_input + it.plane_at + cc * it.plane_stride;
       for (int q = 0; q < 4; ++q) {
         if (c.valid[q]) atomicAdd(gin + c.index[q], c.weight[q] * gc);
       }
@@ -141,10 +142,6 @@ __global__ void deform_conv2d_col2im_coord(const T* __restrict__ grad_columns,
                                            int want_grad_mask, CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
   CUDCN_DEFORM_CONV_GEOMETRY;
   using A = acc_t<T>;
-  const I P = I(s.out_h) * s.out_w;
-  const I KK = I(s.kernel_h) * s.kernel_w;
-  const I plane = I(s.height) * s.width;
-  const int group_channels = s.channels / s.offset_groups;
   CUDCN_KERNEL_LOOP(i, I, n) {
     const DeformConvItem<A, I> it = deform_conv_item<T, I>(i, offset, s);
     const BilinearCorners<A, I> c = bilinear_corners<A, I>(it.y, it.x, s.height, s.width);
@@ -152,11 +149,9 @@ __global__ void deform_conv2d_col2im_coord(const T* __restrict__ grad_columns,
     if (c.inside) {
       const A wy1 = c.frac_y, wy0 = A(1) - c.frac_y;
       const A wx1 = c.frac_x, wx0 = A(1) - c.frac_x;
-      const I c0 = it.g * group_channels;
-      for (int cc = 0; cc < group_channels; ++cc) {
-        const I ch = c0 + cc;
-        const A gc = load(grad_columns + ((it.b * s.channels + ch) * KK + it.k) * P + it.p);
-        const T* in = input + (it.b * s.channels + ch) * plane;
+      for (int cc = 0; cc < it.group_channels; ++cc) {
+        const A gc = load(grad_columns + it.column_at + cc * it.column_stride);
+        const T* in = input + it.plane_at + cc * it.plane_stride;
         A v[4];
         for (int q = 0; q < 4; ++q) v[q] = c.valid[q] ? load(in + c.index[q]) : A(0);
         grad_y += gc * (wx0 * (v[2] - v[0]) + wx1 * (v[3] - v[1]));
@@ -167,7 +162,7 @@ __global__ void deform_conv2d_col2im_coord(const T* __restrict__ grad_columns,
     }
     const A m = use_mask ? load(mask + it.mask_at) : A(1);
     store(grad_offset + it.offset_y_at, m * grad_y);
-    store(grad_offset + it.offset_y_at + P, m * grad_x);
+    store(grad_offset + it.offset_y_at + it.pixels, m * grad_x);
     if (want_grad_mask) store(grad_mask + it.mask_at, grad_m);
   }
 }

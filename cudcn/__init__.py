@@ -12,6 +12,14 @@ from ._workspace import (
     workspace_limit,
 )
 from .deform_conv import DeformConv2dGrads, deform_conv2d, deform_conv2d_backward
+from .roi_pool import (
+    DeformPSRoIPoolGrads,
+    DeformRoIPoolGrads,
+    deform_psroi_pool,
+    deform_psroi_pool_backward,
+    deform_roi_pool,
+    deform_roi_pool_backward,
+)
 
 __version__ = "0.1.0"
 
@@ -20,8 +28,14 @@ __all__ = [
     "CompilerNotFoundError",
     "DEFAULT_WORKSPACE_LIMIT",
     "DeformConv2dGrads",
+    "DeformPSRoIPoolGrads",
+    "DeformRoIPoolGrads",
     "deform_conv2d",
     "deform_conv2d_backward",
+    "deform_psroi_pool",
+    "deform_psroi_pool_backward",
+    "deform_roi_pool",
+    "deform_roi_pool_backward",
     "get_workspace_limit",
     "set_workspace_limit",
     "workspace_limit",

@@ -94,3 +94,31 @@ def needs(value, allowed):
     if unknown:
         raise ValueError(f"needs names unknown gradients {unknown}; choose from {allowed}")
     return items
+
+
+def real(name, value, positive=False):
+    """A finite real number (> 0 when ``positive``); returns it as a float."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not np.isfinite(value) or (positive and value <= 0):
+        raise ValueError(f"{name} must be {'positive and ' if positive else ''}finite, got {value!r}")
+    return float(value)
+
+
+def integer(name, value, minimum):
+    """An int >= minimum."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def rois(value, xp, compute_dtype):
+    """(K, 5) boxes (an array checked by ``array``) of any floating dtype, as a
+    contiguous array of ``compute_dtype``."""
+    if value.shape[1] != 5:
+        raise ValueError(f"rois must have shape (K, 5), got {tuple(value.shape)}")
+    if value.dtype.kind != "f" and value.dtype.name != "bfloat16":
+        raise TypeError(f"rois must have a floating dtype, got {value.dtype}")
+    return xp.ascontiguousarray(value, dtype=compute_dtype)

@@ -72,7 +72,69 @@ DEFORM_CONV2D_COL2IM_COORD = Kernel(
      ("use_mask", "int"), ("want_grad_mask", "int")) + _DEFORM_CONV_GEOMETRY,
 )
 
-KERNELS = (DEFORM_CONV2D_IM2COL, DEFORM_CONV2D_COL2IM, DEFORM_CONV2D_COL2IM_COORD)
+_ROI_POOL_GEOMETRY = tuple(
+    (name, "int")
+    for name in ("batch", "channels", "height", "width", "pooled_h", "pooled_w", "sampling_ratio")
+)
+_ROI_POOL_SCALARS = (("spatial_scale", "A"), ("gamma", "A"))
+
+DEFORM_ROI_POOL_FORWARD = Kernel(
+    "cudcn::deform_roi_pool_forward",
+    "deform_roi_pool.cu",
+    (("input", "const T*"), ("rois", "const A*"), ("offset", "const T*"), ("mask", "const T*"),
+     ("output", "T*"), ("n", "I"), ("use_offset", "int"), ("use_mask", "int"))
+    + _ROI_POOL_SCALARS + _ROI_POOL_GEOMETRY,
+)
+DEFORM_ROI_POOL_BACKWARD_INPUT = Kernel(
+    "cudcn::deform_roi_pool_backward_input",
+    "deform_roi_pool.cu",
+    (("grad_output", "const T*"), ("rois", "const A*"), ("offset", "const T*"),
+     ("mask", "const T*"), ("grad_input", "A*"), ("n", "I"), ("use_offset", "int"),
+     ("use_mask", "int")) + _ROI_POOL_SCALARS + _ROI_POOL_GEOMETRY,
+)
+DEFORM_ROI_POOL_BACKWARD_OFFSET = Kernel(
+    "cudcn::deform_roi_pool_backward_offset",
+    "deform_roi_pool.cu",
+    (("grad_output", "const T*"), ("input", "const T*"), ("rois", "const A*"),
+     ("offset", "const T*"), ("mask", "const T*"), ("grad_offset", "T*"), ("grad_mask", "T*"),
+     ("n", "I"), ("use_offset", "int"), ("use_mask", "int"), ("want_grad_offset", "int"),
+     ("want_grad_mask", "int")) + _ROI_POOL_SCALARS + _ROI_POOL_GEOMETRY,
+)
+
+_PSROI_POOL_GEOMETRY = tuple(
+    (name, "int")
+    for name in ("batch", "channels", "height", "width", "output_dim", "group_size",
+                 "pooled_size", "part_size", "sample_per_part", "num_classes")
+)
+_PSROI_POOL_SCALARS = (("spatial_scale", "A"), ("trans_std", "A"))
+
+DEFORM_PSROI_POOL_FORWARD = Kernel(
+    "cudcn::deform_psroi_pool_forward",
+    "deform_psroi_pool.cu",
+    (("input", "const T*"), ("rois", "const A*"), ("offset", "const T*"), ("output", "T*"),
+     ("n", "I"), ("use_offset", "int")) + _PSROI_POOL_SCALARS + _PSROI_POOL_GEOMETRY,
+)
+DEFORM_PSROI_POOL_BACKWARD_INPUT = Kernel(
+    "cudcn::deform_psroi_pool_backward_input",
+    "deform_psroi_pool.cu",
+    (("grad_output", "const T*"), ("rois", "const A*"), ("offset", "const T*"),
+     ("grad_input", "A*"), ("n", "I"), ("use_offset", "int"))
+    + _PSROI_POOL_SCALARS + _PSROI_POOL_GEOMETRY,
+)
+DEFORM_PSROI_POOL_BACKWARD_OFFSET = Kernel(
+    "cudcn::deform_psroi_pool_backward_offset",
+    "deform_psroi_pool.cu",
+    (("grad_output", "const T*"), ("input", "const T*"), ("rois", "const A*"),
+     ("offset", "const T*"), ("grad_offset", "T*"), ("n", "I"))
+    + _PSROI_POOL_SCALARS + _PSROI_POOL_GEOMETRY,
+)
+
+KERNELS = (
+    DEFORM_CONV2D_IM2COL, DEFORM_CONV2D_COL2IM, DEFORM_CONV2D_COL2IM_COORD,
+    DEFORM_ROI_POOL_FORWARD, DEFORM_ROI_POOL_BACKWARD_INPUT, DEFORM_ROI_POOL_BACKWARD_OFFSET,
+    DEFORM_PSROI_POOL_FORWARD, DEFORM_PSROI_POOL_BACKWARD_INPUT,
+    DEFORM_PSROI_POOL_BACKWARD_OFFSET,
+)
 
 
 def sources():

@@ -63,12 +63,17 @@ def _convert(kernel, name, ctype, value, scalar, index):
         if not ctype.startswith("const") and not getattr(value.flags, "writeable", True):
             raise ValueError(f"{kernel.name}: {name} is written and must be writeable")
         return value
+    if base == "A":
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+            raise TypeError(f"{kernel.name}: {name} must be a real number, got {type(value).__name__}")
+        return np.dtype(scalar.acc_dtype_name).type(value)
     dtype = INDEX_DTYPES[index] if base == "I" else INDEX_DTYPES[ctype]
     info = np.iinfo(dtype)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{kernel.name}: {name} must be an integer, got {type(value).__name__}")
     if not info.min <= int(value) <= info.max:
-        raise ValueError(f"{kernel.name}: {name}={value} does not fit in {ctype if base != 'I' else index}")
+        spelled = index if base == "I" else ctype
+        raise ValueError(f"{kernel.name}: {name}={value} does not fit in {spelled}")
     return dtype.type(value)
 
 

@@ -76,3 +76,109 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     if bias is not None:
         out += np.asarray(bias, np.float64)[None, :, None, None]
     return out
+
+
+def _clamped_bilinear(planes, y, x):
+    """Sample (C, H, W) planes at one point already known to be kept: clamp
+    into [0, H-1] x [0, W-1] and interpolate (RoIAlign's rule)."""
+    _, h, w = planes.shape
+    y = min(max(y, 0.0), h - 1.0)
+    x = min(max(x, 0.0), w - 1.0)
+    y0, x0 = int(np.floor(y)), int(np.floor(x))
+    y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
+    ly, lx = y - y0, x - x0
+    return ((1 - ly) * (1 - lx) * planes[:, y0, x0] + (1 - ly) * lx * planes[:, y0, x1]
+            + ly * (1 - lx) * planes[:, y1, x0] + ly * lx * planes[:, y1, x1])
+
+
+def _round_half_away(v):
+    """C's round(): halves go away from zero (np.round goes to even)."""
+    return float(np.sign(v) * np.floor(np.abs(v) + 0.5))
+
+
+def _batch_index(value, batch):
+    with np.errstate(invalid="ignore"):
+        return int(value) if 0 <= value < batch else None
+
+
+def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0,
+                    sampling_ratio=0, gamma=0.1, mask=None):
+    """SPEC.md section 2, in float64."""
+    x = np.asarray(input, dtype=np.float64)
+    rois = np.asarray(rois, dtype=np.float64)
+    n, c, h, w = x.shape
+    ph, pw = _pair(output_size)
+    out = np.zeros((rois.shape[0], c, ph, pw))
+    for k, (b, x1, y1, x2, y2) in enumerate(rois):
+        b = _batch_index(b, n)
+        start_x, start_y = x1 * spatial_scale - 0.5, y1 * spatial_scale - 0.5
+        roi_w = x2 * spatial_scale - 0.5 - start_x
+        roi_h = y2 * spatial_scale - 0.5 - start_y
+        if b is None or not np.isfinite(roi_w) or not np.isfinite(roi_h):
+            continue
+        bin_h, bin_w = roi_h / ph, roi_w / pw
+        grid_h = sampling_ratio if sampling_ratio > 0 else int(np.ceil(roi_h / ph))
+        grid_w = sampling_ratio if sampling_ratio > 0 else int(np.ceil(roi_w / pw))
+        for i in range(ph):
+            for j in range(pw):
+                sy, sx = start_y, start_x
+                if offset is not None:
+                    sx += gamma * roi_w * float(offset[k, 0, i, j])
+                    sy += gamma * roi_h * float(offset[k, 1, i, j])
+                total = np.zeros(c)
+                for iy in range(max(grid_h, 0)):
+                    yy = sy + i * bin_h + (iy + 0.5) * bin_h / grid_h
+                    for ix in range(max(grid_w, 0)):
+                        xx = sx + j * bin_w + (ix + 0.5) * bin_w / grid_w
+                        if -1 <= yy <= h and -1 <= xx <= w:
+                            total += _clamped_bilinear(x[b], yy, xx)
+                out[k, :, i, j] = total / max(grid_h * grid_w, 1)
+                if mask is not None:
+                    out[k, :, i, j] *= float(mask[k, 0, i, j])
+    return out
+
+
+def deform_psroi_pool(input, rois, offset=None, *, output_dim, group_size, pooled_size,
+                      part_size=None, sample_per_part=4, trans_std=0.0, spatial_scale=0.0625):
+    """SPEC.md section 3, in float64."""
+    x = np.asarray(input, dtype=np.float64)
+    rois = np.asarray(rois, dtype=np.float64)
+    n, _, h, w = x.shape
+    part_size = pooled_size if part_size is None else part_size
+    num_classes = 1 if offset is None else offset.shape[1] // 2
+    out = np.zeros((rois.shape[0], output_dim, pooled_size, pooled_size))
+    for k, (b, x1, y1, x2, y2) in enumerate(rois):
+        b = _batch_index(b, n)
+        if b is None:
+            continue
+        start_w = _round_half_away(x1) * spatial_scale - 0.5
+        start_h = _round_half_away(y1) * spatial_scale - 0.5
+        roi_w = (_round_half_away(x2) + 1) * spatial_scale - 0.5 - start_w
+        roi_h = (_round_half_away(y2) + 1) * spatial_scale - 0.5 - start_h
+        roi_w = roi_w if roi_w > 0.1 else 0.1
+        roi_h = roi_h if roi_h > 0.1 else 0.1
+        bin_w, bin_h = roi_w / pooled_size, roi_h / pooled_size
+        for ctop in range(output_dim):
+            cls = ctop // (output_dim // num_classes)
+            for i in range(pooled_size):
+                for j in range(pooled_size):
+                    part_h = i * part_size // pooled_size  # floor(i / pooled * part)
+                    part_w = j * part_size // pooled_size
+                    tx = ty = 0.0
+                    if offset is not None:
+                        tx = float(offset[k, 2 * cls, part_h, part_w]) * trans_std
+                        ty = float(offset[k, 2 * cls + 1, part_h, part_w]) * trans_std
+                    wstart = j * bin_w + start_w + tx * roi_w
+                    hstart = i * bin_h + start_h + ty * roi_h
+                    gi = min(max(int(np.floor(i * group_size / pooled_size)), 0), group_size - 1)
+                    gj = min(max(int(np.floor(j * group_size / pooled_size)), 0), group_size - 1)
+                    channel = (ctop * group_size + gi) * group_size + gj
+                    values = []
+                    for ih in range(sample_per_part):
+                        for iw in range(sample_per_part):
+                            yy = hstart + ih * bin_h / sample_per_part
+                            xx = wstart + iw * bin_w / sample_per_part
+                            if -0.5 <= xx <= w - 0.5 and -0.5 <= yy <= h - 0.5:
+                                values.append(_clamped_bilinear(x[b, channel:channel + 1], yy, xx)[0])
+                    out[k, ctop, i, j] = np.mean(values) if values else 0.0
+    return out

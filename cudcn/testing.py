@@ -38,3 +38,58 @@ def deform_conv2d_inputs(batch=2, in_channels=4, out_channels=6, size=(7, 6), ke
     )
     args = {k: None if v is None else xp.asarray(v.astype(dtype)) for k, v in args.items()}
     return dict(args, stride=stride, padding=padding, dilation=dilation)
+
+
+def rois_for(batch, height, width, count, spatial_scale=1.0, outside=True, seed=0):
+    """(count, 5) boxes in input-image coordinates on a map of height x width
+    feature pixels: most inside, and with ``outside`` some partly or wholly
+    outside the image."""
+    rng = np.random.default_rng(seed)
+    img_h, img_w = height / spatial_scale, width / spatial_scale
+    x1 = rng.uniform(0, 0.7 * img_w, count)
+    y1 = rng.uniform(0, 0.7 * img_h, count)
+    x2 = x1 + rng.uniform(0.1, 0.6, count) * img_w
+    y2 = y1 + rng.uniform(0.1, 0.6, count) * img_h
+    boxes = np.stack([rng.integers(0, max(batch, 1), count), x1, y1, x2, y2], axis=1)
+    if outside and count >= 3:
+        boxes[-1, 1:] = [-0.5 * img_w, -0.4 * img_h, 0.3 * img_w, 0.5 * img_h]  # partly outside
+        boxes[-2, 1:] = [1.5 * img_w, 1.2 * img_h, 2.0 * img_w, 1.9 * img_h]  # wholly outside
+    return boxes
+
+
+def deform_roi_pool_inputs(batch=2, channels=3, size=(12, 10), rois=5, output_size=3,
+                           spatial_scale=0.5, sampling_ratio=0, gamma=0.1, offset=True,
+                           mask=False, dtype=np.float64, seed=0, xp=np):
+    """Random arguments of deform_roi_pool, as a dict of keyword arguments."""
+    rng = np.random.default_rng(seed)
+    h, w = _pair(size)
+    ph, pw = _pair(output_size)
+    args = dict(
+        input=rng.standard_normal((batch, channels, h, w)).astype(dtype),
+        rois=rois_for(batch, h, w, rois, spatial_scale, seed=seed + 1),
+        offset=rng.standard_normal((rois, 2, ph, pw)).astype(dtype) if offset else None,
+        mask=rng.uniform(0, 1, (rois, 1, ph, pw)).astype(dtype) if mask else None,
+    )
+    args = {k: None if v is None else xp.asarray(v) for k, v in args.items()}
+    return dict(args, output_size=output_size, spatial_scale=spatial_scale,
+                sampling_ratio=sampling_ratio, gamma=gamma)
+
+
+def deform_psroi_pool_inputs(batch=2, output_dim=4, group_size=2, pooled_size=3, part_size=None,
+                             num_classes=2, size=(12, 10), rois=5, spatial_scale=0.5,
+                             sample_per_part=2, trans_std=0.1, offset=True, dtype=np.float64,
+                             seed=0, xp=np):
+    """Random arguments of deform_psroi_pool, as a dict of keyword arguments."""
+    rng = np.random.default_rng(seed)
+    h, w = _pair(size)
+    part = pooled_size if part_size is None else part_size
+    args = dict(
+        input=rng.standard_normal((batch, output_dim * group_size**2, h, w)).astype(dtype),
+        rois=rois_for(batch, h, w, rois, spatial_scale, seed=seed + 1),
+        offset=(rng.standard_normal((rois, 2 * num_classes, part, part)).astype(dtype)
+                if offset else None),
+    )
+    args = {k: None if v is None else xp.asarray(v) for k, v in args.items()}
+    return dict(args, output_dim=output_dim, group_size=group_size, pooled_size=pooled_size,
+                part_size=part_size, sample_per_part=sample_per_part, trans_std=trans_std,
+                spatial_scale=spatial_scale)

@@ -9,7 +9,10 @@
 #include <type_traits>
 #include <utility>
 
+using std::ceil;
 using std::floor;
+using std::min;
+using std::round;
 
 #define __global__
 #define __host__

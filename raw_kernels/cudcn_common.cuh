@@ -86,6 +86,52 @@ CUDCN_DEVICE BilinearCorners<A, I> bilinear_corners(A y, A x, int height, int wi
   return c;
 }
 
+// RoIAlign-style sampling: the caller has decided the point is kept, and
+// (y, x) is clamped into [0, H-1] x [0, W-1], so all four corners are in the
+// plane (at the last row or column the far corner repeats the near one, with
+// weight 0). dweight_y/x give the derivative of the sample with respect to
+// the unclamped y and x: the right-hand derivative, which is zero along an
+// axis where the coordinate was clamped (y < 0 or y >= H - 1).
+template <typename A, typename I>
+struct ClampedCorners {
+  I index[4];  // (y0, x0), (y0, x1), (y1, x0), (y1, x1)
+  A weight[4];
+  A dweight_y[4];
+  A dweight_x[4];
+};
+
+template <typename A, typename I>
+CUDCN_DEVICE ClampedCorners<A, I> clamped_corners(A y, A x, int height, int width) {
+  const bool y_free = y >= A(0) && y < A(height - 1);
+  const bool x_free = x >= A(0) && x < A(width - 1);
+  y = y < A(0) ? A(0) : (y > A(height - 1) ? A(height - 1) : y);
+  x = x < A(0) ? A(0) : (x > A(width - 1) ? A(width - 1) : x);
+  const int y0 = static_cast<int>(y), x0 = static_cast<int>(x);  // y, x >= 0: floor
+  const int y1 = y0 + 1 < height ? y0 + 1 : y0;
+  const int x1 = x0 + 1 < width ? x0 + 1 : x0;
+  const A ly = y - A(y0), lx = x - A(x0);
+  const A hy = A(1) - ly, hx = A(1) - lx;
+  ClampedCorners<A, I> c;
+  c.index[0] = I(y0) * width + x0;
+  c.index[1] = I(y0) * width + x1;
+  c.index[2] = I(y1) * width + x0;
+  c.index[3] = I(y1) * width + x1;
+  c.weight[0] = hy * hx;
+  c.weight[1] = hy * lx;
+  c.weight[2] = ly * hx;
+  c.weight[3] = ly * lx;
+  const A fy = y_free ? A(1) : A(0), fx = x_free ? A(1) : A(0);
+  c.dweight_y[0] = -hx * fy;
+  c.dweight_y[1] = -lx * fy;
+  c.dweight_y[2] = hx * fy;
+  c.dweight_y[3] = lx * fy;
+  c.dweight_x[0] = -hy * fx;
+  c.dweight_x[1] = hy * fx;
+  c.dweight_x[2] = -ly * fx;
+  c.dweight_x[3] = ly * fx;
+  return c;
+}
+
 }  // namespace cudcn
 
 // Grid-stride loop: correct for any grid, so the launcher may cap the grid.

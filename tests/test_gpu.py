@@ -106,3 +106,55 @@ def test_mixed_numpy_and_cupy_is_a_value_error():
     with pytest.raises(ValueError, match="weight is a cupy.ndarray on device 0 but input is a "
                                          "numpy.ndarray"):
         cudcn.deform_conv2d(**args)
+
+
+def _pool_on_gpu_matches_cpu(op, backward, args, grad_names, dtype):
+    import cupy
+
+    out_cpu = op(**args)
+    grad_output = np.random.default_rng(36).standard_normal(out_cpu.shape).astype(dtype)
+    grads_cpu = backward(grad_output, **args)
+    gpu = _on_gpu(args)
+    out = op(**gpu)
+    tol = 1e-10 if dtype == np.float64 else 1e-4
+    assert isinstance(out, cupy.ndarray)
+    assert_close(out.get(), out_cpu, rtol=tol, atol=tol)
+    grads = backward(cupy.asarray(grad_output), **gpu)
+    for name in grad_names:
+        assert_close(getattr(grads, name).get(), getattr(grads_cpu, name), rtol=tol, atol=tol,
+                     what=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_roi_pool_gpu_matches_cpu(dtype):
+    from cudcn.testing import deform_roi_pool_inputs
+
+    args = deform_roi_pool_inputs(mask=True, dtype=dtype, seed=37)
+    _pool_on_gpu_matches_cpu(cudcn.deform_roi_pool, cudcn.deform_roi_pool_backward, args,
+                             ("input", "offset", "mask"), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_psroi_pool_gpu_matches_cpu(dtype):
+    from cudcn.testing import deform_psroi_pool_inputs
+
+    args = deform_psroi_pool_inputs(dtype=dtype, seed=38)
+    _pool_on_gpu_matches_cpu(cudcn.deform_psroi_pool, cudcn.deform_psroi_pool_backward, args,
+                             ("input", "offset"), dtype)
+
+
+@pytest.mark.parametrize("op", ["roi", "psroi"])
+def test_pooling_in_float16(op):
+    import cupy
+    from cudcn.testing import deform_psroi_pool_inputs, deform_roi_pool_inputs
+
+    if op == "roi":
+        args, fn = deform_roi_pool_inputs(mask=True, seed=39), cudcn.deform_roi_pool
+    else:
+        args, fn = deform_psroi_pool_inputs(seed=40), cudcn.deform_psroi_pool
+    expected = fn(**args)
+    half = {k: (cupy.asarray(v).astype(cupy.float16) if k != "rois" else cupy.asarray(v))
+            if isinstance(v, np.ndarray) else v for k, v in args.items()}
+    out = fn(**half)
+    assert out.dtype == cupy.float16
+    assert_close(out.astype(cupy.float32).get(), expected, rtol=5e-3, atol=5e-3)

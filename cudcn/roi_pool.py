@@ -1,0 +1,288 @@
+"""Deformable RoI pooling (mmcv) and deformable position-sensitive RoI pooling
+(R-FCN, the original Deformable-ConvNets operator): forward and backward.
+
+RoIs are converted to the computation dtype (float32 for half inputs), so
+any floating dtype is accepted for them.
+"""
+
+import collections
+
+from . import _checks, _kernels, _launch
+
+DeformRoIPoolGrads = collections.namedtuple("DeformRoIPoolGrads", ("input", "offset", "mask"))
+DeformRoIPoolGrads.__doc__ = "Gradients of deform_roi_pool; None where not asked for or not given."
+DeformPSRoIPoolGrads = collections.namedtuple("DeformPSRoIPoolGrads", ("input", "offset"))
+DeformPSRoIPoolGrads.__doc__ = "Gradients of deform_psroi_pool; None where not asked for or not given."
+
+
+def _common(input, rois, arrays):
+    """Checks shared by both operators; returns (xp, dtype, acc dtype, rois)."""
+    _checks.array("input", input, 4, "(N, C, H, W)")
+    _checks.array("rois", rois, 2, "(K, 5): batch index, x1, y1, x2, y2")
+    xp = _checks.same_backend(dict(input=input, rois=rois, **arrays))
+    dtype = _checks.float_dtype(dict(input=input, **arrays), xp)
+    acc_dtype = xp.dtype(_kernels.SCALAR_TYPES[dtype.name].acc_dtype_name)
+    rois = _checks.rois(rois, xp, acc_dtype)
+    _checks.fits_int32(**{"input channels": input.shape[1], "input height": input.shape[2],
+                          "input width": input.shape[3], "number of RoIs": rois.shape[0]})
+    return xp, dtype, acc_dtype, rois
+
+
+def _index(*extents):
+    return _launch.index_type(*extents)
+
+
+class _RoIPool:
+    """Checked arguments of deform_roi_pool and the values every kernel takes."""
+
+    def __init__(self, input, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
+                 gamma, grad_output=None):
+        extra = {} if grad_output is None else dict(grad_output=grad_output)
+        for name, value, layout in (("offset", offset, "(K, 2, PH, PW)"),
+                                    ("mask", mask, "(K, 1, PH, PW)"),
+                                    ("grad_output", grad_output, "(K, C, PH, PW)")):
+            if value is not None:
+                _checks.array(name, value, 4, layout)
+        self.xp, self.dtype, self.acc_dtype, self.rois = _common(
+            input, rois, dict(offset=offset, mask=mask, **extra))
+        self.pooled = _checks.int_pair("output_size", output_size, 1)
+        self.spatial_scale = _checks.real("spatial_scale", spatial_scale, positive=True)
+        self.sampling_ratio = _checks.integer("sampling_ratio", sampling_ratio, 0)
+        self.gamma = _checks.real("gamma", gamma)
+        n, c, h, w = input.shape
+        k = self.rois.shape[0]
+        ph, pw = self.pooled
+        if offset is not None:
+            _checks.shape("offset", offset, (k, 2, ph, pw), "K, 2, PH, PW")
+        if mask is not None:
+            _checks.shape("mask", mask, (k, 1, ph, pw), "K, 1, PH, PW")
+        if grad_output is not None:
+            _checks.shape("grad_output", grad_output, (k, c, ph, pw), "K, C, PH, PW")
+        xp = self.xp
+        self.input = xp.ascontiguousarray(input)
+        self.offset = None if offset is None else xp.ascontiguousarray(offset)
+        self.mask = None if mask is None else xp.ascontiguousarray(mask)
+        self.grad_output = None if grad_output is None else xp.ascontiguousarray(grad_output)
+        self.output_shape = (k, c, ph, pw)
+        self.index = _index(k * c * ph * pw, n * c * h * w)
+
+    def values(self):
+        n, c, h, w = self.input.shape
+        # Absent offset and mask are never read; input stands in for their pointers.
+        return dict(
+            rois=self.rois, offset=self.input if self.offset is None else self.offset,
+            mask=self.input if self.mask is None else self.mask,
+            use_offset=int(self.offset is not None), use_mask=int(self.mask is not None),
+            spatial_scale=self.spatial_scale, gamma=self.gamma, batch=n, channels=c, height=h,
+            width=w, pooled_h=self.pooled[0], pooled_w=self.pooled[1],
+            sampling_ratio=self.sampling_ratio,
+        )
+
+
+def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0,
+                    sampling_ratio=0, gamma=0.1, mask=None):
+    """Deformable RoI pooling, mmcv's ``deform_roi_pool`` (and, with ``mask``,
+    its modulated variant).
+
+    Args:
+        input: (N, C, H, W) feature map, NumPy or CuPy.
+        rois: (K, 5) boxes ``(batch index, x1, y1, x2, y2)`` in input-image
+            coordinates, any floating dtype.
+        offset: (K, 2, PH, PW) normalised bin offsets, channel 0 = x, 1 = y;
+            None gives RoIAlign (torchvision ``roi_align(..., aligned=True)``).
+        output_size: PH = PW, or a pair (PH, PW).
+        spatial_scale: feature-map size over input-image size (1/16 for stride 16).
+        sampling_ratio: samples per bin and axis; 0 picks ceil(roi size / bins).
+        gamma: the offset is scaled by ``gamma * roi size``.
+        mask: (K, 1, PH, PW) modulation multiplied into each bin, or None.
+
+    Returns:
+        (K, C, PH, PW). An RoI whose batch index is not in [0, N), or whose
+        coordinates are not finite, pools zeros.
+    """
+    p = _RoIPool(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio, gamma)
+    output = p.xp.empty(p.output_shape, dtype=p.dtype)
+    _launch.run(_launch.make_launch(
+        _kernels.DEFORM_ROI_POOL_FORWARD, p.dtype, output.size, p.index, input=p.input,
+        output=output, **p.values()))
+    return output
+
+
+def deform_roi_pool_backward(grad_output, input, rois, offset=None, output_size=7,
+                             spatial_scale=1.0, sampling_ratio=0, gamma=0.1, mask=None,
+                             needs=("input", "offset", "mask")):
+    """Gradients of :func:`deform_roi_pool`.
+
+    Args:
+        grad_output: (K, C, PH, PW), the gradient with respect to the output.
+        The rest exactly as given to :func:`deform_roi_pool`; ``needs`` chooses
+        out of "input", "offset", "mask" (default all).
+
+    Returns:
+        DeformRoIPoolGrads(input, offset, mask); None where not asked for, and
+        for offset and mask when they were None. rois get no gradient.
+
+    The offset gradient is the exact derivative of the forward: it is zero
+    along an axis where the sampling point was clamped to the border (mmcv's
+    kernel differs there; both agree inside the image).
+    """
+    wanted = _checks.needs(needs, DeformRoIPoolGrads._fields)
+    p = _RoIPool(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio, gamma,
+                 grad_output=grad_output)
+    xp = p.xp
+    grad_input = grad_offset = grad_mask = None
+    values = p.values()
+    if "input" in wanted:
+        grad_input = xp.zeros(p.input.shape, dtype=p.acc_dtype)
+        _launch.run(_launch.make_launch(
+            _kernels.DEFORM_ROI_POOL_BACKWARD_INPUT, p.dtype, p.grad_output.size, p.index,
+            grad_output=p.grad_output, grad_input=grad_input, **values))
+        grad_input = grad_input.astype(p.dtype, copy=False)
+    want_offset = "offset" in wanted and p.offset is not None
+    want_mask = "mask" in wanted and p.mask is not None
+    if want_offset or want_mask:
+        k, _, ph, pw = p.output_shape
+        grad_offset = xp.empty(p.offset.shape, dtype=p.dtype) if want_offset else None
+        grad_mask = xp.empty(p.mask.shape, dtype=p.dtype) if want_mask else None
+        # An unwanted gradient is never written; the wanted one stands in.
+        _launch.run(_launch.make_launch(
+            _kernels.DEFORM_ROI_POOL_BACKWARD_OFFSET, p.dtype, k * ph * pw, p.index,
+            grad_output=p.grad_output, input=p.input,
+            grad_offset=grad_mask if grad_offset is None else grad_offset,
+            grad_mask=grad_offset if grad_mask is None else grad_mask,
+            want_grad_offset=int(want_offset), want_grad_mask=int(want_mask), **values))
+    return DeformRoIPoolGrads(grad_input, grad_offset, grad_mask)
+
+
+class _PSRoIPool:
+    """Checked arguments of deform_psroi_pool and the values every kernel takes."""
+
+    def __init__(self, input, rois, offset, output_dim, group_size, pooled_size, part_size,
+                 sample_per_part, trans_std, spatial_scale, grad_output=None):
+        extra = {} if grad_output is None else dict(grad_output=grad_output)
+        if offset is not None:
+            _checks.array("offset", offset, 4, "(K, 2 * num_classes, part_size, part_size)")
+        if grad_output is not None:
+            _checks.array("grad_output", grad_output, 4, "(K, output_dim, pooled, pooled)")
+        self.xp, self.dtype, self.acc_dtype, self.rois = _common(
+            input, rois, dict(offset=offset, **extra))
+        self.output_dim = _checks.integer("output_dim", output_dim, 1)
+        self.group_size = _checks.integer("group_size", group_size, 1)
+        self.pooled_size = _checks.integer("pooled_size", pooled_size, 1)
+        self.part_size = _checks.integer(
+            "part_size", pooled_size if part_size is None else part_size, 1)
+        self.sample_per_part = _checks.integer("sample_per_part", sample_per_part, 1)
+        self.trans_std = _checks.real("trans_std", trans_std)
+        self.spatial_scale = _checks.real("spatial_scale", spatial_scale, positive=True)
+        _checks.fits_int32(**{"pooled_size * max(part_size, group_size)":
+                              self.pooled_size * max(self.part_size, self.group_size),
+                              "output_dim * group_size**2": output_dim * group_size**2})
+        n, c, h, w = input.shape
+        k = self.rois.shape[0]
+        if c != output_dim * group_size**2:
+            raise ValueError(
+                f"input has {c} channels but output_dim * group_size**2 = {output_dim} * "
+                f"{group_size}**2 = {output_dim * group_size**2}"
+            )
+        self.num_classes = 1
+        if offset is not None:
+            if offset.shape[1] == 0 or offset.shape[1] % 2:
+                raise ValueError(f"offset.shape[1] must be 2 * num_classes > 0, got {offset.shape[1]}")
+            self.num_classes = offset.shape[1] // 2
+            if output_dim % self.num_classes:
+                raise ValueError(f"output_dim = {output_dim} must be divisible by num_classes = "
+                                 f"{self.num_classes} (offset.shape[1] // 2)")
+            _checks.shape("offset", offset,
+                          (k, 2 * self.num_classes, self.part_size, self.part_size),
+                          "K, 2 * num_classes, part_size, part_size")
+        self.output_shape = (k, output_dim, pooled_size, pooled_size)
+        if grad_output is not None:
+            _checks.shape("grad_output", grad_output, self.output_shape,
+                          "K, output_dim, pooled_size, pooled_size")
+        xp = self.xp
+        self.input = xp.ascontiguousarray(input)
+        self.offset = None if offset is None else xp.ascontiguousarray(offset)
+        self.grad_output = None if grad_output is None else xp.ascontiguousarray(grad_output)
+        self.index = _index(k * output_dim * pooled_size**2, n * c * h * w,
+                            k * 2 * self.num_classes * self.part_size**2)
+
+    def values(self):
+        n, c, h, w = self.input.shape
+        return dict(
+            rois=self.rois, spatial_scale=self.spatial_scale, trans_std=self.trans_std,
+            batch=n, channels=c, height=h, width=w, output_dim=self.output_dim,
+            group_size=self.group_size, pooled_size=self.pooled_size, part_size=self.part_size,
+            sample_per_part=self.sample_per_part, num_classes=self.num_classes,
+        )
+
+    def offset_values(self):
+        # An absent offset is never read; input stands in for its pointer.
+        return dict(offset=self.input if self.offset is None else self.offset,
+                    use_offset=int(self.offset is not None))
+
+
+def deform_psroi_pool(input, rois, offset=None, *, output_dim, group_size, pooled_size,
+                      part_size=None, sample_per_part=4, trans_std=0.0, spatial_scale=0.0625):
+    """Deformable position-sensitive RoI pooling (R-FCN; Deformable-ConvNets).
+
+    Args:
+        input: (N, output_dim * group_size**2, H, W) position-sensitive score maps.
+        rois: (K, 5) boxes ``(batch index, x1, y1, x2, y2)`` in input-image
+            coordinates (rounded to integers, as in the original), any floating dtype.
+        offset: (K, 2 * num_classes, part_size, part_size) normalised part
+            offsets, channel 2c = x and 2c + 1 = y of class c; output channel
+            ctop uses class ``ctop // (output_dim // num_classes)``. None: no offsets.
+        output_dim, group_size, pooled_size: output channels, position-sensitive
+            grid, bins per side.
+        part_size: offset cells per side (default pooled_size).
+        sample_per_part: samples per bin and axis.
+        trans_std: the offsets are scaled by ``trans_std * roi size``.
+        spatial_scale: feature-map size over input-image size.
+
+    Returns:
+        (K, output_dim, pooled_size, pooled_size): the mean of the samples of
+        each bin that fall inside the map (0 when none does).
+    """
+    p = _PSRoIPool(input, rois, offset, output_dim, group_size, pooled_size, part_size,
+                   sample_per_part, trans_std, spatial_scale)
+    output = p.xp.empty(p.output_shape, dtype=p.dtype)
+    _launch.run(_launch.make_launch(
+        _kernels.DEFORM_PSROI_POOL_FORWARD, p.dtype, output.size, p.index, input=p.input,
+        output=output, **p.values(), **p.offset_values()))
+    return output
+
+
+def deform_psroi_pool_backward(grad_output, input, rois, offset=None, *, output_dim, group_size,
+                               pooled_size, part_size=None, sample_per_part=4, trans_std=0.0,
+                               spatial_scale=0.0625, needs=("input", "offset")):
+    """Gradients of :func:`deform_psroi_pool`.
+
+    Args:
+        grad_output: (K, output_dim, pooled_size, pooled_size).
+        The rest exactly as given to :func:`deform_psroi_pool`; ``needs``
+        chooses out of "input", "offset" (default both).
+
+    Returns:
+        DeformPSRoIPoolGrads(input, offset); None where not asked for, and for
+        offset when it was None. The per-bin sample counts are recomputed from
+        the arguments; nothing is carried over from the forward call.
+    """
+    wanted = _checks.needs(needs, DeformPSRoIPoolGrads._fields)
+    p = _PSRoIPool(input, rois, offset, output_dim, group_size, pooled_size, part_size,
+                   sample_per_part, trans_std, spatial_scale, grad_output=grad_output)
+    xp = p.xp
+    grad_input = grad_offset = None
+    if "input" in wanted:
+        grad_input = xp.zeros(p.input.shape, dtype=p.acc_dtype)
+        _launch.run(_launch.make_launch(
+            _kernels.DEFORM_PSROI_POOL_BACKWARD_INPUT, p.dtype, p.grad_output.size, p.index,
+            grad_output=p.grad_output, grad_input=grad_input, **p.values(),
+            **p.offset_values()))
+        grad_input = grad_input.astype(p.dtype, copy=False)
+    if "offset" in wanted and p.offset is not None:
+        grad_offset = xp.empty(p.offset.shape, dtype=p.dtype)
+        _launch.run(_launch.make_launch(
+            _kernels.DEFORM_PSROI_POOL_BACKWARD_OFFSET, p.dtype, p.offset.shape[0] * p.num_classes
+            * p.part_size**2, p.index, grad_output=p.grad_output, input=p.input,
+            offset=p.offset, grad_offset=grad_offset, **p.values()))
+    return DeformPSRoIPoolGrads(grad_input, grad_offset)

@@ -1,0 +1,217 @@
+// Deformable position-sensitive RoI pooling (R-FCN), with the semantics of
+// the original Deformable-ConvNets operator.
+//
+// Layouts (C-contiguous): input (N, output_dim * group_size^2, H, W); rois
+// (K, 5) in the accumulation type; offset (K, 2 * num_classes, part, part),
+// channel 2c = x and 2c + 1 = y of class c; output (K, output_dim, P, P) with
+// P = pooled_size.
+//
+// Thread mapping. Forward and grad-input: one thread per output element
+// (k, ctop, ph, pw), pw fastest (coalesced output writes, nearby input
+// reads). The per-bin count of kept samples that the backward needs is
+// recomputed there from the same geometry, so no hidden state passes from
+// forward to backward. Grad offset: one thread per offset cell (k, class,
+// part_h, part_w) looping over the bins and channels that read it, so each
+// offset entry has one writer and needs no atomics.
+#include "cudcn_common.cuh"
+
+namespace cudcn {
+
+struct PSRoIPoolGeometry {
+  int batch, channels, height, width, output_dim, group_size, pooled_size, part_size,
+      sample_per_part, num_classes;
+};
+
+#define CUDCN_PSROI_POOL_GEOMETRY_PARAMS                                                  \
+  int batch, int channels, int height, int width, int output_dim, int group_size,        \
+      int pooled_size, int part_size, int sample_per_part, int num_classes
+#define CUDCN_PSROI_POOL_GEOMETRY                                                         \
+  const PSRoIPoolGeometry s = {batch,       channels,  height,          width,            \
+                               output_dim,  group_size, pooled_size,    part_size,        \
+                               sample_per_part, num_classes}
+
+template <typename A>
+struct PSRoIBin {
+  bool valid;  // batch index in [0, N)
+  int batch;
+  int channel;         // input channel read by this (ctop, ph, pw)
+  int class_id, part_h, part_w;
+  A h0, w0;            // first sample, offset shift included
+  A sub_h, sub_w;      // between samples
+  A roi_h, roi_w;
+
+  CUDCN_DEVICE A h(int ih) const { return h0 + A(ih) * sub_h; }
+  CUDCN_DEVICE A w(int iw) const { return w0 + A(iw) * sub_w; }
+};
+
+template <typename T, typename I>
+CUDCN_DEVICE PSRoIBin<acc_t<T>> psroi_bin(const acc_t<T>* rois, const T* offset, int use_offset,
+                                          acc_t<T> spatial_scale, acc_t<T> trans_std, I k,
+                                          int ctop, int ph, int pw, const PSRoIPoolGeometry& s) {
+  using A = acc_t<T>;
+  const A* roi = rois + k * 5;
+  PSRoIBin<A> bin;
+  const A b = roi[0];
+  bin.valid = b >= A(0) && b < A(s.batch);
+  bin.batch = bin.valid ? static_cast<int>(b) : 0;
+  const A start_w = round(roi[1]) * spatial_scale - A(0.5);
+  const A start_h = round(roi[2]) * spatial_scale - A(0.5);
+  const A roi_w = (round(roi[3]) + A(1)) * spatial_scale - A(0.5) - start_w;
+  const A roi_h = (round(roi[4]) + A(1)) * spatial_scale - A(0.5) - start_h;
+  bin.roi_w = roi_w > A(0.1) ? roi_w : A(0.1);  // NaN becomes 0.1 too; its samples stay NaN
+  bin.roi_h = roi_h > A(0.1) ? roi_h : A(0.1);
+  const A bin_w = bin.roi_w / A(s.pooled_size), bin_h = bin.roi_h / A(s.pooled_size);
+  bin.sub_w = bin_w / A(s.sample_per_part);
+  bin.sub_h = bin_h / A(s.sample_per_part);
+  // floor(i / pooled * part) and floor(i * group / pooled), in exact integers.
+  bin.part_h = ph * s.part_size / s.pooled_size;
+  bin.part_w = pw * s.part_size / s.pooled_size;
+  const int gh = min(ph * s.group_size / s.pooled_size, s.group_size - 1);
+  const int gw = min(pw * s.group_size / s.pooled_size, s.group_size - 1);
+  bin.channel = (ctop * s.group_size + gh) * s.group_size + gw;
+  bin.class_id = ctop / (s.output_dim / s.num_classes);
+  A trans_x = A(0), trans_y = A(0);
+  if (use_offset) {
+    const I cell = I(bin.part_h) * s.part_size + bin.part_w;
+    const I plane = I(s.part_size) * s.part_size;
+    trans_x = load(offset + (k * s.num_classes + bin.class_id) * 2 * plane + cell) * trans_std;
+    trans_y = load(offset + ((k * s.num_classes + bin.class_id) * 2 + 1) * plane + cell) * trans_std;
+  }
+  bin.w0 = A(pw) * bin_w + start_w + trans_x * bin.roi_w;
+  bin.h0 = A(ph) * bin_h + start_h + trans_y * bin.roi_h;
+  return bin;
+}
+
+template <typename A>
+CUDCN_DEVICE bool psroi_keeps(A h, A w, int height, int width) {
+  return w >= A(-0.5) && w <= A(width) - A(0.5) && h >= A(-0.5) &&
+         h <= A(height) - A(0.5);  // false for NaN
+}
+
+template <typename A>
+CUDCN_DEVICE int psroi_kept(const PSRoIBin<A>& bin, const PSRoIPoolGeometry& s) {
+  int kept = 0;
+  if (!bin.valid) return 0;
+  for (int ih = 0; ih < s.sample_per_part; ++ih)
+    for (int iw = 0; iw < s.sample_per_part; ++iw)
+      kept += psroi_keeps(bin.h(ih), bin.w(iw), s.height, s.width) ? 1 : 0;
+  return kept;
+}
+
+template <typename T, typename I>
+__global__ void deform_psroi_pool_forward(const T* __restrict__ input,
+                                          const acc_t<T>* __restrict__ rois,
+                                          const T* __restrict__ offset, T* __restrict__ output,
+                                          I n, int use_offset, acc_t<T> spatial_scale,
+                                          acc_t<T> trans_std, CUDCN_PSROI_POOL_GEOMETRY_PARAMS) {
+  CUDCN_PSROI_POOL_GEOMETRY;
+  using A = acc_t<T>;
+  CUDCN_KERNEL_LOOP(i, I, n) {
+    const int pw = static_cast<int>(i % s.pooled_size);
+    const int ph = static_cast<int>((i / s.pooled_size) % s.pooled_size);
+    const int ctop = static_cast<int>((i / s.pooled_size / s.pooled_size) % s.output_dim);
+    const I k = i / s.pooled_size / s.pooled_size / s.output_dim;
+    const PSRoIBin<A> bin = psroi_bin<T, I>(rois, offset, use_offset, spatial_scale, trans_std,
+                                            k, ctop, ph, pw, s);
+    const T* plane = input + (I(bin.batch) * s.channels + bin.channel) * s.height * s.width;
+    A sum = A(0);
+    int kept = 0;
+    for (int ih = 0; bin.valid && ih < s.sample_per_part; ++ih) {
+      for (int iw = 0; iw < s.sample_per_part; ++iw) {
+        const A h = bin.h(ih), w = bin.w(iw);
+        if (!psroi_keeps(h, w, s.height, s.width)) continue;
+        const ClampedCorners<A, I> q = clamped_corners<A, I>(h, w, s.height, s.width);
+        for (int j = 0; j < 4; ++j) sum += q.weight[j] * load(plane + q.index[j]);
+        ++kept;
+      }
+    }
+    store(output + i, kept ? sum / A(kept) : A(0));
+  }
+}
+
+template <typename T, typename I>
+__global__ void deform_psroi_pool_backward_input(
+    const T* __restrict__ grad_output, const acc_t<T>* __restrict__ rois,
+    const T* __restrict__ offset, acc_t<T>* __restrict__ grad_input, I n, int use_offset,
+    acc_t<T> spatial_scale, acc_t<T> trans_std, CUDCN_PSROI_POOL_GEOMETRY_PARAMS) {
+  CUDCN_PSROI_POOL_GEOMETRY;
+  using A = acc_t<T>;
+  CUDCN_KERNEL_LOOP(i, I, n) {
+    const int pw = static_cast<int>(i % s.pooled_size);
+    const int ph = static_cast<int>((i / s.pooled_size) % s.pooled_size);
+    const int ctop = static_cast<int>((i / s.pooled_size / s.pooled_size) % s.output_dim);
+    const I k = i / s.pooled_size / s.pooled_size / s.output_dim;
+    const PSRoIBin<A> bin = psroi_bin<T, I>(rois, offset, use_offset, spatial_scale, trans_std,
+                                            k, ctop, ph, pw, s);
+    const int kept = psroi_kept(bin, s);
+    if (!kept) continue;
+    const A g = load(grad_output + i) / A(kept);
+    A* plane = grad_input + (I(bin.batch) * s.channels + bin.channel) * s.height * s.width;
+    for (int ih = 0; ih < s.sample_per_part; ++ih) {
+      for (int iw = 0; iw < s.sample_per_part; ++iw) {
+        const A h = bin.h(ih), w = bin.w(iw);
+        if (!psroi_keeps(h, w, s.height, s.width)) continue;
+        const ClampedCorners<A, I> q = clamped_corners<A, I>(h, w, s.height, s.width);
+        for (int j = 0; j < 4; ++j) atomicAdd(plane + q.index[j], q.weight[j] * g);
+      }
+    }
+  }
+}
+
+template <typename T, typename I>
+__global__ void deform_psroi_pool_backward_offset(
+    const T* __restrict__ grad_output, const T* __restrict__ input,
+    const acc_t<T>* __restrict__ rois, const T* __restrict__ offset, T* __restrict__ grad_offset,
+    I n, acc_t<T> spatial_scale, acc_t<T> trans_std, CUDCN_PSROI_POOL_GEOMETRY_PARAMS) {
+  CUDCN_PSROI_POOL_GEOMETRY;
+  using A = acc_t<T>;
+  const int class_channels = s.output_dim / s.num_classes;
+  const I bins = I(s.pooled_size) * s.pooled_size;
+  CUDCN_KERNEL_LOOP(i, I, n) {
+    const int part_w = static_cast<int>(i % s.part_size);
+    const int part_h = static_cast<int>((i / s.part_size) % s.part_size);
+    const int class_id = static_cast<int>((i / s.part_size / s.part_size) % s.num_classes);
+    const I k = i / s.part_size / s.part_size / s.num_classes;
+    A grad_x = A(0), grad_y = A(0);
+    A roi_w = A(0), roi_h = A(0);
+    for (int ph = 0; ph < s.pooled_size; ++ph) {
+      if (ph * s.part_size / s.pooled_size != part_h) continue;
+      for (int pw = 0; pw < s.pooled_size; ++pw) {
+        if (pw * s.part_size / s.pooled_size != part_w) continue;
+        for (int ctop = class_id * class_channels; ctop < (class_id + 1) * class_channels;
+             ++ctop) {
+          const PSRoIBin<A> bin = psroi_bin<T, I>(rois, offset, 1, spatial_scale, trans_std, k,
+                                                  ctop, ph, pw, s);
+          const int kept = psroi_kept(bin, s);
+          if (!kept) continue;
+          roi_w = bin.roi_w;
+          roi_h = bin.roi_h;
+          const A g = load(grad_output + (k * s.output_dim + ctop) * bins + ph * s.pooled_size +
+                           pw) / A(kept);
+          const T* plane = input + (I(bin.batch) * s.channels + bin.channel) * s.height * s.width;
+          for (int ih = 0; ih < s.sample_per_part; ++ih) {
+            for (int iw = 0; iw < s.sample_per_part; ++iw) {
+              const A h = bin.h(ih), w = bin.w(iw);
+              if (!psroi_keeps(h, w, s.height, s.width)) continue;
+              const ClampedCorners<A, I> q = clamped_corners<A, I>(h, w, s.height, s.width);
+              for (int j = 0; j < 4; ++j) {
+                const A v = load(plane + q.index[j]);
+                grad_x += g * q.dweight_x[j] * v;
+                grad_y += g * q.dweight_y[j] * v;
+              }
+            }
+          }
+        }
+      }
+    }
+    // d(sample)/d(offset) = trans_std * roi size.
+    const I plane = I(s.part_size) * s.part_size;
+    const I cell = I(part_h) * s.part_size + part_w;
+    store(grad_offset + (k * s.num_classes + class_id) * 2 * plane + cell,
+          grad_x * trans_std * roi_w);
+    store(grad_offset + ((k * s.num_classes + class_id) * 2 + 1) * plane + cell,
+          grad_y * trans_std * roi_h);
+  }
+}
+
+}  // namespace cudcn

@@ -1,0 +1,176 @@
+"""deform_roi_pool on the CPU backend: reference, RoIAlign parity, gradients, edge RoIs."""
+
+import numpy as np
+import pytest
+
+import cudcn
+from cudcn import reference
+from cudcn.testing import deform_roi_pool_inputs
+from conftest import assert_close
+
+TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-4, atol=1e-5)}
+
+CASES = {
+    "offset": dict(),
+    "offset-mask": dict(mask=True),
+    "roi-align": dict(offset=False),
+    "non-square-sr1": dict(output_size=(2, 4), sampling_ratio=1),
+    "sr2-scale1": dict(sampling_ratio=2, spatial_scale=1.0, size=(9, 11)),
+    "scale-1/16": dict(spatial_scale=1 / 16, size=(8, 7), output_size=7),
+    "large-gamma": dict(gamma=0.6, mask=True),
+    "one-rows": dict(size=(1, 6), output_size=(1, 2)),
+}
+
+
+def _params(names=None):
+    return [pytest.param(CASES[n], id=n) for n in (names or CASES)]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", _params())
+def test_forward_matches_reference(case, dtype):
+    args = deform_roi_pool_inputs(dtype=dtype, **case)
+    out = cudcn.deform_roi_pool(**args)
+    expected = reference.deform_roi_pool(**args)
+    assert out.dtype == dtype and np.abs(expected).max() > 0.1
+    assert_close(out, expected, **TOL[dtype])
+
+
+def _loss(args, grad_output):
+    return float(np.sum(reference.deform_roi_pool(**args) * grad_output))
+
+
+@pytest.mark.parametrize("case", _params(["offset", "offset-mask", "non-square-sr1",
+                                          "scale-1/16", "large-gamma"]))
+def test_gradients_match_finite_differences(case):
+    args = deform_roi_pool_inputs(seed=3, **case)
+    rng = np.random.default_rng(4)
+    out = cudcn.deform_roi_pool(**args)
+    grad_output = rng.standard_normal(out.shape)
+    grads = cudcn.deform_roi_pool_backward(grad_output, **args)
+    eps = 1e-6
+    for name in ("input", "offset", "mask"):
+        if args[name] is None:
+            assert getattr(grads, name) is None
+            continue
+        grad = getattr(grads, name)
+        assert grad.shape == args[name].shape and np.abs(grad).max() > 0
+        for _ in range(3):
+            direction = rng.standard_normal(args[name].shape)
+            plus = dict(args, **{name: args[name] + eps * direction})
+            minus = dict(args, **{name: args[name] - eps * direction})
+            numeric = (_loss(plus, grad_output) - _loss(minus, grad_output)) / (2 * eps)
+            assert float(np.sum(grad * direction)) == pytest.approx(numeric, rel=1e-6, abs=1e-8), name
+
+
+def test_offset_gradient_is_zero_along_a_clamped_axis():
+    """A bin sampled beyond the last column reads that column: the value does
+    not change with x there, so neither does the offset's x gradient."""
+    x = np.random.default_rng(5).standard_normal((1, 1, 4, 4))
+    rois = np.array([[0, 3.9, 0.7, 4.3, 2.6]])  # x samples in (3, 4]: clamped to column 3
+    offset = np.zeros((1, 2, 1, 1))
+    grads = cudcn.deform_roi_pool_backward(np.ones((1, 1, 1, 1)), x, rois, offset,
+                                           output_size=1, sampling_ratio=2, gamma=0.1)
+    assert grads.offset[0, 0, 0, 0] == 0.0
+    assert grads.offset[0, 1, 0, 0] != 0.0
+
+
+torch = pytest.importorskip("torch")
+torchvision = pytest.importorskip("torchvision")
+
+
+@pytest.mark.torchvision
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+@pytest.mark.parametrize("output_size", [7, (3, 5)])
+def test_without_offset_equals_torchvision_roi_align(dtype, sampling_ratio, output_size):
+    args = deform_roi_pool_inputs(offset=False, dtype=dtype, output_size=output_size,
+                                  sampling_ratio=sampling_ratio, rois=8, size=(14, 11),
+                                  spatial_scale=0.25, seed=6)
+    rois_t = torch.from_numpy(args["rois"]).to(torch.float64 if dtype == np.float64 else torch.float32)
+    x_t = torch.from_numpy(args["input"]).requires_grad_()
+    expected = torchvision.ops.roi_align(x_t, rois_t, output_size, 0.25, sampling_ratio,
+                                         aligned=True)
+    grad_output = np.random.default_rng(7).standard_normal(expected.shape).astype(dtype)
+    expected.backward(torch.from_numpy(grad_output))
+    tol = 1e-10 if dtype == np.float64 else 1e-5
+    assert_close(cudcn.deform_roi_pool(**args), expected.detach().numpy(), rtol=tol, atol=tol)
+    grads = cudcn.deform_roi_pool_backward(grad_output, **args)
+    assert_close(grads.input, x_t.grad.numpy(), rtol=tol, atol=tol)
+    assert grads.offset is None and grads.mask is None
+
+
+@pytest.mark.parametrize("roi_dtype", [np.float32, np.float64, np.float16])
+def test_rois_of_any_float_dtype(roi_dtype):
+    args = deform_roi_pool_inputs(dtype=np.float32, seed=8)
+    args["rois"] = np.round(args["rois"]).astype(roi_dtype)  # exact in every dtype
+    expected = cudcn.deform_roi_pool(**dict(args, rois=args["rois"].astype(np.float32)))
+    assert_close(cudcn.deform_roi_pool(**args), expected, rtol=0, atol=0)
+
+
+def test_no_rois():
+    args = deform_roi_pool_inputs(rois=0, mask=True)
+    out = cudcn.deform_roi_pool(**args)
+    assert out.shape == (0, 3, 3, 3)
+    grads = cudcn.deform_roi_pool_backward(out, **args)
+    assert grads.input.shape == args["input"].shape and not grads.input.any()
+    assert grads.offset.shape == (0, 2, 3, 3) and grads.mask.shape == (0, 1, 3, 3)
+
+
+@pytest.mark.timeout(120)
+def test_bad_rois_pool_zeros_and_get_no_gradient():
+    args = deform_roi_pool_inputs(rois=9, mask=True, seed=9)
+    rois = args["rois"]
+    rois[0, 0] = -1  # batch index out of range
+    rois[1, 0] = 2
+    rois[2, 0] = np.nan
+    rois[3, 1] = np.nan  # NaN coordinate
+    rois[4, 3] = np.inf
+    rois[5, 1:] = [8, 8, 2, 3]  # inverted box: no samples with sampling_ratio 0
+    rois[6, 1:] = [-1e7, -1e7, 1e7, 1e7]  # huge: the sample loop must stay bounded
+    args["offset"][7, :, 0, 0] = np.nan
+    guarded = np.full((4,) + args["input"].shape[1:], np.nan)
+    guarded[1:3] = args["input"]
+    args["input"] = guarded[1:3]
+    out = cudcn.deform_roi_pool(**args)
+    assert np.isfinite(out).all()
+    assert not out[:6].any() and not out[7, :, 0, 0].any()
+    only_8 = {k: v[8:9] for k, v in args.items() if k in ("rois", "offset", "mask")}
+    assert_close(out[8:9], reference.deform_roi_pool(**dict(args, **only_8)), rtol=1e-10, atol=1e-12)
+    grads = cudcn.deform_roi_pool_backward(np.ones_like(out), **args)
+    for name in ("input", "offset", "mask"):
+        assert np.isfinite(getattr(grads, name)).all(), name
+    assert not grads.offset[:6].any() and not grads.mask[:6].any()
+    assert not grads.offset[7, :, 0, 0].any()
+
+
+BAD = [
+    ("rois-shape", dict(rois=np.zeros((5, 4))), ValueError, ["rois", "(K, 5)"]),
+    ("rois-rank", dict(rois=np.zeros(5)), ValueError, ["rois", "2-D"]),
+    ("rois-int", dict(rois=np.zeros((5, 5), np.int64)), TypeError, ["rois", "int64"]),
+    ("rois-list", dict(rois=[[0, 1, 2, 3, 4]]), TypeError, ["rois", "list"]),
+    ("offset-shape", dict(offset=np.zeros((5, 2, 3, 4))), ValueError, ["offset", "(5, 2, 3, 3)"]),
+    ("offset-rank", dict(offset=np.zeros((5, 2, 9))), ValueError, ["offset", "4-D"]),
+    ("mask-shape", dict(mask=np.zeros((5, 2, 3, 3))), ValueError, ["mask", "(5, 1, 3, 3)"]),
+    ("output-size-zero", dict(output_size=0), ValueError, ["output_size", ">= 1"]),
+    ("output-size-float", dict(output_size=2.5), TypeError, ["output_size"]),
+    ("scale-zero", dict(spatial_scale=0.0), ValueError, ["spatial_scale", "positive"]),
+    ("scale-nan", dict(spatial_scale=float("nan")), ValueError, ["spatial_scale"]),
+    ("sampling-negative", dict(sampling_ratio=-1), ValueError, ["sampling_ratio", ">= 0"]),
+    ("gamma-string", dict(gamma="0.1"), TypeError, ["gamma"]),
+    ("offset-dtype", dict(offset=np.zeros((5, 2, 3, 3), np.float32)), TypeError,
+     ["offset", "float32"]),
+    ("input-rank", dict(input=np.zeros((3, 12, 10))), ValueError, ["input", "4-D"]),
+]
+
+
+@pytest.mark.parametrize("change, error, words", [pytest.param(*b[1:], id=b[0]) for b in BAD])
+def test_bad_input(change, error, words, launches):
+    args = dict(deform_roi_pool_inputs(), **change)
+    with pytest.raises(error) as info:
+        cudcn.deform_roi_pool(**args)
+    for word in words:
+        assert word in str(info.value)
+    with pytest.raises((TypeError, ValueError)):
+        cudcn.deform_roi_pool_backward(np.zeros((5, 3, 3, 3)), **args)
+    assert launches == []

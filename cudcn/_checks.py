@@ -5,6 +5,7 @@ ValueError for a wrong shape, value or backend, naming the argument, what was
 expected and what came.
 """
 
+import math
 import numbers
 
 import numpy as np
@@ -100,7 +101,7 @@ def real(name, value, positive=False):
     """A finite real number (> 0 when ``positive``); returns it as a float."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not np.isfinite(value) or (positive and value <= 0):
+    if not math.isfinite(value) or (positive and value <= 0):
         raise ValueError(f"{name} must be {'positive and ' if positive else ''}finite, got {value!r}")
     return float(value)
 

@@ -158,3 +158,46 @@ def test_pooling_in_float16(op):
     out = fn(**half)
     assert out.dtype == cupy.float16
     assert_close(out.astype(cupy.float32).get(), expected, rtol=5e-3, atol=5e-3)
+
+
+def test_torch_cuda_tensors_run_on_the_gpu_on_torchs_stream():
+    torch = pytest.importorskip("torch")
+    import cudcn.adapters.torch as ct
+
+    names = ("input", "offset", "weight", "bias", "mask")
+    a = deform_conv2d_inputs(seed=41)
+    cpu = {n: torch.from_numpy(a[n]).requires_grad_() for n in names}
+    gpu = {n: torch.from_numpy(a[n]).cuda().requires_grad_() for n in names}
+    expected = ct.deform_conv2d(*(cpu[n] for n in names[:4]), padding=1, mask=cpu["mask"])
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        out = ct.deform_conv2d(*(gpu[n] for n in names[:4]), padding=1, mask=gpu["mask"])
+        out.sum().backward()
+    stream.synchronize()
+    expected.sum().backward()
+    assert out.device.type == "cuda"
+    torch.testing.assert_close(out.cpu(), expected, rtol=1e-10, atol=1e-10)
+    for n in names:
+        torch.testing.assert_close(gpu[n].grad.cpu(), cpu[n].grad, rtol=1e-10, atol=1e-10)
+
+
+def test_torch_mixed_devices_are_a_value_error():
+    torch = pytest.importorskip("torch")
+    import cudcn.adapters.torch as ct
+
+    a = deform_conv2d_inputs(seed=42)
+    with pytest.raises(ValueError, match="cupy.ndarray on device 0 but input is a numpy.ndarray"):
+        ct.deform_conv2d(torch.from_numpy(a["input"]), torch.from_numpy(a["offset"]).cuda(),
+                         torch.from_numpy(a["weight"]), padding=1)
+
+
+def test_torch_cuda_autocast_runs_in_half():
+    torch = pytest.importorskip("torch")
+    import cudcn.adapters.torch as ct
+
+    layer = ct.DeformConv2dPack(4, 6, 3, padding=1).cuda()
+    x = torch.randn(2, 4, 9, 9, device="cuda")
+    with torch.autocast("cuda", dtype=torch.float16):
+        y = layer(x)
+    assert y.dtype == torch.float16
+    torch.testing.assert_close(y.float(), layer(x), rtol=1e-2, atol=1e-2)

@@ -1,0 +1,33 @@
+"""cudcn for PyTorch: differentiable functions, torch.compile-ready ops
+(``torch.ops.cudcn.*``), drop-in modules and model conversion.
+
+CPU tensors run on cudcn's CPU backend and CUDA tensors on its GPU backend,
+sharing memory with the tensors through DLPack (no copies).
+"""
+
+from .convert import convert_to_deformable, param_groups
+from .modules import (
+    DeformConv2d,
+    DeformConv2dPack,
+    DeformPSRoIPool,
+    DeformRoIPool,
+    DeformRoIPoolPack,
+    ModulatedDeformConv2dPack,
+    ModulatedDeformRoIPoolPack,
+)
+from .ops import deform_conv2d, deform_psroi_pool, deform_roi_pool
+
+__all__ = [
+    "DeformConv2d",
+    "DeformConv2dPack",
+    "DeformPSRoIPool",
+    "DeformRoIPool",
+    "DeformRoIPoolPack",
+    "ModulatedDeformConv2dPack",
+    "ModulatedDeformRoIPoolPack",
+    "convert_to_deformable",
+    "deform_conv2d",
+    "deform_psroi_pool",
+    "deform_roi_pool",
+    "param_groups",
+]

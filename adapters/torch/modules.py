@@ -1,0 +1,206 @@
+"""Drop-in nn.Modules over the cudcn ops.
+
+DeformConv2d matches torchvision's (constructor, parameter names,
+initialisation), so a torchvision state_dict loads unchanged. The Pack layers
+and the RoI pooling modules follow mmcv's names (``conv_offset``,
+``offset_fc``, ``mask_fc``) and zero-initialise the layers that predict
+offsets, so a fresh Pack layer starts as the undeformed operation.
+"""
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.modules.utils import _pair
+
+from . import ops
+
+
+class DeformConv2d(nn.Module):
+    """torchvision.ops.DeformConv2d: ``forward(input, offset, mask=None)``.
+
+    weight (out_channels, in_channels // groups, kh, kw), bias (out_channels,).
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True):
+        super().__init__()
+        if in_channels % groups:
+            raise ValueError(f"in_channels = {in_channels} must be divisible by groups = {groups}")
+        if out_channels % groups:
+            raise ValueError(f"out_channels = {out_channels} must be divisible by groups = {groups}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride)
+        self.padding = _pair(padding)
+        self.dilation = _pair(dilation)
+        self.groups = groups
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups,
+                                               *self.kernel_size))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_channels))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        # torchvision's (and nn.Conv2d's) initialisation.
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in, _ = nn.init._calculate_fan_in_and_fan_out(self.weight)
+            bound = 1 / math.sqrt(fan_in)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, input, offset, mask=None):
+        return ops.deform_conv2d(input, offset, self.weight, self.bias, stride=self.stride,
+                                 padding=self.padding, dilation=self.dilation, mask=mask)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+                f"groups={self.groups}, bias={self.bias is not None}")
+
+
+class DeformConv2dPack(DeformConv2d):
+    """Deformable conv that predicts its own offsets (DCN v1), as mmcv's.
+
+    ``conv_offset`` is a zero-initialised nn.Conv2d with the layer's geometry
+    and ``2 * deform_groups * kh * kw`` outputs: the layer starts as a plain
+    conv. ``offset_lr_mult`` is read by :func:`param_groups`.
+    """
+
+    offset_channels_per_point = 2
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, deform_groups=1, offset_lr_mult=1.0):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias)
+        if in_channels % deform_groups:
+            raise ValueError(f"in_channels = {in_channels} must be divisible by deform_groups "
+                             f"= {deform_groups}")
+        self.deform_groups = deform_groups
+        self.offset_lr_mult = offset_lr_mult
+        points = self.kernel_size[0] * self.kernel_size[1]
+        self.conv_offset = nn.Conv2d(in_channels,
+                                     self.offset_channels_per_point * deform_groups * points,
+                                     self.kernel_size, self.stride, self.padding, self.dilation,
+                                     bias=True)
+        self.init_offset()
+
+    def init_offset(self):
+        nn.init.zeros_(self.conv_offset.weight)
+        nn.init.zeros_(self.conv_offset.bias)
+
+    def forward(self, input):
+        return super().forward(input, self.conv_offset(input))
+
+
+class ModulatedDeformConv2dPack(DeformConv2dPack):
+    """DCN v2 that predicts offsets and mask, as mmcv's: ``conv_offset`` gives
+    3 * deform_groups * kh * kw channels, split into the y/x offsets and a mask
+    through a sigmoid (0.5 at initialisation, as in the paper)."""
+
+    offset_channels_per_point = 3
+
+    def forward(self, input):
+        out = self.conv_offset(input)
+        o1, o2, mask = torch.chunk(out, 3, dim=1)
+        return DeformConv2d.forward(self, input, torch.cat((o1, o2), dim=1), torch.sigmoid(mask))
+
+
+class DeformRoIPool(nn.Module):
+    """mmcv's DeformRoIPool: ``forward(input, rois, offset=None)``."""
+
+    def __init__(self, output_size, spatial_scale=1.0, sampling_ratio=0, gamma=0.1):
+        super().__init__()
+        self.output_size = _pair(output_size)
+        self.spatial_scale = float(spatial_scale)
+        self.sampling_ratio = int(sampling_ratio)
+        self.gamma = float(gamma)
+
+    def forward(self, input, rois, offset=None, mask=None):
+        return ops.deform_roi_pool(input, rois, offset, self.output_size, self.spatial_scale,
+                                   self.sampling_ratio, self.gamma, mask)
+
+    def extra_repr(self):
+        return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+                f"sampling_ratio={self.sampling_ratio}, gamma={self.gamma}")
+
+
+def _head(in_features, hidden, out_features, layers):
+    """Linear-ReLU stack whose last Linear starts at zero."""
+    dims = [in_features] + [hidden] * (layers - 1)
+    modules = []
+    for a, b in zip(dims[:-1], dims[1:]):
+        modules += [nn.Linear(a, b), nn.ReLU(inplace=True)]
+    last = nn.Linear(dims[-1], out_features)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return modules + [last]
+
+
+class DeformRoIPoolPack(DeformRoIPool):
+    """mmcv's DeformRoIPoolPack: pools once without offsets, predicts the
+    normalised bin offsets with ``offset_fc`` (three Linear layers, the last
+    zero-initialised) and pools again with them."""
+
+    def __init__(self, output_size, output_channels, deform_fc_channels=1024, spatial_scale=1.0,
+                 sampling_ratio=0, gamma=0.1):
+        super().__init__(output_size, spatial_scale, sampling_ratio, gamma)
+        self.output_channels = output_channels
+        self.deform_fc_channels = deform_fc_channels
+        bins = self.output_size[0] * self.output_size[1]
+        self.offset_fc = nn.Sequential(*_head(bins * output_channels, deform_fc_channels,
+                                              bins * 2, layers=3))
+
+    def _offset(self, input, rois):
+        x = super().forward(input, rois)
+        k = rois.shape[0]
+        return x, self.offset_fc(x.reshape(k, -1)).reshape(k, 2, *self.output_size)
+
+    def forward(self, input, rois):
+        _, offset = self._offset(input, rois)
+        return super().forward(input, rois, offset)
+
+
+class ModulatedDeformRoIPoolPack(DeformRoIPoolPack):
+    """mmcv's ModulatedDeformRoIPoolPack: adds ``mask_fc`` (Linear, ReLU,
+    zero-initialised Linear, Sigmoid) whose output modulates each bin."""
+
+    def __init__(self, output_size, output_channels, deform_fc_channels=1024, spatial_scale=1.0,
+                 sampling_ratio=0, gamma=0.1):
+        super().__init__(output_size, output_channels, deform_fc_channels, spatial_scale,
+                         sampling_ratio, gamma)
+        bins = self.output_size[0] * self.output_size[1]
+        self.mask_fc = nn.Sequential(*_head(bins * output_channels, deform_fc_channels, bins,
+                                            layers=2), nn.Sigmoid())
+
+    def forward(self, input, rois):
+        x, offset = self._offset(input, rois)
+        mask = self.mask_fc(x.reshape(rois.shape[0], -1)).reshape(rois.shape[0], 1,
+                                                                  *self.output_size)
+        return DeformRoIPool.forward(self, input, rois, offset, mask)
+
+
+class DeformPSRoIPool(nn.Module):
+    """Deformable position-sensitive RoI pooling (R-FCN):
+    ``forward(input, rois, offset=None)``."""
+
+    def __init__(self, spatial_scale, output_dim, group_size, pooled_size, part_size=None,
+                 sample_per_part=4, trans_std=0.0):
+        super().__init__()
+        self.spatial_scale = float(spatial_scale)
+        self.output_dim = int(output_dim)
+        self.group_size = int(group_size)
+        self.pooled_size = int(pooled_size)
+        self.part_size = int(pooled_size if part_size is None else part_size)
+        self.sample_per_part = int(sample_per_part)
+        self.trans_std = float(trans_std)
+
+    def forward(self, input, rois, offset=None):
+        return ops.deform_psroi_pool(
+            input, rois, offset, output_dim=self.output_dim, group_size=self.group_size,
+            pooled_size=self.pooled_size, part_size=self.part_size,
+            sample_per_part=self.sample_per_part, trans_std=self.trans_std,
+            spatial_scale=self.spatial_scale)

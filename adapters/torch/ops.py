@@ -1,0 +1,249 @@
+"""cudcn's operations as torch ops in the ``cudcn::`` namespace.
+
+Each forward and each backward is a ``torch.library.custom_op`` with a fake
+implementation (so ``torch.compile(fullgraph=True)`` traces through them) and
+the forward's autograd is registered to call the backward op. The backward
+ops are not differentiable: asking for a double backward raises.
+
+Autocast policy: under ``torch.autocast``, floating inputs other than float64
+(and other than RoIs) are cast to the autocast dtype where the backend has
+kernels for it (float16 and bfloat16 on CUDA, computed in float32 inside the
+kernels); on the CPU, whose kernels are float32/float64 only, to float32.
+The output comes in that dtype.
+"""
+
+from typing import List, Optional
+
+import torch
+
+import cudcn
+from cudcn import _checks
+
+from . import _bridge
+
+Tensor = torch.Tensor
+
+
+def _autocast(*tensors):
+    ref = tensors[0]
+    device = ref.device.type
+    if not torch.is_autocast_enabled(device):
+        return tensors
+    dtype = torch.get_autocast_dtype(device)
+    if device == "cpu" and dtype not in (torch.float32, torch.float64):
+        dtype = torch.float32
+    return tuple(
+        t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t
+        for t in tensors
+    )
+
+
+def _run(reference, fn, *args, **kwargs):
+    """Call a cudcn function on tensors: arrays in, tensors out, no copies."""
+    with _bridge.on_device_of(reference):
+        arrays = [_bridge.to_array(a) if isinstance(a, Tensor) else a for a in args]
+        kw = {k: _bridge.to_array(v) if isinstance(v, Tensor) else v for k, v in kwargs.items()}
+        result = fn(*arrays, **kw)
+        if isinstance(result, tuple):  # a named tuple of gradients
+            return [_bridge.to_tensor(g) for g in result if g is not None]
+        return _bridge.to_tensor(result)
+
+
+def _not_twice(name):
+    def backward(ctx, *grads):
+        raise RuntimeError(f"cudcn::{name} is not differentiable: cudcn has no double backward "
+                           f"of {name.removesuffix('_backward')}")
+
+    def setup(ctx, inputs, output):
+        pass
+
+    return backward, setup
+
+
+def _register_autograd(name, tensor_count, differentiable):
+    """Autograd of cudcn::<name>: the first ``tensor_count`` arguments are
+    tensors, ``differentiable`` their positions with gradients, in the order
+    cudcn::<name>_backward(grad, *tensors, *params, needs) returns them."""
+    backward_op = getattr(torch.ops.cudcn, f"{name}_backward")
+
+    def setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:tensor_count])
+        ctx.params = inputs[tensor_count:]
+
+    def backward(ctx, grad):
+        needs = [bool(ctx.needs_input_grad[i]) for i in differentiable]
+        grads = iter(backward_op(grad, *ctx.saved_tensors, *ctx.params, needs) if any(needs) else ())
+        result = [None] * (tensor_count + len(ctx.params))
+        for position, wanted in zip(differentiable, needs):
+            if wanted:
+                result[position] = next(grads)
+        return tuple(result)
+
+    torch.library.register_autograd(f"cudcn::{name}", backward, setup_context=setup)
+    twice, twice_setup = _not_twice(f"{name}_backward")
+    torch.library.register_autograd(f"cudcn::{name}_backward", twice, setup_context=twice_setup)
+
+
+def _wanted(names, needs):
+    return [n for n, w in zip(names, needs) if w]
+
+
+def _fake_grads(tensors, needs):
+    return [torch.empty_like(t) for t, w in zip(tensors, needs) if w]
+
+
+# --- deform_conv2d -------------------------------------------------------
+
+@torch.library.custom_op("cudcn::deform_conv2d", mutates_args=())
+def _deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor],
+                   mask: Optional[Tensor], stride: List[int], padding: List[int],
+                   dilation: List[int]) -> Tensor:
+    return _run(input, cudcn.deform_conv2d, input, offset, weight, bias, tuple(stride),
+                tuple(padding), tuple(dilation), mask)
+
+
+@_deform_conv2d.register_fake
+def _(input, offset, weight, bias, mask, stride, padding, dilation):
+    size = [(s + 2 * p - (d * (k - 1) + 1)) // st + 1 for s, p, d, k, st in
+            zip(input.shape[2:], padding, dilation, weight.shape[2:], stride)]
+    return input.new_empty((input.shape[0], weight.shape[0], *size))
+
+
+@torch.library.custom_op("cudcn::deform_conv2d_backward", mutates_args=())
+def _deform_conv2d_backward(grad: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
+                            bias: Optional[Tensor], mask: Optional[Tensor], stride: List[int],
+                            padding: List[int], dilation: List[int],
+                            needs: List[bool]) -> List[Tensor]:
+    return _run(input, cudcn.deform_conv2d_backward, grad, input, offset, weight, bias,
+                tuple(stride), tuple(padding), tuple(dilation), mask,
+                needs=_wanted(cudcn.deform_conv.GRADIENT_NAMES, needs))
+
+
+@_deform_conv2d_backward.register_fake
+def _(grad, input, offset, weight, bias, mask, stride, padding, dilation, needs):
+    return _fake_grads((input, offset, weight, bias, mask), needs)
+
+
+_register_autograd("deform_conv2d", 5, (0, 1, 2, 3, 4))
+
+
+def deform_conv2d(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0),
+                  dilation=(1, 1), mask=None):
+    """``torchvision.ops.deform_conv2d``, run by cudcn; differentiable in every tensor.
+
+    Shapes as in :func:`cudcn.deform_conv2d`: input (N, C_in, H, W), offset
+    (N, 2 * offset_groups * kh * kw, H_out, W_out), weight
+    (C_out, C_in / groups, kh, kw), bias (C_out,), mask
+    (N, offset_groups * kh * kw, H_out, W_out).
+    """
+    _bridge.check_tensors(input=input, offset=offset, weight=weight, bias=bias, mask=mask)
+    input, offset, weight, bias, mask = _autocast(input, offset, weight, bias, mask)
+    _bridge.check_exportable(input=input, offset=offset, weight=weight, bias=bias, mask=mask)
+    return _deform_conv2d(input, offset, weight, bias, mask,
+                          list(_checks.int_pair("stride", stride, 1)),
+                          list(_checks.int_pair("padding", padding, 0)),
+                          list(_checks.int_pair("dilation", dilation, 1)))
+
+
+# --- deform_roi_pool -----------------------------------------------------
+
+@torch.library.custom_op("cudcn::deform_roi_pool", mutates_args=())
+def _deform_roi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor],
+                     mask: Optional[Tensor], output_size: List[int], spatial_scale: float,
+                     sampling_ratio: int, gamma: float) -> Tensor:
+    return _run(input, cudcn.deform_roi_pool, input, rois, offset, tuple(output_size),
+                spatial_scale, sampling_ratio, gamma, mask)
+
+
+@_deform_roi_pool.register_fake
+def _(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio, gamma):
+    return input.new_empty((rois.shape[0], input.shape[1], *output_size))
+
+
+@torch.library.custom_op("cudcn::deform_roi_pool_backward", mutates_args=())
+def _deform_roi_pool_backward(grad: Tensor, input: Tensor, rois: Tensor,
+                              offset: Optional[Tensor], mask: Optional[Tensor],
+                              output_size: List[int], spatial_scale: float, sampling_ratio: int,
+                              gamma: float, needs: List[bool]) -> List[Tensor]:
+    return _run(input, cudcn.deform_roi_pool_backward, grad, input, rois, offset,
+                tuple(output_size), spatial_scale, sampling_ratio, gamma, mask,
+                needs=_wanted(cudcn.DeformRoIPoolGrads._fields, needs))
+
+
+@_deform_roi_pool_backward.register_fake
+def _(grad, input, rois, offset, mask, output_size, spatial_scale, sampling_ratio, gamma, needs):
+    return _fake_grads((input, offset, mask), needs)
+
+
+_register_autograd("deform_roi_pool", 4, (0, 2, 3))
+
+
+def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0,
+                    sampling_ratio=0, gamma=0.1, mask=None):
+    """mmcv's ``deform_roi_pool`` (modulated with ``mask``), run by cudcn;
+    differentiable in input, offset and mask. See :func:`cudcn.deform_roi_pool`."""
+    _bridge.check_tensors(input=input, rois=rois, offset=offset, mask=mask)
+    input, offset, mask = _autocast(input, offset, mask)
+    _bridge.check_exportable(input=input, rois=rois, offset=offset, mask=mask)
+    return _deform_roi_pool(input, rois, offset, mask,
+                            list(_checks.int_pair("output_size", output_size, 1)),
+                            _checks.real("spatial_scale", spatial_scale, positive=True),
+                            _checks.integer("sampling_ratio", sampling_ratio, 0),
+                            _checks.real("gamma", gamma))
+
+
+# --- deform_psroi_pool ---------------------------------------------------
+
+@torch.library.custom_op("cudcn::deform_psroi_pool", mutates_args=())
+def _deform_psroi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor], output_dim: int,
+                       group_size: int, pooled_size: int, part_size: int, sample_per_part: int,
+                       trans_std: float, spatial_scale: float) -> Tensor:
+    return _run(input, cudcn.deform_psroi_pool, input, rois, offset, output_dim=output_dim,
+                group_size=group_size, pooled_size=pooled_size, part_size=part_size,
+                sample_per_part=sample_per_part, trans_std=trans_std,
+                spatial_scale=spatial_scale)
+
+
+@_deform_psroi_pool.register_fake
+def _(input, rois, offset, output_dim, group_size, pooled_size, part_size, sample_per_part,
+      trans_std, spatial_scale):
+    return input.new_empty((rois.shape[0], output_dim, pooled_size, pooled_size))
+
+
+@torch.library.custom_op("cudcn::deform_psroi_pool_backward", mutates_args=())
+def _deform_psroi_pool_backward(grad: Tensor, input: Tensor, rois: Tensor,
+                                offset: Optional[Tensor], output_dim: int, group_size: int,
+                                pooled_size: int, part_size: int, sample_per_part: int,
+                                trans_std: float, spatial_scale: float,
+                                needs: List[bool]) -> List[Tensor]:
+    return _run(input, cudcn.deform_psroi_pool_backward, grad, input, rois, offset,
+                output_dim=output_dim, group_size=group_size, pooled_size=pooled_size,
+                part_size=part_size, sample_per_part=sample_per_part, trans_std=trans_std,
+                spatial_scale=spatial_scale,
+                needs=_wanted(cudcn.DeformPSRoIPoolGrads._fields, needs))
+
+
+@_deform_psroi_pool_backward.register_fake
+def _(grad, input, rois, offset, output_dim, group_size, pooled_size, part_size,
+      sample_per_part, trans_std, spatial_scale, needs):
+    return _fake_grads((input, offset), needs)
+
+
+_register_autograd("deform_psroi_pool", 3, (0, 2))
+
+
+def deform_psroi_pool(input, rois, offset=None, *, output_dim, group_size, pooled_size,
+                      part_size=None, sample_per_part=4, trans_std=0.0, spatial_scale=0.0625):
+    """Deformable position-sensitive RoI pooling (R-FCN), run by cudcn;
+    differentiable in input and offset. See :func:`cudcn.deform_psroi_pool`."""
+    _bridge.check_tensors(input=input, rois=rois, offset=offset)
+    input, offset = _autocast(input, offset)
+    _bridge.check_exportable(input=input, rois=rois, offset=offset)
+    pooled_size = _checks.integer("pooled_size", pooled_size, 1)
+    return _deform_psroi_pool(
+        input, rois, offset, _checks.integer("output_dim", output_dim, 1),
+        _checks.integer("group_size", group_size, 1), pooled_size,
+        _checks.integer("part_size", pooled_size if part_size is None else part_size, 1),
+        _checks.integer("sample_per_part", sample_per_part, 1),
+        _checks.real("trans_std", trans_std),
+        _checks.real("spatial_scale", spatial_scale, positive=True))

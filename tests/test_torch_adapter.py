@@ -1,0 +1,352 @@
+"""cudcn.adapters.torch: autograd, zero-copy DLPack, registered ops, autocast, modules."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+torchvision = pytest.importorskip("torchvision")
+
+import cudcn  # noqa: E402
+import cudcn.adapters.torch as ct  # noqa: E402
+from cudcn.testing import (  # noqa: E402
+    deform_conv2d_inputs,
+    deform_psroi_pool_inputs,
+    deform_roi_pool_inputs,
+)
+
+
+def _tensors(args, requires_grad=(), dtype=None):
+    out = {}
+    for k, v in args.items():
+        if isinstance(v, np.ndarray):
+            t = torch.from_numpy(v.copy())
+            if dtype is not None and k != "rois":
+                t = t.to(dtype)
+            out[k] = t.requires_grad_(k in requires_grad)
+        else:
+            out[k] = v
+    return out
+
+
+# --- gradients -------------------------------------------------------------
+
+def test_gradcheck_deform_conv2d():
+    args = _tensors(deform_conv2d_inputs(batch=2, in_channels=4, out_channels=2, size=(5, 4),
+                                         groups=2, offset_groups=2, away_from_kinks=True,
+                                         stride=(1, 2), padding=1),
+                    requires_grad=("input", "offset", "weight", "bias", "mask"))
+    names = ("input", "offset", "weight", "bias", "mask")
+
+    def f(*tensors):
+        kw = dict(zip(names, tensors))
+        return ct.deform_conv2d(kw["input"], kw["offset"], kw["weight"], kw["bias"],
+                                stride=(1, 2), padding=1, mask=kw["mask"])
+
+    assert torch.autograd.gradcheck(f, [args[n] for n in names], eps=1e-6, atol=1e-6)
+
+
+def test_gradcheck_deform_roi_pool():
+    args = _tensors(deform_roi_pool_inputs(mask=True, rois=3, channels=2, seed=1),
+                    requires_grad=("input", "offset", "mask"))
+
+    def f(x, offset, mask):
+        return ct.deform_roi_pool(x, args["rois"], offset, 3, 0.5, 0, 0.1, mask)
+
+    assert torch.autograd.gradcheck(f, [args["input"], args["offset"], args["mask"]], eps=1e-6,
+                                    atol=1e-6)
+
+
+def test_gradcheck_deform_psroi_pool():
+    a = deform_psroi_pool_inputs(rois=3, seed=2)
+    args = _tensors(a, requires_grad=("input", "offset"))
+
+    def f(x, offset):
+        return ct.deform_psroi_pool(x, args["rois"], offset, output_dim=4, group_size=2,
+                                    pooled_size=3, sample_per_part=2, trans_std=0.1,
+                                    spatial_scale=0.5)
+
+    assert torch.autograd.gradcheck(f, [args["input"], args["offset"]], eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_function_matches_torchvision(dtype, tol):
+    names = ("input", "offset", "weight", "bias", "mask")
+    a = deform_conv2d_inputs(groups=2, offset_groups=2, in_channels=4, out_channels=4,
+                             stride=(2, 1), dilation=(1, 2), padding=(1, 2), seed=3)
+    ours = _tensors(a, requires_grad=names, dtype=dtype)
+    theirs = _tensors(a, requires_grad=names, dtype=dtype)
+    kw = dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2))
+    y = ct.deform_conv2d(*(ours[n] for n in names[:4]), mask=ours["mask"], **kw)
+    yt = torchvision.ops.deform_conv2d(*(theirs[n] for n in names[:4]), mask=theirs["mask"], **kw)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    yt.backward(grad)
+    torch.testing.assert_close(y, yt, rtol=tol, atol=tol)
+    for n in names:
+        torch.testing.assert_close(ours[n].grad, theirs[n].grad, rtol=tol, atol=tol * 10)
+
+
+def test_module_loads_torchvision_state_dict_and_matches():
+    torch.manual_seed(0)
+    theirs = torchvision.ops.DeformConv2d(4, 6, 3, stride=1, padding=1, groups=2).double()
+    torch.manual_seed(0)
+    ours = ct.DeformConv2d(4, 6, 3, stride=1, padding=1, groups=2).double()
+    # Same constructor, names and initialisation: equal weights from one seed.
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    for k in ours.state_dict():
+        torch.testing.assert_close(ours.state_dict()[k], theirs.state_dict()[k])
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(2, 4, 7, 7, dtype=torch.float64, requires_grad=True)
+    offset = torch.randn(2, 18, 7, 7, dtype=torch.float64)
+    mask = torch.rand(2, 9, 7, 7, dtype=torch.float64)
+    y, yt = ours(x, offset, mask), theirs(x, offset, mask)
+    torch.testing.assert_close(y, yt, rtol=1e-10, atol=1e-10)
+    (gx,) = torch.autograd.grad(y.sum(), x)
+    (gxt,) = torch.autograd.grad(yt.sum(), x)
+    torch.testing.assert_close(gx, gxt, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+def test_roi_pool_without_offset_matches_roi_align(sampling_ratio):
+    a = deform_roi_pool_inputs(offset=False, rois=6, sampling_ratio=sampling_ratio, seed=4)
+    x1 = torch.from_numpy(a["input"]).requires_grad_()
+    x2 = torch.from_numpy(a["input"].copy()).requires_grad_()
+    rois = torch.from_numpy(a["rois"])
+    y = ct.DeformRoIPool(3, spatial_scale=0.5, sampling_ratio=sampling_ratio)(x1, rois)
+    yt = torchvision.ops.roi_align(x2, rois, 3, 0.5, sampling_ratio, aligned=True)
+    torch.testing.assert_close(y, yt, rtol=1e-10, atol=1e-10)
+    y.sum().backward()
+    yt.sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-10, atol=1e-10)
+
+
+def test_double_backward_is_a_clear_error():
+    a = _tensors(deform_conv2d_inputs(seed=5), requires_grad=("input", "offset", "weight"))
+    y = ct.deform_conv2d(a["input"], a["offset"], a["weight"], padding=1)
+    (g,) = torch.autograd.grad(y.square().sum(), a["offset"], create_graph=True)
+    with pytest.raises(RuntimeError, match="no double backward"):
+        g.sum().backward()
+
+
+# --- zero copy -------------------------------------------------------------
+
+def test_arrays_and_results_share_memory_with_tensors(monkeypatch):
+    seen = {}
+    real = cudcn.deform_conv2d
+
+    def spy(input, offset, weight, bias, stride, padding, dilation, mask):
+        seen.update(input=input, offset=offset, weight=weight)
+        seen["output"] = real(input, offset, weight, bias, stride, padding, dilation, mask)
+        return seen["output"]
+
+    monkeypatch.setattr(cudcn, "deform_conv2d", spy)
+    a = _tensors(deform_conv2d_inputs(seed=6))
+    y = ct.deform_conv2d(a["input"], a["offset"], a["weight"], padding=1)
+    for name in ("input", "offset", "weight"):
+        assert isinstance(seen[name], np.ndarray)
+        assert seen[name].ctypes.data == a[name].data_ptr()
+    assert y.data_ptr() == seen["output"].ctypes.data
+
+
+# --- registered ops, compile ------------------------------------------------
+
+def _op_samples():
+    conv = _tensors(deform_conv2d_inputs(away_from_kinks=True, seed=7),
+                    requires_grad=("input", "offset", "weight", "bias", "mask"))
+    roi = _tensors(deform_roi_pool_inputs(mask=True, seed=8), requires_grad=("input", "offset",
+                                                                               "mask"))
+    ps = _tensors(deform_psroi_pool_inputs(seed=9), requires_grad=("input", "offset"))
+    grad = lambda shape: torch.randn(shape, dtype=torch.float64)  # noqa: E731
+    c_args = (conv["input"], conv["offset"], conv["weight"], conv["bias"], conv["mask"], [1, 1],
+              [1, 1], [1, 1])
+    r_args = (roi["input"], roi["rois"], roi["offset"], roi["mask"], [3, 3], 0.5, 0, 0.1)
+    p_args = (ps["input"], ps["rois"], ps["offset"], 4, 2, 3, 3, 2, 0.1, 0.5)
+    return [
+        (torch.ops.cudcn.deform_conv2d.default, c_args),
+        (torch.ops.cudcn.deform_conv2d_backward.default,
+         (grad((2, 6, 7, 6)), *(t.detach() for t in c_args[:5]), *c_args[5:], [True] * 5)),
+        (torch.ops.cudcn.deform_roi_pool.default, r_args),
+        (torch.ops.cudcn.deform_roi_pool_backward.default,
+         (grad((5, 3, 3, 3)), *(t.detach() for t in r_args[:4]), *r_args[4:], [True] * 3)),
+        (torch.ops.cudcn.deform_psroi_pool.default, p_args),
+        (torch.ops.cudcn.deform_psroi_pool_backward.default,
+         (grad((5, 4, 3, 3)), *(t.detach() for t in p_args[:3]), *p_args[3:], [True, True])),
+    ]
+
+
+@pytest.mark.parametrize("index", range(6), ids=["conv", "conv_bwd", "roi", "roi_bwd", "psroi",
+                                                 "psroi_bwd"])
+def test_opcheck(index):
+    op, args = _op_samples()[index]
+    torch.library.opcheck(op, args)
+
+
+class _AllModules(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pack = ct.DeformConv2dPack(3, 8, 3, padding=1)
+        self.modulated = ct.ModulatedDeformConv2dPack(8, 8, 3, padding=1, deform_groups=2)
+        self.plain = ct.DeformConv2d(8, 8, 3, padding=1)
+        self.roi_pack = ct.DeformRoIPoolPack(3, 8, deform_fc_channels=16, spatial_scale=0.5)
+        self.roi_mod = ct.ModulatedDeformRoIPoolPack(3, 8, deform_fc_channels=16,
+                                                     spatial_scale=0.5)
+        self.roi = ct.DeformRoIPool(3, spatial_scale=0.5, sampling_ratio=2)
+        self.psroi = ct.DeformPSRoIPool(0.5, output_dim=2, group_size=2, pooled_size=3,
+                                        sample_per_part=2, trans_std=0.1)
+        for head in (self.roi_pack.offset_fc[-1], self.roi_mod.mask_fc[-2]):
+            torch.nn.init.normal_(head.weight, std=0.05)  # so that offsets are not all zero
+
+    def forward(self, x, rois, offset):
+        h = self.modulated(torch.relu(self.pack(x)))
+        h = self.plain(h, offset)
+        return torch.cat([self.roi_pack(h, rois).flatten(1), self.roi_mod(h, rois).flatten(1),
+                          self.roi(h, rois).flatten(1), self.psroi(h, rois).flatten(1)], dim=1)
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    torch.manual_seed(10)
+    model = _AllModules().double()
+    torch.nn.init.normal_(model.pack.conv_offset.weight, std=0.1)
+    x = torch.randn(2, 3, 12, 10, dtype=torch.float64)
+    rois = torch.from_numpy(deform_roi_pool_inputs(rois=4, seed=11)["rois"])
+    offset = torch.randn(2, 18, 12, 10, dtype=torch.float64)
+    eager = model(x, rois, offset)
+    eager.square().sum().backward()
+    eager_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    out = compiled(x, rois, offset)
+    out.square().sum().backward()
+    torch.testing.assert_close(out, eager, rtol=1e-10, atol=1e-10)
+    for p, g in zip(model.parameters(), eager_grads):
+        torch.testing.assert_close(p.grad, g, rtol=1e-9, atol=1e-9)
+
+
+# --- autocast ----------------------------------------------------------------
+
+def test_cpu_autocast_runs_in_float32():
+    a = _tensors(deform_conv2d_inputs(dtype=np.float32, seed=12))
+    layer = ct.DeformConv2d(4, 6, 3, padding=1)
+    expected = layer(a["input"], a["offset"], a["mask"])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x = torch.nn.functional.conv2d(a["input"], torch.eye(4).reshape(4, 4, 1, 1))  # bf16 out
+        assert x.dtype == torch.bfloat16
+        y = layer(x, a["offset"], a["mask"])
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, expected, rtol=2e-2, atol=5e-2)
+    y.sum().backward()
+    assert layer.weight.grad.dtype == torch.float32
+
+
+# --- modules -------------------------------------------------------------------
+
+def test_fresh_pack_layers_start_undeformed():
+    torch.manual_seed(13)
+    x = torch.randn(2, 4, 9, 8, dtype=torch.float64)
+    pack = ct.DeformConv2dPack(4, 6, 3, padding=1, stride=2).double()
+    conv = torch.nn.Conv2d(4, 6, 3, padding=1, stride=2).double()
+    conv.load_state_dict({k: v for k, v in pack.state_dict().items() if "offset" not in k})
+    torch.testing.assert_close(pack(x), conv(x), rtol=1e-10, atol=1e-10)
+    modulated = ct.ModulatedDeformConv2dPack(4, 6, 3, padding=1, bias=False).double()
+    conv = torch.nn.Conv2d(4, 6, 3, padding=1, bias=False).double()
+    conv.weight.data.copy_(modulated.weight.data)
+    torch.testing.assert_close(modulated(x), 0.5 * conv(x), rtol=1e-10, atol=1e-10)
+    assert modulated.conv_offset.out_channels == 27
+
+
+def test_fresh_roi_pool_packs_start_as_plain_pooling():
+    a = deform_roi_pool_inputs(offset=False, channels=4, seed=14)
+    x, rois = torch.from_numpy(a["input"]), torch.from_numpy(a["rois"])
+    plain = ct.DeformRoIPool(3, spatial_scale=0.5)(x, rois)
+    pack = ct.DeformRoIPoolPack(3, 4, deform_fc_channels=8, spatial_scale=0.5).double()
+    modulated = ct.ModulatedDeformRoIPoolPack(3, 4, deform_fc_channels=8, spatial_scale=0.5).double()
+    torch.testing.assert_close(pack(x, rois), plain)
+    torch.testing.assert_close(modulated(x, rois), 0.5 * plain)
+    assert [type(m).__name__ for m in pack.offset_fc] == ["Linear", "ReLU", "Linear", "ReLU", "Linear"]
+
+
+def _smooth_images(n, size, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, size, size, generator=g)
+    box = torch.ones(1, 1, 5, 5) / 25
+    for _ in range(3):
+        x = torch.nn.functional.conv2d(x, box, padding=2)
+    return x / x.std()
+
+
+def test_pack_layer_learns_offsets_on_a_toy_task():
+    """Only the offsets can fit a one-pixel shift of the input: the weight of
+    the 1x1 deformable conv is frozen at 1."""
+    torch.manual_seed(15)
+    x = _smooth_images(8, 20, seed=16)
+    target = torch.roll(x, shifts=1, dims=-1)
+    layer = ct.DeformConv2dPack(1, 1, 1, bias=False)
+    layer.weight.data.fill_(1.0)
+    layer.weight.requires_grad_(False)
+    opt = torch.optim.Adam(layer.conv_offset.parameters(), lr=0.05)
+    losses = []
+    for _ in range(60):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(layer(x)[..., 2:-2, 2:-2], target[..., 2:-2, 2:-2])
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0]
+    dx = layer.conv_offset(x)[:, 1]  # x offset of the single kernel point
+    assert dx.mean().item() == pytest.approx(-1.0, abs=0.25)
+
+
+def test_convert_resnet18_keeps_its_output():
+    torch.manual_seed(17)
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(2, 3, 64, 64)
+    before = model(x)
+    replaced = ct.convert_to_deformable(model)
+    assert replaced == ["layer4.0.conv2", "layer4.1.conv1", "layer4.1.conv2"]
+    assert isinstance(model.layer4[1].conv2, ct.DeformConv2dPack)
+    torch.testing.assert_close(model(x), before, rtol=1e-4, atol=1e-4)
+    model.train()
+    model(x).sum().backward()
+    assert model.layer4[1].conv2.conv_offset.weight.grad.abs().sum() > 0
+
+
+def test_convert_by_name_or_predicate_and_unknown_names():
+    model = torchvision.models.resnet18(weights=None)
+    names = ct.convert_to_deformable(model, layers=lambda name, conv: name == "layer3.0.conv1",
+                                     modulated=True, deform_groups=2)
+    assert names == ["layer3.0.conv1"]
+    layer = model.layer3[0].conv1
+    assert isinstance(layer, ct.ModulatedDeformConv2dPack) and layer.stride == (2, 2)
+    with pytest.raises(ValueError, match="layer9"):
+        ct.convert_to_deformable(model, layers=["layer9.conv"])
+
+
+def test_param_groups_apply_the_offset_lr_multiplier():
+    model = torch.nn.Sequential(ct.DeformConv2dPack(2, 2, 3, padding=1, offset_lr_mult=0.1),
+                                torch.nn.Conv2d(2, 2, 1))
+    groups = ct.param_groups(model, lr=0.5, momentum=0.0)
+    by_lr = {g["lr"]: {id(p) for p in g["params"]} for g in groups}
+    assert by_lr[0.5 * 0.1] == {id(p) for p in model[0].conv_offset.parameters()}
+    assert len(by_lr[0.5]) == 4  # weight, bias of the pack and of the 1x1 conv
+    torch.optim.SGD(groups, lr=0.5)
+
+
+# --- bad input -------------------------------------------------------------------
+
+def test_bad_inputs_raise_clear_errors():
+    a = _tensors(deform_conv2d_inputs(seed=18))
+    with pytest.raises(TypeError, match="offset must be a torch.Tensor, got ndarray"):
+        ct.deform_conv2d(a["input"], a["offset"].numpy(), a["weight"])
+    with pytest.raises(TypeError, match="input has dtype int64"):
+        ct.deform_conv2d(a["input"].long(), a["offset"].long(), a["weight"].long(), padding=1)
+    with pytest.raises(TypeError, match="bfloat16"):
+        ct.deform_conv2d(a["input"].bfloat16(), a["offset"], a["weight"], padding=1)
+    with pytest.raises(ValueError, match="weight is on meta"):
+        ct.deform_conv2d(a["input"], a["offset"], a["weight"].to("meta"), padding=1)
+    with pytest.raises(TypeError, match="offset has dtype float32"):
+        ct.deform_conv2d(a["input"], a["offset"].float(), a["weight"], padding=1)
+    with pytest.raises(ValueError, match="stride must be >= 1"):
+        ct.deform_conv2d(a["input"], a["offset"], a["weight"], stride=0)
+    with pytest.raises(TypeError, match="rois must be a torch.Tensor"):
+        ct.deform_roi_pool(a["input"], [[0, 1, 1, 4, 4]])

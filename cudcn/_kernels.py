@@ -72,6 +72,27 @@ DEFORM_CONV2D_COL2IM_COORD = Kernel(
      ("use_mask", "int"), ("want_grad_mask", "int")) + _DEFORM_CONV_GEOMETRY,
 )
 
+DEFORM_CONV2D_CORNERS = Kernel(
+    "cudcn::deform_conv2d_corners",
+    "deform_conv2d.cu",
+    (("offset", "const T*"), ("corner_index", "I*"), ("corner_weight", "A*"), ("n", "I"))
+    + _DEFORM_CONV_GEOMETRY,
+)
+DEFORM_CONV2D_IM2COL_PLANES = Kernel(
+    "cudcn::deform_conv2d_im2col_planes",
+    "deform_conv2d.cu",
+    (("input", "const T*"), ("mask", "const T*"), ("corner_index", "const I*"),
+     ("corner_weight", "const A*"), ("columns", "T*"), ("n", "I"), ("use_mask", "int"))
+    + _DEFORM_CONV_GEOMETRY,
+)
+DEFORM_CONV2D_COL2IM_PLANES = Kernel(
+    "cudcn::deform_conv2d_col2im_planes",
+    "deform_conv2d.cu",
+    (("grad_columns", "const T*"), ("mask", "const T*"), ("corner_index", "const I*"),
+     ("corner_weight", "const A*"), ("grad_input", "A*"), ("n", "I"), ("use_mask", "int"))
+    + _DEFORM_CONV_GEOMETRY,
+)
+
 _ROI_POOL_GEOMETRY = tuple(
     (name, "int")
     for name in ("batch", "channels", "height", "width", "pooled_h", "pooled_w", "sampling_ratio")
@@ -131,6 +152,7 @@ DEFORM_PSROI_POOL_BACKWARD_OFFSET = Kernel(
 
 KERNELS = (
     DEFORM_CONV2D_IM2COL, DEFORM_CONV2D_COL2IM, DEFORM_CONV2D_COL2IM_COORD,
+    DEFORM_CONV2D_CORNERS, DEFORM_CONV2D_IM2COL_PLANES, DEFORM_CONV2D_COL2IM_PLANES,
     DEFORM_ROI_POOL_FORWARD, DEFORM_ROI_POOL_BACKWARD_INPUT, DEFORM_ROI_POOL_BACKWARD_OFFSET,
     DEFORM_PSROI_POOL_FORWARD, DEFORM_PSROI_POOL_BACKWARD_INPUT,
     DEFORM_PSROI_POOL_BACKWARD_OFFSET,

@@ -20,8 +20,24 @@ BLOCK = 256
 MAX_GRID = 65535 * 8
 INT32_MAX = 2**31 - 1
 
-# Tests set this to run the 64-bit index path on small problems.
+# Tests set these: the 64-bit index path on small problems, and either
+# strategy on either backend.
 _force_index64 = False
+_force_strategy = None
+
+
+def strategy(xp, deterministic):
+    """How an operation spreads its accumulations over threads.
+
+    'planes': each thread owns whole (image, channel) planes of what it
+    accumulates: no atomics, and a summation order that no thread count
+    changes. The CPU's default (atomics are slow there) and deterministic
+    mode on every backend. 'items': one thread per sample, scattering with
+    atomics: the GPU's default, where it has far more parallelism.
+    """
+    if _force_strategy is not None:
+        return _force_strategy
+    return "planes" if deterministic or xp is np else "items"
 
 
 def index_type(*extents):
@@ -52,7 +68,8 @@ class Launch:
 def _convert(kernel, name, ctype, value, scalar, index):
     base = ctype.replace("const ", "").rstrip("*")
     if ctype.endswith("*"):
-        expected = {"T": scalar.dtype_name, "A": scalar.acc_dtype_name}[base]
+        expected = {"T": scalar.dtype_name, "A": scalar.acc_dtype_name,
+                    "I": INDEX_DTYPES[index].name}[base]
         if not _backend.is_array(value):
             raise TypeError(f"{kernel.name}: {name} must be an array, got {type(value).__name__}")
         if value.dtype.name != expected:
@@ -91,8 +108,18 @@ def make_launch(kernel, dtype, n, index, **values):
     args = tuple(
         _convert(kernel, name, ctype, values[name], scalar, index) for name, ctype in kernel.params
     )
+    grid, block = grid_and_block(n)
+    return Launch(kernel, scalar, index, grid, block, args)
+
+
+def grid_and_block(n):
+    """As few blocks of at most BLOCK threads as cover n, each sized (to a
+    warp multiple) so that idle threads stay under one warp. Small launches,
+    such as one thread per plane, would otherwise leave most of a block idle,
+    and the CPU executor, which splits the threads evenly, one core idle."""
     grid = min(max(1, math.ceil(n / BLOCK)), MAX_GRID)
-    return Launch(kernel, scalar, index, grid, BLOCK, args)
+    block = min(BLOCK, max(32, math.ceil(n / grid / 32) * 32))
+    return grid, block
 
 
 def run(launch):

@@ -129,32 +129,78 @@ def _geometry(input, offset, weight, bias, mask, stride, padding, dilation, extr
                      padding, dilation, out_size)
 
 
-def _chunk_launch(kernel, g, images, **arrays):
-    """A launch of one deform_conv2d kernel over a chunk of ``images`` images."""
-    n = images * g.offset_groups * g.kernel_points * g.out_pixels
-    index = _launch.index_type(
-        n,
-        images * g.column_rows * g.out_pixels,
-        images * g.channels * g.height * g.width,
-        images * 2 * g.offset_groups * g.kernel_points * g.out_pixels,
-    )
-    return _launch.make_launch(kernel, g.dtype, n, index, **arrays, **g.kernel_values())
+class _Plan:
+    """Chunks, index type and strategy of one call, and its launches.
 
+    ``buffers`` is how many column-sized buffers the call keeps at once; the
+    chunk is as many images as fit them, with the plane strategy's corner
+    buffers, under the workspace limit.
+    """
 
-def _chunks(g, buffers):
-    """(start, stop) of each chunk of images, and the chunk size, for ``buffers``
-    column-sized buffers kept at once."""
-    per_image = buffers * g.column_rows * g.out_pixels * g.dtype.itemsize
-    size = _workspace.images_per_chunk(g.batch, per_image)
-    return [(s, min(s + size, g.batch)) for s in range(0, g.batch, size)], size
+    def __init__(self, g, buffers, deterministic):
+        self.g = g
+        self.strategy = _launch.strategy(g.xp, deterministic)
+        self.items_per_image = g.offset_groups * g.kernel_points * g.out_pixels
+        per_image = buffers * g.column_rows * g.out_pixels * g.dtype.itemsize
+        if self.strategy == "planes":
+            per_image += self.items_per_image * 4 * (8 + 8)  # corner indices and weights
+        self.size = _workspace.images_per_chunk(g.batch, per_image)
+        self.chunks = [(s, min(s + self.size, g.batch)) for s in range(0, g.batch, self.size)]
+        # One index type for every chunk: the largest decides.
+        self.index = _launch.index_type(
+            self.size * self.items_per_image * 4,
+            self.size * g.column_rows * g.out_pixels,
+            self.size * g.channels * g.height * g.width,
+            self.size * 2 * self.items_per_image,
+        )
+        self.corner_index = self.corner_weight = None
+        if self.strategy == "planes":
+            xp = g.xp
+            acc = xp.dtype(_kernels.SCALAR_TYPES[g.dtype.name].acc_dtype_name)
+            self.corner_index = xp.empty((self.size * self.items_per_image, 4),
+                                         dtype=_kernels.INDEX_DTYPES[self.index])
+            self.corner_weight = xp.empty((self.size * self.items_per_image, 4), dtype=acc)
 
+    def launch(self, kernel, n, **arrays):
+        _launch.run(_launch.make_launch(kernel, self.g.dtype, n, self.index, **arrays,
+                                        **self.g.kernel_values()))
 
-def _im2col(g, x, offset, mask, columns):
-    _launch.run(_chunk_launch(
-        _kernels.DEFORM_CONV2D_IM2COL, g, x.shape[0], input=x, offset=offset,
-        # The kernel reads mask only when use_mask; offset stands in for the pointer.
-        mask=offset if mask is None else mask, columns=columns, use_mask=int(mask is not None),
-    ))
+    def corners(self, offset):
+        """Fill the corner buffers for a chunk (plane strategy only)."""
+        n = offset.shape[0] * self.items_per_image
+        self.launch(_kernels.DEFORM_CONV2D_CORNERS, n, offset=offset,
+                    corner_index=self.corner_index[:n], corner_weight=self.corner_weight[:n])
+
+    def _corner_args(self, images):
+        n = images * self.items_per_image
+        return dict(corner_index=self.corner_index[:n], corner_weight=self.corner_weight[:n])
+
+    def im2col(self, x, offset, mask, columns):
+        """columns <- sampled x, for a chunk; planes: after corners(offset)."""
+        images = x.shape[0]
+        # Kernels read mask only when use_mask; offset stands in for the pointer.
+        mask_arg = offset if mask is None else mask
+        if self.strategy == "planes":
+            self.launch(_kernels.DEFORM_CONV2D_IM2COL_PLANES, images * self.g.channels, input=x,
+                        mask=mask_arg, columns=columns, use_mask=int(mask is not None),
+                        **self._corner_args(images))
+        else:
+            self.launch(_kernels.DEFORM_CONV2D_IM2COL, images * self.items_per_image, input=x,
+                        offset=offset, mask=mask_arg, columns=columns,
+                        use_mask=int(mask is not None))
+
+    def col2im(self, grad_columns, offset, mask, grad_input):
+        """grad_input += adjoint of im2col; planes: after corners(offset)."""
+        images = offset.shape[0]
+        mask_arg = offset if mask is None else mask
+        if self.strategy == "planes":
+            self.launch(_kernels.DEFORM_CONV2D_COL2IM_PLANES, images * self.g.channels,
+                        grad_columns=grad_columns, mask=mask_arg, grad_input=grad_input,
+                        use_mask=int(mask is not None), **self._corner_args(images))
+        else:
+            self.launch(_kernels.DEFORM_CONV2D_COL2IM, images * self.items_per_image,
+                        grad_columns=grad_columns, offset=offset, mask=mask_arg,
+                        grad_input=grad_input, use_mask=int(mask is not None))
 
 
 def _contiguous(xp, *arrays):
@@ -188,11 +234,14 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     out = xp.empty((g.batch, g.out_channels, *g.out_size), dtype=g.dtype)
     out_grouped = out.reshape(g.batch, g.groups, g.out_channels // g.groups, g.out_pixels)
     weight_grouped = weight.reshape(g.groups, g.out_channels // g.groups, -1)
-    chunks, size = _chunks(g, buffers=1)
-    columns = xp.empty((size, g.column_rows, g.out_pixels), dtype=g.dtype)
-    for start, stop in chunks:
+    plan = _Plan(g, buffers=1, deterministic=False)
+    columns = xp.empty((plan.size, g.column_rows, g.out_pixels), dtype=g.dtype)
+    for start, stop in plan.chunks:
         cols = columns[: stop - start]
-        _im2col(g, x[start:stop], offset[start:stop], None if mask is None else mask[start:stop], cols)
+        off_c, mask_c = offset[start:stop], None if mask is None else mask[start:stop]
+        if plan.strategy == "planes":
+            plan.corners(off_c)
+        plan.im2col(x[start:stop], off_c, mask_c, cols)
         xp.matmul(weight_grouped, cols.reshape(stop - start, g.groups, -1, g.out_pixels),
                   out=out_grouped[start:stop])
     if bias is not None:
@@ -201,7 +250,7 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
 
 
 def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride=1, padding=0,
-                           dilation=1, mask=None, needs=GRADIENT_NAMES):
+                           dilation=1, mask=None, needs=GRADIENT_NAMES, deterministic=False):
     """Gradients of :func:`deform_conv2d`.
 
     Args:
@@ -211,6 +260,9 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
             given to :func:`deform_conv2d`.
         needs: the gradients to compute, out of "input", "offset", "weight",
             "bias", "mask" (default all). Work only another one needs is skipped.
+        deterministic: bit-identical gradients run after run and for any
+            number of threads, on both backends (no floating-point atomics).
+            The CPU backend always runs this way; on the GPU it is slower.
 
     Returns:
         DeformConv2dGrads(input, offset, weight, bias, mask), each of the shape
@@ -244,17 +296,21 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
     if want_weight:
         grad_weight = xp.zeros(weight_grouped.shape, dtype=acc_dtype)
 
-    chunks, size = _chunks(g, buffers=int(want_weight) + int(want_input or want_coord))
-    columns = xp.empty((size, g.column_rows, g.out_pixels), dtype=g.dtype) if want_weight else None
-    grad_columns = (xp.empty((size, g.column_rows, g.out_pixels), dtype=g.dtype)
+    plan = _Plan(g, buffers=int(want_weight) + int(want_input or want_coord),
+                 deterministic=deterministic)
+    columns = (xp.empty((plan.size, g.column_rows, g.out_pixels), dtype=g.dtype)
+               if want_weight else None)
+    grad_columns = (xp.empty((plan.size, g.column_rows, g.out_pixels), dtype=g.dtype)
                     if want_input or want_coord else None)
-    for start, stop in chunks if g.batch else ():
+    for start, stop in plan.chunks:
         images = stop - start
         x_c, off_c = x[start:stop], offset[start:stop]
         mask_c = None if mask is None else mask[start:stop]
+        if plan.strategy == "planes" and (want_weight or want_input):
+            plan.corners(off_c)
         if want_weight:
             cols = columns[:images]
-            _im2col(g, x_c, off_c, mask_c, cols)
+            plan.im2col(x_c, off_c, mask_c, cols)
             cols_grouped = cols.reshape(images, g.groups, -1, g.out_pixels)
             for i in range(images):
                 grad_weight += xp.matmul(grad_out_grouped[start + i], cols_grouped[i].swapaxes(-1, -2))
@@ -263,21 +319,18 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
         gcols = grad_columns[:images]
         xp.matmul(weight_grouped.swapaxes(-1, -2), grad_out_grouped[start:stop],
                   out=gcols.reshape(images, g.groups, -1, g.out_pixels))
-        mask_arg = off_c if mask_c is None else mask_c
         if want_input:
-            _launch.run(_chunk_launch(
-                _kernels.DEFORM_CONV2D_COL2IM, g, images, grad_columns=gcols, offset=off_c,
-                mask=mask_arg, grad_input=grad_input[start:stop], use_mask=int(mask is not None),
-            ))
+            plan.col2im(gcols, off_c, mask_c, grad_input[start:stop])
         if want_coord:
             grad_off_c = grad_offset[start:stop]
-            _launch.run(_chunk_launch(
-                _kernels.DEFORM_CONV2D_COL2IM_COORD, g, images, grad_columns=gcols, input=x_c,
-                offset=off_c, mask=mask_arg, grad_offset=grad_off_c,
+            plan.launch(
+                _kernels.DEFORM_CONV2D_COL2IM_COORD, images * plan.items_per_image,
+                grad_columns=gcols, input=x_c, offset=off_c,
+                mask=off_c if mask_c is None else mask_c, grad_offset=grad_off_c,
                 # Written only when want_grad_mask; grad_offset stands in for the pointer.
                 grad_mask=grad_off_c if grad_mask is None else grad_mask[start:stop],
                 use_mask=int(mask is not None), want_grad_mask=int(want_mask),
-            ))
+            )
 
     if grad_input is not None:
         grad_input = grad_input.astype(g.dtype, copy=False)

@@ -43,19 +43,21 @@ inline T atomicAdd(T* address, T value) {
 namespace cudcn_cpu {
 
 // `params` follows cuLaunchKernel's convention: params[i] points at the value
-// of the kernel's i-th argument.
+// of the kernel's i-th argument. OpenMP spreads the flattened (block, thread)
+// space, not just the blocks: a kernel over few items (one thread per plane)
+// may be a single block. That is faithful because the kernels share nothing
+// between the threads of a block (no shared memory, no barriers).
 template <typename... Args, std::size_t... Is>
 void launch(void (*kernel)(Args...), unsigned int grid, unsigned int block, void** params,
             std::index_sequence<Is...>) {
+  const long long total = static_cast<long long>(grid) * block;
 #pragma omp parallel for schedule(static)
-  for (long long b = 0; b < static_cast<long long>(grid); ++b) {
+  for (long long t = 0; t < total; ++t) {
     gridDim = dim3(grid);
     blockDim = dim3(block);
-    blockIdx = dim3(static_cast<unsigned int>(b));
-    for (unsigned int t = 0; t < block; ++t) {
-      threadIdx = dim3(t);
-      kernel(*static_cast<std::remove_reference_t<Args>*>(params[Is])...);
-    }
+    blockIdx = dim3(static_cast<unsigned int>(t / block));
+    threadIdx = dim3(static_cast<unsigned int>(t % block));
+    kernel(*static_cast<std::remove_reference_t<Args>*>(params[Is])...);
   }
 }
 

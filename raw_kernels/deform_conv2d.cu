@@ -8,13 +8,22 @@
 //   mask    (B, G * KK, out_h, out_w), read only when use_mask != 0
 //   columns (B, C * KK, P), row c * KK + k holds channel c at kernel point k
 //
-// Thread mapping, shared by the three kernels: one thread per
-// (image b, offset group g, kernel point k, output pixel p), p fastest.
-// Every channel of group g samples at the same point with the same bilinear
-// weights, so a thread computes them once and loops over the group's
-// channels. With p fastest, neighbouring threads read neighbouring offsets and
-// masks and write neighbouring column entries: those accesses coalesce; only
-// the reads of the input at the sampled points are scattered.
+// Two thread mappings.
+//
+// Items (the GPU's default): one thread per (image b, offset group g, kernel
+// point k, output pixel p), p fastest. Every channel of group g samples at
+// the same point with the same bilinear weights, so a thread computes them
+// once and loops over the group's channels. With p fastest, neighbouring
+// threads read neighbouring offsets and masks and write neighbouring column
+// entries: those accesses coalesce; only the reads of the input at the
+// sampled points are scattered. Its col2im must scatter with atomics.
+//
+// Planes (the CPU's default, and deterministic mode everywhere): a first
+// kernel stores each item's four corners and weights (deform_conv2d_corners);
+// then one thread per (image, channel) plane walks the items of its group in
+// order, reading or accumulating into its own plane only. No atomics, a
+// fixed summation order whatever the thread count, sequential column rows,
+// and a plane small enough to stay in a CPU core's cache.
 #include "cudcn_common.cuh"
 
 namespace cudcn {
@@ -164,6 +173,88 @@ __global__ void deform_conv2d_col2im_coord(const T* __restrict__ grad_columns,
     store(grad_offset + it.offset_y_at, m * grad_y);
     store(grad_offset + it.offset_y_at + it.pixels, m * grad_x);
     if (want_grad_mask) store(grad_mask + it.mask_at, grad_m);
+  }
+}
+
+// Corners of every item, for the plane kernels: corner_index (n, 4) holds
+// y * W + x or -1 for a corner that reads 0; corner_weight (n, 4) the
+// bilinear weights (the mask is applied by the plane kernels, mask[i] being
+// item i's entry).
+template <typename T, typename I>
+__global__ void deform_conv2d_corners(const T* __restrict__ offset, I* __restrict__ corner_index,
+                                      acc_t<T>* __restrict__ corner_weight, I n,
+                                      CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
+  CUDCN_DEFORM_CONV_GEOMETRY;
+  using A = acc_t<T>;
+  CUDCN_KERNEL_LOOP(i, I, n) {
+    const DeformConvItem<A, I> it = deform_conv_item<T, I>(i, offset, s);
+    const BilinearCorners<A, I> c = bilinear_corners<A, I>(it.y, it.x, s.height, s.width);
+    for (int q = 0; q < 4; ++q) {
+      corner_index[i * 4 + q] = c.valid[q] ? c.index[q] : I(-1);
+      corner_weight[i * 4 + q] = c.weight[q];
+    }
+  }
+}
+
+// Where plane i = b * C + c finds its items: those of (b, its offset group).
+template <typename I>
+CUDCN_DEVICE I first_item_of_plane(I plane, const DeformConvGeometry& s) {
+  const I items = I(s.kernel_h) * s.kernel_w * s.out_h * s.out_w;
+  const I b = plane / s.channels, c = plane % s.channels;
+  return (b * s.offset_groups + c / (s.channels / s.offset_groups)) * items;
+}
+
+template <typename T, typename I>
+__global__ void deform_conv2d_im2col_planes(const T* __restrict__ input,
+                                            const T* __restrict__ mask,
+                                            const I* __restrict__ corner_index,
+                                            const acc_t<T>* __restrict__ corner_weight,
+                                            T* __restrict__ columns, I n, int use_mask,
+                                            CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
+  CUDCN_DEFORM_CONV_GEOMETRY;
+  using A = acc_t<T>;
+  const I items = I(s.kernel_h) * s.kernel_w * s.out_h * s.out_w;
+  const I plane_size = I(s.height) * s.width;
+  CUDCN_KERNEL_LOOP(i, I, n) {
+    const I first = first_item_of_plane(i, s);
+    const T* in = input + i * plane_size;
+    T* col = columns + i * items;  // rows c * KK .. c * KK + KK - 1 of image b
+    for (I j = 0; j < items; ++j) {
+      const I* idx = corner_index + (first + j) * 4;
+      const A* w = corner_weight + (first + j) * 4;
+      A v = A(0);
+      for (int q = 0; q < 4; ++q) {
+        if (idx[q] >= 0) v += w[q] * load(in + idx[q]);
+      }
+      store(col + j, use_mask ? load(mask + first + j) * v : v);
+    }
+  }
+}
+
+template <typename T, typename I>
+__global__ void deform_conv2d_col2im_planes(const T* __restrict__ grad_columns,
+                                            const T* __restrict__ mask,
+                                            const I* __restrict__ corner_index,
+                                            const acc_t<T>* __restrict__ corner_weight,
+                                            acc_t<T>* __restrict__ grad_input, I n, int use_mask,
+                                            CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
+  CUDCN_DEFORM_CONV_GEOMETRY;
+  using A = acc_t<T>;
+  const I items = I(s.kernel_h) * s.kernel_w * s.out_h * s.out_w;
+  const I plane_size = I(s.height) * s.width;
+  CUDCN_KERNEL_LOOP(i, I, n) {
+    const I first = first_item_of_plane(i, s);
+    const T* gcol = grad_columns + i * items;
+    A* gin = grad_input + i * plane_size;
+    for (I j = 0; j < items; ++j) {
+      const I* idx = corner_index + (first + j) * 4;
+      const A* w = corner_weight + (first + j) * 4;
+      A gc = load(gcol + j);
+      if (use_mask) gc *= load(mask + first + j);
+      for (int q = 0; q < 4; ++q) {
+        if (idx[q] >= 0) gin[idx[q]] += w[q] * gc;
+      }
+    }
   }
 }
 

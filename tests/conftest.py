@@ -50,3 +50,11 @@ def assert_close(actual, expected, rtol, atol, what=""):
     expected = np.asarray(expected, dtype=np.float64)
     assert actual.shape == expected.shape, what
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
+
+
+@pytest.fixture(params=["planes", "items"])
+def strategy(request, monkeypatch):
+    """Run a test under each strategy: 'items' is the GPU's default, so this
+    is how its kernels run here."""
+    monkeypatch.setattr(cudcn._launch, "_force_strategy", request.param)
+    return request.param

@@ -27,7 +27,14 @@ def test_scalars_get_the_exact_c_type_of_the_signature():
     assert type(by_name["n"]) is np.int32 and type(by_name["channels"]) is np.int32
     launch64 = _launch.make_launch(IM2COL, np.float32, 25, "long long", **_im2col_values())
     assert type(dict(zip(IM2COL.param_names, launch64.args))["n"]) is np.int64
-    assert (launch.grid, launch.block) == (1, 256)
+    assert (launch.grid, launch.block) == (1, 32)
+
+
+@pytest.mark.parametrize("n, grid, block", [(1, 1, 32), (128, 1, 128), (300, 2, 160),
+                                             (56448, 221, 256), (256 * 5 + 1, 6, 224)])
+def test_blocks_cover_the_items_with_less_than_a_warp_idle(n, grid, block):
+    assert _launch.grid_and_block(n) == (grid, block)
+    assert 0 <= grid * block - n < 32 * grid
 
 
 def test_grid_is_capped_and_covers_the_work_by_striding():
@@ -114,6 +121,6 @@ def test_gpu_source_carries_the_digest_of_every_kernel_file():
     text = _gpu_build.source_text("deform_conv2d.cu")
     assert text.splitlines()[0] == f"// cudcn kernel sources {_sources.sources_digest()}"
     names = _gpu_build.name_expressions("deform_conv2d.cu")
-    assert len(names) == 3 * 4 * 2
+    assert len(names) == len(_kernels.kernels_in("deform_conv2d.cu")) * 4 * 2 == 6 * 4 * 2
     assert "cudcn::deform_conv2d_col2im<__nv_bfloat16, long long>" in names
     assert f"-I{_sources.kernel_dir()}" in _gpu_build.options()

@@ -17,7 +17,7 @@ TOLERANCE = {np.float64: 1e-10, np.float32: 1e-4}
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("case", case_params())
-def test_matches_torchvision(case, dtype):
+def test_matches_torchvision(case, dtype, strategy):
     args = deform_conv2d_inputs(dtype=dtype, seed=20, **case)
     names = ("input", "offset", "weight", "bias", "mask")
     tensors = {n: None if args[n] is None else torch.from_numpy(args[n]).requires_grad_()

@@ -102,6 +102,25 @@ def _build(source, command, flags):
     return library
 
 
+def _load_with_passive_openmp(path):
+    """Load a kernel library; libgomp, if this load brings it in, sleeps
+    between parallel regions instead of spinning.
+
+    Spinning OpenMP workers take the cores from the BLAS threads of the GEMM
+    that follows each kernel (and BLAS workers spinning after a GEMM do the
+    same to the next kernel): on two cores that doubled the forward's time.
+    libgomp reads OMP_WAIT_POLICY once, when it loads, so the variable is set
+    for this load only, unless the user set it.
+    """
+    if "OMP_WAIT_POLICY" in os.environ:
+        return ctypes.CDLL(str(path))
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        return ctypes.CDLL(str(path))
+    finally:
+        del os.environ["OMP_WAIT_POLICY"]
+
+
 @functools.cache
 def library(source):
     """The loaded shared library of one kernel file, built on first use."""
@@ -111,7 +130,7 @@ def library(source):
     except CompileError:
         # A compiler without OpenMP still runs every kernel, on one thread.
         path = _build(source, command, CXXFLAGS)
-    lib = ctypes.CDLL(str(path))
+    lib = _load_with_passive_openmp(path)
     for kernel, scalar, index in _kernels.instantiations(source, _kernels.CPU_DTYPES):
         fn = getattr(lib, symbol(kernel, scalar, index))
         fn.argtypes = (ctypes.c_uint, ctypes.c_uint, ctypes.POINTER(ctypes.c_void_p))

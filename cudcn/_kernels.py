@@ -113,6 +113,13 @@ DEFORM_ROI_POOL_BACKWARD_INPUT = Kernel(
      ("mask", "const T*"), ("grad_input", "A*"), ("n", "I"), ("use_offset", "int"),
      ("use_mask", "int")) + _ROI_POOL_SCALARS + _ROI_POOL_GEOMETRY,
 )
+DEFORM_ROI_POOL_BACKWARD_INPUT_PLANES = Kernel(
+    "cudcn::deform_roi_pool_backward_input_planes",
+    "deform_roi_pool.cu",
+    (("grad_output", "const T*"), ("rois", "const A*"), ("offset", "const T*"),
+     ("mask", "const T*"), ("grad_input", "A*"), ("n", "I"), ("num_rois", "int"),
+     ("use_offset", "int"), ("use_mask", "int")) + _ROI_POOL_SCALARS + _ROI_POOL_GEOMETRY,
+)
 DEFORM_ROI_POOL_BACKWARD_OFFSET = Kernel(
     "cudcn::deform_roi_pool_backward_offset",
     "deform_roi_pool.cu",
@@ -142,6 +149,13 @@ DEFORM_PSROI_POOL_BACKWARD_INPUT = Kernel(
      ("grad_input", "A*"), ("n", "I"), ("use_offset", "int"))
     + _PSROI_POOL_SCALARS + _PSROI_POOL_GEOMETRY,
 )
+DEFORM_PSROI_POOL_BACKWARD_INPUT_PLANES = Kernel(
+    "cudcn::deform_psroi_pool_backward_input_planes",
+    "deform_psroi_pool.cu",
+    (("grad_output", "const T*"), ("rois", "const A*"), ("offset", "const T*"),
+     ("grad_input", "A*"), ("n", "I"), ("num_rois", "int"), ("use_offset", "int"))
+    + _PSROI_POOL_SCALARS + _PSROI_POOL_GEOMETRY,
+)
 DEFORM_PSROI_POOL_BACKWARD_OFFSET = Kernel(
     "cudcn::deform_psroi_pool_backward_offset",
     "deform_psroi_pool.cu",
@@ -154,8 +168,9 @@ KERNELS = (
     DEFORM_CONV2D_IM2COL, DEFORM_CONV2D_COL2IM, DEFORM_CONV2D_COL2IM_COORD,
     DEFORM_CONV2D_CORNERS, DEFORM_CONV2D_IM2COL_PLANES, DEFORM_CONV2D_COL2IM_PLANES,
     DEFORM_ROI_POOL_FORWARD, DEFORM_ROI_POOL_BACKWARD_INPUT, DEFORM_ROI_POOL_BACKWARD_OFFSET,
+    DEFORM_ROI_POOL_BACKWARD_INPUT_PLANES,
     DEFORM_PSROI_POOL_FORWARD, DEFORM_PSROI_POOL_BACKWARD_INPUT,
-    DEFORM_PSROI_POOL_BACKWARD_OFFSET,
+    DEFORM_PSROI_POOL_BACKWARD_OFFSET, DEFORM_PSROI_POOL_BACKWARD_INPUT_PLANES,
 )
 
 

@@ -110,13 +110,15 @@ def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0,
 
 def deform_roi_pool_backward(grad_output, input, rois, offset=None, output_size=7,
                              spatial_scale=1.0, sampling_ratio=0, gamma=0.1, mask=None,
-                             needs=("input", "offset", "mask")):
+                             needs=("input", "offset", "mask"), deterministic=False):
     """Gradients of :func:`deform_roi_pool`.
 
     Args:
         grad_output: (K, C, PH, PW), the gradient with respect to the output.
         The rest exactly as given to :func:`deform_roi_pool`; ``needs`` chooses
         out of "input", "offset", "mask" (default all).
+        deterministic: bit-identical gradients run after run and for any
+            thread count, on both backends (the CPU always runs this way).
 
     Returns:
         DeformRoIPoolGrads(input, offset, mask); None where not asked for, and
@@ -134,9 +136,16 @@ def deform_roi_pool_backward(grad_output, input, rois, offset=None, output_size=
     values = p.values()
     if "input" in wanted:
         grad_input = xp.zeros(p.input.shape, dtype=p.acc_dtype)
-        _launch.run(_launch.make_launch(
-            _kernels.DEFORM_ROI_POOL_BACKWARD_INPUT, p.dtype, p.grad_output.size, p.index,
-            grad_output=p.grad_output, grad_input=grad_input, **values))
+        if _launch.strategy(xp, deterministic) == "planes":
+            launch = _launch.make_launch(
+                _kernels.DEFORM_ROI_POOL_BACKWARD_INPUT_PLANES, p.dtype,
+                p.input.shape[0] * p.input.shape[1], p.index, grad_output=p.grad_output,
+                grad_input=grad_input, num_rois=p.rois.shape[0], **values)
+        else:
+            launch = _launch.make_launch(
+                _kernels.DEFORM_ROI_POOL_BACKWARD_INPUT, p.dtype, p.grad_output.size, p.index,
+                grad_output=p.grad_output, grad_input=grad_input, **values)
+        _launch.run(launch)
         grad_input = grad_input.astype(p.dtype, copy=False)
     want_offset = "offset" in wanted and p.offset is not None
     want_mask = "mask" in wanted and p.mask is not None
@@ -254,13 +263,16 @@ def deform_psroi_pool(input, rois, offset=None, *, output_dim, group_size, poole
 
 def deform_psroi_pool_backward(grad_output, input, rois, offset=None, *, output_dim, group_size,
                                pooled_size, part_size=None, sample_per_part=4, trans_std=0.0,
-                               spatial_scale=0.0625, needs=("input", "offset")):
+                               spatial_scale=0.0625, needs=("input", "offset"),
+                               deterministic=False):
     """Gradients of :func:`deform_psroi_pool`.
 
     Args:
         grad_output: (K, output_dim, pooled_size, pooled_size).
         The rest exactly as given to :func:`deform_psroi_pool`; ``needs``
         chooses out of "input", "offset" (default both).
+        deterministic: bit-identical gradients run after run and for any
+            thread count, on both backends (the CPU always runs this way).
 
     Returns:
         DeformPSRoIPoolGrads(input, offset); None where not asked for, and for
@@ -274,10 +286,16 @@ def deform_psroi_pool_backward(grad_output, input, rois, offset=None, *, output_
     grad_input = grad_offset = None
     if "input" in wanted:
         grad_input = xp.zeros(p.input.shape, dtype=p.acc_dtype)
-        _launch.run(_launch.make_launch(
-            _kernels.DEFORM_PSROI_POOL_BACKWARD_INPUT, p.dtype, p.grad_output.size, p.index,
-            grad_output=p.grad_output, grad_input=grad_input, **p.values(),
-            **p.offset_values()))
+        values = dict(grad_output=p.grad_output, grad_input=grad_input, **p.values(),
+                      **p.offset_values())
+        if _launch.strategy(xp, deterministic) == "planes":
+            launch = _launch.make_launch(
+                _kernels.DEFORM_PSROI_POOL_BACKWARD_INPUT_PLANES, p.dtype,
+                p.input.shape[0] * p.input.shape[1], p.index, num_rois=p.rois.shape[0], **values)
+        else:
+            launch = _launch.make_launch(_kernels.DEFORM_PSROI_POOL_BACKWARD_INPUT, p.dtype,
+                                         p.grad_output.size, p.index, **values)
+        _launch.run(launch)
         grad_input = grad_input.astype(p.dtype, copy=False)
     if "offset" in wanted and p.offset is not None:
         grad_offset = xp.empty(p.offset.shape, dtype=p.dtype)

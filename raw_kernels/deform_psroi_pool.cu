@@ -12,7 +12,10 @@
 // recomputed there from the same geometry, so no hidden state passes from
 // forward to backward. Grad offset: one thread per offset cell (k, class,
 // part_h, part_w) looping over the bins and channels that read it, so each
-// offset entry has one writer and needs no atomics.
+// offset entry has one writer and needs no atomics. Grad-input by planes (the
+// CPU's default, and deterministic mode): one thread per input plane (n, c),
+// which only the bins of one (ctop, gi, gj) read, walks the RoIs of image n
+// in order and accumulates into its own plane only.
 #include "cudcn_common.cuh"
 
 namespace cudcn {
@@ -153,6 +156,49 @@ __global__ void deform_psroi_pool_backward_input(
         if (!psroi_keeps(h, w, s.height, s.width)) continue;
         const ClampedCorners<A, I> q = clamped_corners<A, I>(h, w, s.height, s.width);
         for (int j = 0; j < 4; ++j) atomicAdd(plane + q.index[j], q.weight[j] * g);
+      }
+    }
+  }
+}
+
+template <typename T, typename I>
+__global__ void deform_psroi_pool_backward_input_planes(
+    const T* __restrict__ grad_output, const acc_t<T>* __restrict__ rois,
+    const T* __restrict__ offset, acc_t<T>* __restrict__ grad_input, I n, int num_rois,
+    int use_offset, acc_t<T> spatial_scale, acc_t<T> trans_std,
+    CUDCN_PSROI_POOL_GEOMETRY_PARAMS) {
+  CUDCN_PSROI_POOL_GEOMETRY;
+  using A = acc_t<T>;
+  const I bins = I(s.pooled_size) * s.pooled_size;
+  CUDCN_KERNEL_LOOP(i, I, n) {
+    const int b = static_cast<int>(i / s.channels);
+    const int c = static_cast<int>(i % s.channels);
+    const int ctop = c / (s.group_size * s.group_size);
+    const int gi = (c / s.group_size) % s.group_size, gj = c % s.group_size;
+    A* plane = grad_input + i * s.height * s.width;
+    for (I k = 0; k < num_rois; ++k) {
+      const A roi_batch = rois[k * 5];
+      if (!(roi_batch >= A(0) && roi_batch < A(s.batch)) || static_cast<int>(roi_batch) != b)
+        continue;
+      for (int ph = 0; ph < s.pooled_size; ++ph) {
+        if (min(ph * s.group_size / s.pooled_size, s.group_size - 1) != gi) continue;
+        for (int pw = 0; pw < s.pooled_size; ++pw) {
+          if (min(pw * s.group_size / s.pooled_size, s.group_size - 1) != gj) continue;
+          const PSRoIBin<A> bin = psroi_bin<T, I>(rois, offset, use_offset, spatial_scale,
+                                                  trans_std, k, ctop, ph, pw, s);
+          const int kept = psroi_kept(bin, s);
+          if (!kept) continue;
+          const A g = load(grad_output + (k * s.output_dim + ctop) * bins + ph * s.pooled_size +
+                           pw) / A(kept);
+          for (int ih = 0; ih < s.sample_per_part; ++ih) {
+            for (int iw = 0; iw < s.sample_per_part; ++iw) {
+              const A h = bin.h(ih), w = bin.w(iw);
+              if (!psroi_keeps(h, w, s.height, s.width)) continue;
+              const ClampedCorners<A, I> q = clamped_corners<A, I>(h, w, s.height, s.width);
+              for (int j = 0; j < 4; ++j) plane[q.index[j]] += q.weight[j] * g;
+            }
+          }
+        }
       }
     }
   }

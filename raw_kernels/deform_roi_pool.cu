@@ -10,7 +10,9 @@
 // outputs and read nearby points of one input plane; the bin geometry is a
 // few flops, cheaper to recompute than to share. Grad offset/mask: one thread
 // per bin (k, ph, pw) looping over the channels, so each offset and mask
-// entry has one writer and needs no atomics.
+// entry has one writer and needs no atomics. Grad-input by planes (the CPU's
+// default, and deterministic mode): one thread per input plane (n, c) walks
+// the RoIs of image n in order and accumulates into its own plane only.
 #include "cudcn_common.cuh"
 
 namespace cudcn {
@@ -172,6 +174,45 @@ __global__ void deform_roi_pool_backward_input(
         if (!roi_align_keeps(y, x, s.height, s.width)) continue;
         const ClampedCorners<A, I> q = clamped_corners<A, I>(y, x, s.height, s.width);
         for (int j = 0; j < 4; ++j) atomicAdd(plane + q.index[j], q.weight[j] * g);
+      }
+    }
+  }
+}
+
+template <typename T, typename I>
+__global__ void deform_roi_pool_backward_input_planes(
+    const T* __restrict__ grad_output, const acc_t<T>* __restrict__ rois,
+    const T* __restrict__ offset, const T* __restrict__ mask, acc_t<T>* __restrict__ grad_input,
+    I n, int num_rois, int use_offset, int use_mask, acc_t<T> spatial_scale, acc_t<T> gamma,
+    CUDCN_ROI_POOL_GEOMETRY_PARAMS) {
+  CUDCN_ROI_POOL_GEOMETRY;
+  using A = acc_t<T>;
+  CUDCN_KERNEL_LOOP(i, I, n) {
+    const int b = static_cast<int>(i / s.channels);
+    const I c = i % s.channels;
+    A* plane = grad_input + i * s.height * s.width;
+    for (I k = 0; k < num_rois; ++k) {
+      const A roi_batch = rois[k * 5];
+      if (!(roi_batch >= A(0) && roi_batch < A(s.batch)) || static_cast<int>(roi_batch) != b)
+        continue;
+      for (int ph = 0; ph < s.pooled_h; ++ph) {
+        for (int pw = 0; pw < s.pooled_w; ++pw) {
+          const RoIBin<A> bin =
+              roi_bin<T, I>(rois, offset, use_offset, spatial_scale, gamma, k, ph, pw, s);
+          const I at = (k * s.pooled_h + ph) * s.pooled_w + pw;
+          const A m = use_mask ? load(mask + at) : A(1);
+          const A g = m * load(grad_output + (k * s.channels + c) * s.pooled_h * s.pooled_w +
+                               ph * s.pooled_w + pw) / bin.count;
+          for (int iy = bin.y_begin; iy < bin.y_end; ++iy) {
+            const A y = bin.y(iy);
+            for (int ix = bin.x_begin; ix < bin.x_end; ++ix) {
+              const A x = bin.x(ix);
+              if (!roi_align_keeps(y, x, s.height, s.width)) continue;
+              const ClampedCorners<A, I> q = clamped_corners<A, I>(y, x, s.height, s.width);
+              for (int j = 0; j < 4; ++j) plane[q.index[j]] += q.weight[j] * g;
+            }
+          }
+        }
       }
     }
   }

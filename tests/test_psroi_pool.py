@@ -40,7 +40,7 @@ def _loss(args, grad_output):
 
 @pytest.mark.parametrize("case", _params(["offset-2-classes", "group-3-pooled-5",
                                           "part-differs", "scale-1"]))
-def test_gradients_match_finite_differences(case):
+def test_gradients_match_finite_differences(case, strategy):
     args = deform_psroi_pool_inputs(seed=3, **case)
     rng = np.random.default_rng(4)
     out = cudcn.deform_psroi_pool(**args)
@@ -58,7 +58,7 @@ def test_gradients_match_finite_differences(case):
             assert float(np.sum(grad * direction)) == pytest.approx(numeric, rel=1e-6, abs=1e-8), name
 
 
-def test_backward_recomputes_the_sample_counts():
+def test_backward_recomputes_the_sample_counts(strategy):
     """Bins partly outside the map average over their kept samples only; the
     backward divides by the same counts without being handed them."""
     args = deform_psroi_pool_inputs(offset=False, seed=5)
@@ -81,7 +81,7 @@ def test_no_rois():
     assert grads.offset.shape == (0, 4, 3, 3)
 
 
-def test_bad_rois_pool_zeros_and_get_no_gradient():
+def test_bad_rois_pool_zeros_and_get_no_gradient(strategy):
     args = deform_psroi_pool_inputs(rois=7, seed=6)
     rois = args["rois"]
     rois[0, 0] = 5  # batch index out of range

@@ -42,7 +42,7 @@ def _loss(args, grad_output):
 
 @pytest.mark.parametrize("case", _params(["offset", "offset-mask", "non-square-sr1",
                                           "scale-1/16", "large-gamma"]))
-def test_gradients_match_finite_differences(case):
+def test_gradients_match_finite_differences(case, strategy):
     args = deform_roi_pool_inputs(seed=3, **case)
     rng = np.random.default_rng(4)
     out = cudcn.deform_roi_pool(**args)
@@ -83,7 +83,8 @@ torchvision = pytest.importorskip("torchvision")
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("sampling_ratio", [0, 2])
 @pytest.mark.parametrize("output_size", [7, (3, 5)])
-def test_without_offset_equals_torchvision_roi_align(dtype, sampling_ratio, output_size):
+def test_without_offset_equals_torchvision_roi_align(dtype, sampling_ratio, output_size,
+                                                    strategy):
     args = deform_roi_pool_inputs(offset=False, dtype=dtype, output_size=output_size,
                                   sampling_ratio=sampling_ratio, rois=8, size=(14, 11),
                                   spatial_scale=0.25, seed=6)
@@ -118,7 +119,7 @@ def test_no_rois():
 
 
 @pytest.mark.timeout(120)
-def test_bad_rois_pool_zeros_and_get_no_gradient():
+def test_bad_rois_pool_zeros_and_get_no_gradient(strategy):
     args = deform_roi_pool_inputs(rois=9, mask=True, seed=9)
     rois = args["rois"]
     rois[0, 0] = -1  # batch index out of range

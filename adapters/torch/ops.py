@@ -3,7 +3,9 @@
 Each forward and each backward is a ``torch.library.custom_op`` with a fake
 implementation (so ``torch.compile(fullgraph=True)`` traces through them) and
 the forward's autograd is registered to call the backward op. The backward
-ops are not differentiable: asking for a double backward raises.
+ops are not differentiable: asking for a double backward raises. Under
+``torch.use_deterministic_algorithms(True)`` the backward runs cudcn's
+deterministic kernels (bit-identical gradients, no floating-point atomics).
 
 Autocast policy: under ``torch.autocast``, floating inputs other than float64
 (and other than RoIs) are cast to the autocast dtype where the backend has
@@ -63,7 +65,7 @@ def _not_twice(name):
 def _register_autograd(name, tensor_count, differentiable):
     """Autograd of cudcn::<name>: the first ``tensor_count`` arguments are
     tensors, ``differentiable`` their positions with gradients, in the order
-    cudcn::<name>_backward(grad, *tensors, *params, needs) returns them."""
+    cudcn::<name>_backward(grad, *tensors, *params, needs, deterministic) returns them."""
     backward_op = getattr(torch.ops.cudcn, f"{name}_backward")
 
     def setup(ctx, inputs, output):
@@ -72,7 +74,10 @@ def _register_autograd(name, tensor_count, differentiable):
 
     def backward(ctx, grad):
         needs = [bool(ctx.needs_input_grad[i]) for i in differentiable]
-        grads = iter(backward_op(grad, *ctx.saved_tensors, *ctx.params, needs) if any(needs) else ())
+        # torch.use_deterministic_algorithms(True) selects cudcn's deterministic kernels.
+        deterministic = torch.are_deterministic_algorithms_enabled()
+        grads = iter(backward_op(grad, *ctx.saved_tensors, *ctx.params, needs, deterministic)
+                     if any(needs) else ())
         result = [None] * (tensor_count + len(ctx.params))
         for position, wanted in zip(differentiable, needs):
             if wanted:
@@ -113,14 +118,15 @@ def _(input, offset, weight, bias, mask, stride, padding, dilation):
 def _deform_conv2d_backward(grad: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
                             bias: Optional[Tensor], mask: Optional[Tensor], stride: List[int],
                             padding: List[int], dilation: List[int],
-                            needs: List[bool]) -> List[Tensor]:
+                            needs: List[bool], deterministic: bool) -> List[Tensor]:
     return _run(input, cudcn.deform_conv2d_backward, grad, input, offset, weight, bias,
                 tuple(stride), tuple(padding), tuple(dilation), mask,
-                needs=_wanted(cudcn.deform_conv.GRADIENT_NAMES, needs))
+                needs=_wanted(cudcn.deform_conv.GRADIENT_NAMES, needs),
+                deterministic=deterministic)
 
 
 @_deform_conv2d_backward.register_fake
-def _(grad, input, offset, weight, bias, mask, stride, padding, dilation, needs):
+def _(grad, input, offset, weight, bias, mask, stride, padding, dilation, needs, deterministic):
     return _fake_grads((input, offset, weight, bias, mask), needs)
 
 
@@ -164,14 +170,16 @@ def _(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio, gam
 def _deform_roi_pool_backward(grad: Tensor, input: Tensor, rois: Tensor,
                               offset: Optional[Tensor], mask: Optional[Tensor],
                               output_size: List[int], spatial_scale: float, sampling_ratio: int,
-                              gamma: float, needs: List[bool]) -> List[Tensor]:
+                              gamma: float, needs: List[bool], deterministic: bool) -> List[Tensor]:
     return _run(input, cudcn.deform_roi_pool_backward, grad, input, rois, offset,
                 tuple(output_size), spatial_scale, sampling_ratio, gamma, mask,
-                needs=_wanted(cudcn.DeformRoIPoolGrads._fields, needs))
+                needs=_wanted(cudcn.DeformRoIPoolGrads._fields, needs),
+                deterministic=deterministic)
 
 
 @_deform_roi_pool_backward.register_fake
-def _(grad, input, rois, offset, mask, output_size, spatial_scale, sampling_ratio, gamma, needs):
+def _(grad, input, rois, offset, mask, output_size, spatial_scale, sampling_ratio, gamma, needs,
+      deterministic):
     return _fake_grads((input, offset, mask), needs)
 
 
@@ -215,17 +223,18 @@ def _deform_psroi_pool_backward(grad: Tensor, input: Tensor, rois: Tensor,
                                 offset: Optional[Tensor], output_dim: int, group_size: int,
                                 pooled_size: int, part_size: int, sample_per_part: int,
                                 trans_std: float, spatial_scale: float,
-                                needs: List[bool]) -> List[Tensor]:
+                                needs: List[bool], deterministic: bool) -> List[Tensor]:
     return _run(input, cudcn.deform_psroi_pool_backward, grad, input, rois, offset,
                 output_dim=output_dim, group_size=group_size, pooled_size=pooled_size,
                 part_size=part_size, sample_per_part=sample_per_part, trans_std=trans_std,
                 spatial_scale=spatial_scale,
-                needs=_wanted(cudcn.DeformPSRoIPoolGrads._fields, needs))
+                needs=_wanted(cudcn.DeformPSRoIPoolGrads._fields, needs),
+                deterministic=deterministic)
 
 
 @_deform_psroi_pool_backward.register_fake
 def _(grad, input, rois, offset, output_dim, group_size, pooled_size, part_size,
-      sample_per_part, trans_std, spatial_scale, needs):
+      sample_per_part, trans_std, spatial_scale, needs, deterministic):
     return _fake_grads((input, offset), needs)
 
 

@@ -1,0 +1,81 @@
+"""deterministic=True: bit-identical gradients run after run and for any
+number of CPU threads, and the same values as the default path."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import cudcn
+from conftest import assert_close
+from cudcn.testing import deform_conv2d_inputs, deform_psroi_pool_inputs, deform_roi_pool_inputs
+
+# Many samples landing on shared input points: where atomics would reorder sums.
+OPS = {
+    "deform_conv2d": (cudcn.deform_conv2d, cudcn.deform_conv2d_backward,
+                      "deform_conv2d_inputs(batch=3, in_channels=8, out_channels=6, size=(20, 17),"
+                      " offset_groups=2, offset_scale=0.7, dtype=np.float32, seed=50)"),
+    "deform_roi_pool": (cudcn.deform_roi_pool, cudcn.deform_roi_pool_backward,
+                        "deform_roi_pool_inputs(rois=40, channels=6, size=(16, 14), mask=True,"
+                        " sampling_ratio=3, dtype=np.float32, seed=51)"),
+    "deform_psroi_pool": (cudcn.deform_psroi_pool, cudcn.deform_psroi_pool_backward,
+                          "deform_psroi_pool_inputs(rois=40, size=(16, 14), sample_per_part=3,"
+                          " dtype=np.float32, seed=52)"),
+}
+
+_CHILD = """
+import hashlib, json, sys
+import numpy as np
+import cudcn
+from cudcn.testing import *
+op, backward, build = sys.argv[1], sys.argv[2], sys.argv[3]
+args = eval(build)
+out = getattr(cudcn, op)(**args)
+grad_output = np.random.default_rng(53).standard_normal(out.shape).astype(out.dtype)
+grads = getattr(cudcn, backward)(grad_output, deterministic=True, **args)
+print(json.dumps({k: hashlib.sha256(v.tobytes()).hexdigest() for k, v in grads._asdict().items()
+                  if v is not None}))
+"""
+
+
+def _digests(op, threads):
+    _, backward, build = OPS[op]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    result = subprocess.run([sys.executable, "-c", _CHILD, op, backward.__name__, build],
+                            env=env, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_bit_identical_for_any_thread_count_and_run(op):
+    one = _digests(op, 1)
+    assert one == _digests(op, 2) == _digests(op, 3)
+    assert "input" in one and len(one) >= 2
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_deterministic_gradients_equal_the_default_ones(op, strategy):
+    forward, backward, build = OPS[op]
+    args = eval(build)  # noqa: S307 - a builder call from the table above
+    out = forward(**args)
+    grad_output = np.random.default_rng(54).standard_normal(out.shape).astype(out.dtype)
+    fast = backward(grad_output, **args)
+    exact = backward(grad_output, deterministic=True, **args)
+    for name, value in fast._asdict().items():
+        if value is not None:
+            scale = max(1.0, float(np.abs(value).max()))
+            assert_close(getattr(exact, name), value, rtol=1e-5, atol=1e-5 * scale, what=name)
+
+
+def test_deterministic_mode_uses_no_atomic_kernels(launches, monkeypatch):
+    monkeypatch.setattr(cudcn._launch, "_force_strategy", None)
+    for forward, backward, build in OPS.values():
+        args = eval(build)  # noqa: S307
+        backward(forward(**args), deterministic=True, **args)
+    names = {launch.kernel.name for launch in launches}
+    assert "cudcn::deform_conv2d_col2im_planes" in names
+    assert not names & {"cudcn::deform_conv2d_col2im", "cudcn::deform_roi_pool_backward_input",
+                        "cudcn::deform_psroi_pool_backward_input"}

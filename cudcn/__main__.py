@@ -25,6 +25,14 @@ def _compile_check(args):
     return 1 if failed or spilled else 0
 
 
+def _bench(args):
+    from . import _bench
+
+    _bench.run(repeats=args.repeats, memory=not args.no_memory, threads=not args.no_threads,
+               workspace_mib=args.workspace_mib)
+    return 0
+
+
 def build_parser():
     from ._compile_check import ARCHITECTURES
 
@@ -42,6 +50,18 @@ def build_parser():
     check.add_argument("--max-spill-bytes", type=int, default=0,
                        help="spill stores + loads allowed per instantiation (default 0)")
     check.set_defaults(run=_compile_check)
+
+    bench = commands.add_parser(
+        "bench", help="time cudcn against torchvision and F.conv2d on the CPU, side by side",
+        description="Forward and forward+backward of deform_conv2d at three ResNet shapes "
+                    "(float32, 3x3, with mask), against torchvision's CPU op and a dense "
+                    "F.conv2d, medians in one run; then peak memory and thread scaling.")
+    bench.add_argument("--repeats", type=int, default=7, help="timed repetitions (default 7)")
+    bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory line")
+    bench.add_argument("--no-threads", action="store_true", help="skip the thread-scaling line")
+    bench.add_argument("--workspace-mib", type=float, default=None,
+                       help="workspace limit for the peak-memory line (default: cudcn's)")
+    bench.set_defaults(run=_bench)
     return parser
 
 

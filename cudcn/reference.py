@@ -92,8 +92,15 @@ def _clamped_bilinear(planes, y, x):
 
 
 def _round_half_away(v):
-    """C's round(): halves go away from zero (np.round goes to even)."""
-    return float(np.sign(v) * np.floor(np.abs(v) + 0.5))
+    """C's round(): halves go away from zero (np.round goes to even).
+
+    floor(|v| + 0.5) would be wrong just below a half (0.49999999999999994 + 0.5
+    rounds to 1.0); |v| - floor(|v|) is exact.
+    """
+    if not np.isfinite(v):
+        return float(v)
+    whole = np.floor(abs(v))
+    return float(np.copysign(whole + (abs(v) - whole >= 0.5), v))
 
 
 def _batch_index(value, batch):

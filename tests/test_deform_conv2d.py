@@ -65,6 +65,7 @@ def test_float32_gradients_match_float64(case):
                          what=name)
 
 
+@pytest.mark.torchvision
 def test_zero_offsets_without_mask_equal_grouped_conv():
     torch = pytest.importorskip("torch")
     args = deform_conv2d_inputs(in_channels=6, out_channels=4, groups=2, offset_groups=3,

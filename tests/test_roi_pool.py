@@ -75,16 +75,14 @@ def test_offset_gradient_is_zero_along_a_clamped_axis():
     assert grads.offset[0, 1, 0, 0] != 0.0
 
 
-torch = pytest.importorskip("torch")
-torchvision = pytest.importorskip("torchvision")
-
-
 @pytest.mark.torchvision
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("sampling_ratio", [0, 2])
 @pytest.mark.parametrize("output_size", [7, (3, 5)])
 def test_without_offset_equals_torchvision_roi_align(dtype, sampling_ratio, output_size,
                                                     strategy):
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
     args = deform_roi_pool_inputs(offset=False, dtype=dtype, output_size=output_size,
                                   sampling_ratio=sampling_ratio, rois=8, size=(14, 11),
                                   spatial_scale=0.25, seed=6)

@@ -68,7 +68,8 @@ def compiler():
 
 @functools.cache
 def _compiler_version(command):
-    result = subprocess.run([*command, "--version"], capture_output=True, text=True)
+    result = subprocess.run([*command, "--version"], capture_output=True, text=True,
+                            env=_compiler_env())
     return result.stdout + result.stderr
 
 
@@ -79,7 +80,18 @@ def cache_dir():
     return pathlib.Path(root) / "cpu"
 
 
+def extra_flags():
+    """$CUDCN_CXXFLAGS: extra host-compiler flags (sanitizers, coverage)."""
+    return tuple(shlex.split(os.environ.get("CUDCN_CXXFLAGS", "")))
+
+
+def _compiler_env():
+    # A sanitizer runtime preloaded into Python must not be preloaded into the compiler.
+    return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+
+
 def _build(source, command, flags):
+    flags = tuple(flags) + extra_flags()
     code = wrapper_source(source)
     key = hashlib.sha256(
         "\0".join([_sources.sources_digest(), code, *command, *flags,
@@ -89,16 +101,22 @@ def _build(source, command, flags):
     if library.exists():
         return library
     library.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
-        wrapper = pathlib.Path(tmp) / "wrapper.cpp"
+    # A coverage build keeps its folder: the .gcno notes and the .gcda counts live there.
+    keep = "--coverage" in flags
+    tmp = pathlib.Path(tempfile.mkdtemp(dir=library.parent, prefix=f"build-{library.stem}-"))
+    try:
+        wrapper = tmp / "wrapper.cpp"
         wrapper.write_text(code)
-        built = pathlib.Path(tmp) / library.name
+        built = tmp / library.name
         argv = [*command, *flags, f"-I{_sources.kernel_dir()}", str(wrapper), "-o", str(built)]
-        result = subprocess.run(argv, capture_output=True, text=True)
+        result = subprocess.run(argv, capture_output=True, text=True, env=_compiler_env())
         if result.returncode != 0:
             raise CompileError(f"{' '.join(argv)}\nfailed:\n{result.stderr}")
         # Atomic, so that concurrent processes never load a half-written file.
         os.replace(built, library)
+    finally:
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
     return library
 
 

@@ -1,13 +1,15 @@
 # make test   - create .venv, install cudcn and everything the tests use, run the suite
 # make check-kernels - NVRTC-compile every GPU kernel instantiation (no GPU needed)
 # make bench  - asv: run the benchmark suite for the current commit
+# make sanitize - kernel tests and fuzzers on CPU kernels built with ASan + UBSan
+# make coverage - share of kernel source lines the test suite executes
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cudcn-installed
 
-.PHONY: test check-kernels bench clean
+.PHONY: test check-kernels bench sanitize coverage clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,5 +27,24 @@ bench: $(STAMP)
 	cd benchmarks && ../$(PY) -m asv machine --yes && \
 	    ../$(PY) -m asv run --environment existing:../$(PY) --set-commit-hash $$(git rev-parse HEAD)
 
+# The kernel tests and fuzzers; torch is left out (it does not run under a preloaded ASan).
+KERNEL_TESTS := tests/test_deform_conv2d.py tests/test_roi_pool.py tests/test_psroi_pool.py \
+	tests/test_fuzz.py tests/test_deterministic.py tests/test_executors.py
+SANITIZE_FLAGS := -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all \
+	-fno-omit-frame-pointer -g -O1
+
+sanitize: $(STAMP)
+	CUDCN_CXXFLAGS="$(SANITIZE_FLAGS)" CUDCN_CACHE_DIR="$(CURDIR)/.cache/sanitize" \
+	LD_PRELOAD="$$($${CXX:-c++} -print-file-name=libasan.so)" \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	$(PY) -m pytest -p no:cacheprovider --capture=sys -m "not torchvision and not gpu" $(KERNEL_TESTS)
+
+coverage: $(STAMP)
+	rm -rf "$(CURDIR)/.cache/coverage"
+	CUDCN_CXXFLAGS="--coverage -O0" CUDCN_CACHE_DIR="$(CURDIR)/.cache/coverage" \
+	$(PY) -m pytest -p no:cacheprovider -q -m "not gpu" $(KERNEL_TESTS) tests/test_torch_adapter.py
+	$(PY) tools/kernel_coverage.py "$(CURDIR)/.cache/coverage/cpu" raw_kernels
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .cache

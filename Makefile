@@ -1,3 +1,4 @@
+# make demo   - create .venv and run `cudcn demo` (figures in docs/demo)
 # make test   - create .venv, install cudcn and everything the tests use, run the suite
 # make check-kernels - NVRTC-compile every GPU kernel instantiation (no GPU needed)
 # make bench  - asv: run the benchmark suite for the current commit
@@ -9,13 +10,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cudcn-installed
 
-.PHONY: test check-kernels bench sanitize coverage clean
+.PHONY: demo test check-kernels bench sanitize coverage clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/cudcn demo --out docs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -33,11 +33,58 @@ def _bench(args):
     return 0
 
 
+def _info(args):
+    from . import _info
+
+    return _info.show(sys.stdout)
+
+
+def _check(args):
+    from . import _check
+
+    return _check.show(sys.stdout)
+
+
+def _demo(args):
+    from . import demo
+
+    demo.run(out=args.out, steps=args.steps, batch=args.batch, seed=args.seed,
+             device=args.device)
+    return 0
+
+
 def build_parser():
     from ._compile_check import ARCHITECTURES
 
     parser = argparse.ArgumentParser(prog="cudcn", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    info = commands.add_parser(
+        "info", help="version, backends available here, kernel caches",
+        description="Print cudcn's version, the backends available here (host compiler, "
+                    "CUDA devices, CuPy and NVRTC versions), and the kernel cache folders.")
+    info.set_defaults(run=_info)
+
+    verify = commands.add_parser(
+        "check", help="every op, forward and backward, on every backend and dtype vs float64",
+        description="Run every op forward and backward on every available backend and dtype "
+                    "on random inputs against the float64 references; exit 1 if any row fails.")
+    verify.set_defaults(run=_check)
+
+    demo = commands.add_parser(
+        "demo", help="train a small CNN plain and deformable on transformed digits; figures",
+        description="Train the same small CNN twice on scikit-learn's digits with random "
+                    "scale, rotation and shift: plain, and with its last three 3x3 convs "
+                    "deformable. Prints both test accuracies and writes PNG figures of the "
+                    "learned sampling locations and offsets. Needs torch, scikit-learn and "
+                    "matplotlib.")
+    demo.add_argument("--out", default="cudcn-demo", help="folder for the figures")
+    demo.add_argument("--steps", type=int, default=500, help="training steps per model")
+    demo.add_argument("--batch", type=int, default=32, help="batch size")
+    demo.add_argument("--seed", type=int, default=0, help="seed of data, init and order")
+    demo.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                      help="where to train (cuda: the GPU backend)")
+    demo.set_defaults(run=_demo)
+
     check = commands.add_parser(
         "compile-check",
         help="NVRTC-compile every GPU kernel instantiation; report registers and spills",

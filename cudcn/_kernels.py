@@ -93,6 +93,17 @@ DEFORM_CONV2D_COL2IM_PLANES = Kernel(
     + _DEFORM_CONV_GEOMETRY,
 )
 
+DEFORM_CONV2D_COL2IM_COORD_PLANES = Kernel(
+    "cudcn::deform_conv2d_col2im_coord_planes",
+    "deform_conv2d.cu",
+    (("grad_columns", "const T*"), ("input", "const T*"), ("mask", "const T*"),
+     ("corner_index", "const I*"), ("corner_weight", "const A*"), ("coord_acc", "A*"),
+     ("grad_offset", "T*"), ("grad_mask", "T*"), ("n", "I"), ("use_mask", "int"),
+     ("want_grad_mask", "int")) + _DEFORM_CONV_GEOMETRY,
+)
+# Items per thread of DEFORM_CONV2D_COL2IM_COORD_PLANES (kCoordBlock in the .cu).
+COORD_BLOCK = 64
+
 _ROI_POOL_GEOMETRY = tuple(
     (name, "int")
     for name in ("batch", "channels", "height", "width", "pooled_h", "pooled_w", "sampling_ratio")
@@ -167,6 +178,7 @@ DEFORM_PSROI_POOL_BACKWARD_OFFSET = Kernel(
 KERNELS = (
     DEFORM_CONV2D_IM2COL, DEFORM_CONV2D_COL2IM, DEFORM_CONV2D_COL2IM_COORD,
     DEFORM_CONV2D_CORNERS, DEFORM_CONV2D_IM2COL_PLANES, DEFORM_CONV2D_COL2IM_PLANES,
+    DEFORM_CONV2D_COL2IM_COORD_PLANES,
     DEFORM_ROI_POOL_FORWARD, DEFORM_ROI_POOL_BACKWARD_INPUT, DEFORM_ROI_POOL_BACKWARD_OFFSET,
     DEFORM_ROI_POOL_BACKWARD_INPUT_PLANES,
     DEFORM_PSROI_POOL_FORWARD, DEFORM_PSROI_POOL_BACKWARD_INPUT,

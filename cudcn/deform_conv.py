@@ -143,7 +143,8 @@ class _Plan:
         self.items_per_image = g.offset_groups * g.kernel_points * g.out_pixels
         per_image = buffers * g.column_rows * g.out_pixels * g.dtype.itemsize
         if self.strategy == "planes":
-            per_image += self.items_per_image * 4 * (8 + 8)  # corner indices and weights
+            # corner indices and weights, and the coordinate kernel's partial sums
+            per_image += self.items_per_image * (4 * (8 + 8) + 3 * 8)
         self.size = _workspace.images_per_chunk(g.batch, per_image)
         self.chunks = [(s, min(s + self.size, g.batch)) for s in range(0, g.batch, self.size)]
         # One index type for every chunk: the largest decides.
@@ -153,13 +154,14 @@ class _Plan:
             self.size * g.channels * g.height * g.width,
             self.size * 2 * self.items_per_image,
         )
-        self.corner_index = self.corner_weight = None
+        self.corner_index = self.corner_weight = self.coord_acc = None
         if self.strategy == "planes":
             xp = g.xp
             acc = xp.dtype(_kernels.SCALAR_TYPES[g.dtype.name].acc_dtype_name)
             self.corner_index = xp.empty((self.size * self.items_per_image, 4),
                                          dtype=_kernels.INDEX_DTYPES[self.index])
             self.corner_weight = xp.empty((self.size * self.items_per_image, 4), dtype=acc)
+            self.coord_acc = xp.empty((self.size * self.items_per_image, 3), dtype=acc)
 
     def launch(self, kernel, n, **arrays):
         _launch.run(_launch.make_launch(kernel, self.g.dtype, n, self.index, **arrays,
@@ -188,6 +190,26 @@ class _Plan:
             self.launch(_kernels.DEFORM_CONV2D_IM2COL, images * self.items_per_image, input=x,
                         offset=offset, mask=mask_arg, columns=columns,
                         use_mask=int(mask is not None))
+
+    def coord(self, grad_columns, x, offset, mask, grad_offset, grad_mask):
+        """Offset (and, when grad_mask is given, mask) gradients for a chunk;
+        planes: after corners(offset)."""
+        images = x.shape[0]
+        mask_arg = offset if mask is None else mask
+        # grad_mask is written only when asked for; grad_offset stands in for the pointer.
+        common = dict(grad_columns=grad_columns, input=x, mask=mask_arg, grad_offset=grad_offset,
+                      grad_mask=grad_offset if grad_mask is None else grad_mask,
+                      use_mask=int(mask is not None), want_grad_mask=int(grad_mask is not None))
+        if self.strategy == "planes":
+            items = self.g.kernel_points * self.g.out_pixels
+            blocks = -(-items // _kernels.COORD_BLOCK)
+            self.launch(_kernels.DEFORM_CONV2D_COL2IM_COORD_PLANES,
+                        images * self.g.offset_groups * blocks,
+                        coord_acc=self.coord_acc[: images * self.items_per_image],
+                        **self._corner_args(images), **common)
+        else:
+            self.launch(_kernels.DEFORM_CONV2D_COL2IM_COORD, images * self.items_per_image,
+                        offset=offset, **common)
 
     def col2im(self, grad_columns, offset, mask, grad_input):
         """grad_input += adjoint of im2col; planes: after corners(offset)."""
@@ -306,7 +328,7 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
         images = stop - start
         x_c, off_c = x[start:stop], offset[start:stop]
         mask_c = None if mask is None else mask[start:stop]
-        if plan.strategy == "planes" and (want_weight or want_input):
+        if plan.strategy == "planes":
             plan.corners(off_c)
         if want_weight:
             cols = columns[:images]
@@ -322,15 +344,8 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
         if want_input:
             plan.col2im(gcols, off_c, mask_c, grad_input[start:stop])
         if want_coord:
-            grad_off_c = grad_offset[start:stop]
-            plan.launch(
-                _kernels.DEFORM_CONV2D_COL2IM_COORD, images * plan.items_per_image,
-                grad_columns=gcols, input=x_c, offset=off_c,
-                mask=off_c if mask_c is None else mask_c, grad_offset=grad_off_c,
-                # Written only when want_grad_mask; grad_offset stands in for the pointer.
-                grad_mask=grad_off_c if grad_mask is None else grad_mask[start:stop],
-                use_mask=int(mask is not None), want_grad_mask=int(want_mask),
-            )
+            plan.coord(gcols, x_c, off_c, mask_c, grad_offset[start:stop],
+                       None if grad_mask is None else grad_mask[start:stop])
 
     if grad_input is not None:
         grad_input = grad_input.astype(g.dtype, copy=False)

@@ -178,8 +178,10 @@ __global__ void deform_conv2d_col2im_coord(const T* __restrict__ grad_columns,
 
 // Corners of every item, for the plane kernels: corner_index (n, 4) holds
 // y * W + x or -1 for a corner that reads 0; corner_weight (n, 4) the
-// bilinear weights (the mask is applied by the plane kernels, mask[i] being
-// item i's entry).
+// bilinear weights of all four corners, read only where the index is not -1
+// (the coordinate kernel recovers the fractional parts from them: x - x0 =
+// w1 + w3, y - y0 = w2 + w3). The mask is applied by the plane kernels,
+// mask[i] being item i's entry.
 template <typename T, typename I>
 __global__ void deform_conv2d_corners(const T* __restrict__ offset, I* __restrict__ corner_index,
                                       acc_t<T>* __restrict__ corner_weight, I n,
@@ -189,9 +191,11 @@ __global__ void deform_conv2d_corners(const T* __restrict__ offset, I* __restric
   CUDCN_KERNEL_LOOP(i, I, n) {
     const DeformConvItem<A, I> it = deform_conv_item<T, I>(i, offset, s);
     const BilinearCorners<A, I> c = bilinear_corners<A, I>(it.y, it.x, s.height, s.width);
+    const A wy[2] = {A(1) - c.frac_y, c.frac_y};
+    const A wx[2] = {A(1) - c.frac_x, c.frac_x};
     for (int q = 0; q < 4; ++q) {
       corner_index[i * 4 + q] = c.valid[q] ? c.index[q] : I(-1);
-      corner_weight[i * 4 + q] = c.weight[q];
+      corner_weight[i * 4 + q] = wy[q >> 1] * wx[q & 1];
     }
   }
 }
@@ -254,6 +258,64 @@ __global__ void deform_conv2d_col2im_planes(const T* __restrict__ grad_columns,
       for (int q = 0; q < 4; ++q) {
         if (idx[q] >= 0) gin[idx[q]] += w[q] * gc;
       }
+    }
+  }
+}
+
+// Offset and mask gradients by blocks of items, for the plane strategy: one
+// thread per (image b, offset group g, block of kCoordBlock items) walks the
+// group's channels; each is a contiguous run of grad_columns and one input
+// plane, and the block's partial sums (coord_acc, 3 per item: y, x, mask)
+// stay in cache. The thread owns its items' outputs: no atomics, and the
+// channel order fixes the summation order.
+constexpr int kCoordBlock = 64;
+
+template <typename T, typename I>
+__global__ void deform_conv2d_col2im_coord_planes(
+    const T* __restrict__ grad_columns, const T* __restrict__ input, const T* __restrict__ mask,
+    const I* __restrict__ corner_index, const acc_t<T>* __restrict__ corner_weight,
+    acc_t<T>* __restrict__ coord_acc, T* __restrict__ grad_offset, T* __restrict__ grad_mask, I n,
+    int use_mask, int want_grad_mask, CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
+  CUDCN_DEFORM_CONV_GEOMETRY;
+  using A = acc_t<T>;
+  const I P = I(s.out_h) * s.out_w;
+  const I items = I(s.kernel_h) * s.kernel_w * P;
+  const I blocks = (items + kCoordBlock - 1) / kCoordBlock;
+  const I plane_size = I(s.height) * s.width;
+  const int group_channels = s.channels / s.offset_groups;
+  CUDCN_KERNEL_LOOP(i, I, n) {
+    const I bg = i / blocks;  // b * G + g
+    const I j0 = (i % blocks) * kCoordBlock;
+    const I j1 = j0 + kCoordBlock < items ? j0 + kCoordBlock : items;
+    const I first = bg * items;
+    const I b = bg / s.offset_groups, g = bg % s.offset_groups;
+    A* acc = coord_acc + (first + j0) * 3;
+    for (I j = 0; j < (j1 - j0) * 3; ++j) acc[j] = A(0);
+    for (int cc = 0; cc < group_channels; ++cc) {
+      const I plane = b * s.channels + g * group_channels + cc;
+      const T* gcol = grad_columns + plane * items;
+      const T* in = input + plane * plane_size;
+      for (I j = j0; j < j1; ++j) {
+        const I* idx = corner_index + (first + j) * 4;
+        const A* w = corner_weight + (first + j) * 4;
+        A v[4];
+        for (int q = 0; q < 4; ++q) v[q] = idx[q] >= 0 ? load(in + idx[q]) : A(0);
+        const A gc = load(gcol + j);
+        const A lx = w[1] + w[3], ly = w[2] + w[3];
+        A* a = acc + (j - j0) * 3;
+        a[0] += gc * ((A(1) - lx) * (v[2] - v[0]) + lx * (v[3] - v[1]));
+        a[1] += gc * ((A(1) - ly) * (v[1] - v[0]) + ly * (v[3] - v[2]));
+        a[2] += gc * (w[0] * v[0] + w[1] * v[1] + w[2] * v[2] + w[3] * v[3]);
+      }
+    }
+    for (I j = j0; j < j1; ++j) {
+      const I k = j / P, p = j % P;
+      const I offset_y_at = 2 * (bg * s.kernel_h * s.kernel_w + k) * P + p;
+      const A m = use_mask ? load(mask + first + j) : A(1);
+      const A* a = acc + (j - j0) * 3;
+      store(grad_offset + offset_y_at, m * a[0]);
+      store(grad_offset + offset_y_at + P, m * a[1]);
+      if (want_grad_mask) store(grad_mask + first + j, a[2]);
     }
   }
 }

@@ -101,8 +101,10 @@ DEFORM_CONV2D_COL2IM_COORD_PLANES = Kernel(
      ("grad_offset", "T*"), ("grad_mask", "T*"), ("n", "I"), ("use_mask", "int"),
      ("want_grad_mask", "int")) + _DEFORM_CONV_GEOMETRY,
 )
-# Items per thread of DEFORM_CONV2D_COL2IM_COORD_PLANES (kCoordBlock in the .cu).
+# Items per thread of DEFORM_CONV2D_COL2IM_COORD_PLANES (kCoordBlock in the .cu),
+# and planes per thread of the im2col/col2im plane kernels (kPlaneChannels).
 COORD_BLOCK = 64
+PLANE_CHANNELS = 4
 
 _ROI_POOL_GEOMETRY = tuple(
     (name, "int")

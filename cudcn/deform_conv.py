@@ -173,6 +173,11 @@ class _Plan:
         self.launch(_kernels.DEFORM_CONV2D_CORNERS, n, offset=offset,
                     corner_index=self.corner_index[:n], corner_weight=self.corner_weight[:n])
 
+    def _plane_threads(self, images):
+        group_channels = self.g.channels // self.g.offset_groups
+        blocks = -(-group_channels // _kernels.PLANE_CHANNELS)
+        return images * self.g.offset_groups * blocks
+
     def _corner_args(self, images):
         n = images * self.items_per_image
         return dict(corner_index=self.corner_index[:n], corner_weight=self.corner_weight[:n])
@@ -183,7 +188,7 @@ class _Plan:
         # Kernels read mask only when use_mask; offset stands in for the pointer.
         mask_arg = offset if mask is None else mask
         if self.strategy == "planes":
-            self.launch(_kernels.DEFORM_CONV2D_IM2COL_PLANES, images * self.g.channels, input=x,
+            self.launch(_kernels.DEFORM_CONV2D_IM2COL_PLANES, self._plane_threads(images), input=x,
                         mask=mask_arg, columns=columns, use_mask=int(mask is not None),
                         **self._corner_args(images))
         else:
@@ -216,7 +221,7 @@ class _Plan:
         images = offset.shape[0]
         mask_arg = offset if mask is None else mask
         if self.strategy == "planes":
-            self.launch(_kernels.DEFORM_CONV2D_COL2IM_PLANES, images * self.g.channels,
+            self.launch(_kernels.DEFORM_CONV2D_COL2IM_PLANES, self._plane_threads(images),
                         grad_columns=grad_columns, mask=mask_arg, grad_input=grad_input,
                         use_mask=int(mask is not None), **self._corner_args(images))
         else:

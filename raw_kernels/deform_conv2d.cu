@@ -200,12 +200,23 @@ __global__ void deform_conv2d_corners(const T* __restrict__ offset, I* __restric
   }
 }
 
-// Where plane i = b * C + c finds its items: those of (b, its offset group).
+// The plane kernels give each thread kPlaneChannels planes of one offset
+// group (fewer at the group's end), so that each item's corners are read
+// once for several planes. Thread i covers group b * G + g and channels
+// c0 .. c0 + count - 1; returns the index of the group's first item.
+constexpr int kPlaneChannels = 4;
+
 template <typename I>
-CUDCN_DEVICE I first_item_of_plane(I plane, const DeformConvGeometry& s) {
-  const I items = I(s.kernel_h) * s.kernel_w * s.out_h * s.out_w;
-  const I b = plane / s.channels, c = plane % s.channels;
-  return (b * s.offset_groups + c / (s.channels / s.offset_groups)) * items;
+CUDCN_DEVICE I plane_block(I i, const DeformConvGeometry& s, I& first_plane, int& count) {
+  const int group_channels = s.channels / s.offset_groups;
+  const I blocks = (group_channels + kPlaneChannels - 1) / kPlaneChannels;
+  const I bg = i / blocks;
+  const int c_in_group = static_cast<int>(i % blocks) * kPlaneChannels;
+  count = group_channels - c_in_group < kPlaneChannels ? group_channels - c_in_group
+                                                       : kPlaneChannels;
+  const I b = bg / s.offset_groups, g = bg % s.offset_groups;
+  first_plane = b * s.channels + g * group_channels + c_in_group;
+  return bg * (I(s.kernel_h) * s.kernel_w * s.out_h * s.out_w);
 }
 
 template <typename T, typename I>
@@ -220,17 +231,26 @@ __global__ void deform_conv2d_im2col_planes(const T* __restrict__ input,
   const I items = I(s.kernel_h) * s.kernel_w * s.out_h * s.out_w;
   const I plane_size = I(s.height) * s.width;
   CUDCN_KERNEL_LOOP(i, I, n) {
-    const I first = first_item_of_plane(i, s);
-    const T* in = input + i * plane_size;
-    T* col = columns + i * items;  // rows c * KK .. c * KK + KK - 1 of image b
+    I plane;
+    int count;
+    const I first = plane_block(i, s, plane, count);
+    const T* in[kPlaneChannels];
+    T* col[kPlaneChannels];  // rows c * KK .. c * KK + KK - 1 of image b
+    for (int t = 0; t < count; ++t) {
+      in[t] = input + (plane + t) * plane_size;
+      col[t] = columns + (plane + t) * items;
+    }
     for (I j = 0; j < items; ++j) {
       const I* idx = corner_index + (first + j) * 4;
       const A* w = corner_weight + (first + j) * 4;
-      A v = A(0);
-      for (int q = 0; q < 4; ++q) {
-        if (idx[q] >= 0) v += w[q] * load(in + idx[q]);
+      const A m = use_mask ? load(mask + first + j) : A(1);
+      for (int t = 0; t < count; ++t) {
+        A v = A(0);
+        for (int q = 0; q < 4; ++q) {
+          if (idx[q] >= 0) v += w[q] * load(in[t] + idx[q]);
+        }
+        store(col[t] + j, m * v);
       }
-      store(col + j, use_mask ? load(mask + first + j) * v : v);
     }
   }
 }
@@ -247,16 +267,24 @@ __global__ void deform_conv2d_col2im_planes(const T* __restrict__ grad_columns,
   const I items = I(s.kernel_h) * s.kernel_w * s.out_h * s.out_w;
   const I plane_size = I(s.height) * s.width;
   CUDCN_KERNEL_LOOP(i, I, n) {
-    const I first = first_item_of_plane(i, s);
-    const T* gcol = grad_columns + i * items;
-    A* gin = grad_input + i * plane_size;
+    I plane;
+    int count;
+    const I first = plane_block(i, s, plane, count);
+    const T* gcol[kPlaneChannels];
+    A* gin[kPlaneChannels];
+    for (int t = 0; t < count; ++t) {
+      gcol[t] = grad_columns + (plane + t) * items;
+      gin[t] = grad_input + (plane + t) * plane_size;
+    }
     for (I j = 0; j < items; ++j) {
       const I* idx = corner_index + (first + j) * 4;
       const A* w = corner_weight + (first + j) * 4;
-      A gc = load(gcol + j);
-      if (use_mask) gc *= load(mask + first + j);
-      for (int q = 0; q < 4; ++q) {
-        if (idx[q] >= 0) gin[idx[q]] += w[q] * gc;
+      const A m = use_mask ? load(mask + first + j) : A(1);
+      for (int t = 0; t < count; ++t) {
+        const A gc = m * load(gcol[t] + j);
+        for (int q = 0; q < 4; ++q) {
+          if (idx[q] >= 0) gin[t][idx[q]] += w[q] * gc;
+        }
       }
     }
   }

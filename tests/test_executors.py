@@ -132,3 +132,5 @@ def test_coord_block_matches_the_kernel_source():
     text = (_sources.kernel_dir() / "deform_conv2d.cu").read_text()
     (value,) = re.findall(r"constexpr int kCoordBlock = (\d+);", text)
     assert int(value) == _kernels.COORD_BLOCK
+    (value,) = re.findall(r"constexpr int kPlaneChannels = (\d+);", text)
+    assert int(value) == _kernels.PLANE_CHANNELS

@@ -101,6 +101,18 @@ CUDCN_DEVICE int psroi_kept(const PSRoIBin<A>& bin, const PSRoIPoolGeometry& s) 
   return kept;
 }
 
+// Calls visit(corners) for every kept sample of a valid bin.
+template <typename A, typename I, typename Visit>
+CUDCN_DEVICE void for_each_kept_sample(const PSRoIBin<A>& bin, const PSRoIPoolGeometry& s,
+                                       Visit&& visit) {
+  for (int ih = 0; bin.valid && ih < s.sample_per_part; ++ih) {
+    for (int iw = 0; iw < s.sample_per_part; ++iw) {
+      const A h = bin.h(ih), w = bin.w(iw);
+      if (psroi_keeps(h, w, s.height, s.width)) visit(clamped_corners<A, I>(h, w, s.height, s.width));
+    }
+  }
+}
+
 template <typename T, typename I>
 __global__ void deform_psroi_pool_forward(const T* __restrict__ input,
                                           const acc_t<T>* __restrict__ rois,
@@ -119,15 +131,10 @@ __global__ void deform_psroi_pool_forward(const T* __restrict__ input,
     const T* plane = input + (I(bin.batch) * s.channels + bin.channel) * s.height * s.width;
     A sum = A(0);
     int kept = 0;
-    for (int ih = 0; bin.valid && ih < s.sample_per_part; ++ih) {
-      for (int iw = 0; iw < s.sample_per_part; ++iw) {
-        const A h = bin.h(ih), w = bin.w(iw);
-        if (!psroi_keeps(h, w, s.height, s.width)) continue;
-        const ClampedCorners<A, I> q = clamped_corners<A, I>(h, w, s.height, s.width);
-        for (int j = 0; j < 4; ++j) sum += q.weight[j] * load(plane + q.index[j]);
-        ++kept;
-      }
-    }
+    for_each_kept_sample<A, I>(bin, s, [&](const ClampedCorners<A, I>& q) {
+      for (int j = 0; j < 4; ++j) sum += q.weight[j] * load(plane + q.index[j]);
+      ++kept;
+    });
     store(output + i, kept ? sum / A(kept) : A(0));
   }
 }
@@ -150,14 +157,9 @@ __global__ void deform_psroi_pool_backward_input(
     if (!kept) continue;
     const A g = load(grad_output + i) / A(kept);
     A* plane = grad_input + (I(bin.batch) * s.channels + bin.channel) * s.height * s.width;
-    for (int ih = 0; ih < s.sample_per_part; ++ih) {
-      for (int iw = 0; iw < s.sample_per_part; ++iw) {
-        const A h = bin.h(ih), w = bin.w(iw);
-        if (!psroi_keeps(h, w, s.height, s.width)) continue;
-        const ClampedCorners<A, I> q = clamped_corners<A, I>(h, w, s.height, s.width);
-        for (int j = 0; j < 4; ++j) atomicAdd(plane + q.index[j], q.weight[j] * g);
-      }
-    }
+    for_each_kept_sample<A, I>(bin, s, [&](const ClampedCorners<A, I>& q) {
+      for (int j = 0; j < 4; ++j) atomicAdd(plane + q.index[j], q.weight[j] * g);
+    });
   }
 }
 
@@ -190,14 +192,9 @@ __global__ void deform_psroi_pool_backward_input_planes(
           if (!kept) continue;
           const A g = load(grad_output + (k * s.output_dim + ctop) * bins + ph * s.pooled_size +
                            pw) / A(kept);
-          for (int ih = 0; ih < s.sample_per_part; ++ih) {
-            for (int iw = 0; iw < s.sample_per_part; ++iw) {
-              const A h = bin.h(ih), w = bin.w(iw);
-              if (!psroi_keeps(h, w, s.height, s.width)) continue;
-              const ClampedCorners<A, I> q = clamped_corners<A, I>(h, w, s.height, s.width);
-              for (int j = 0; j < 4; ++j) plane[q.index[j]] += q.weight[j] * g;
-            }
-          }
+          for_each_kept_sample<A, I>(bin, s, [&](const ClampedCorners<A, I>& q) {
+            for (int j = 0; j < 4; ++j) plane[q.index[j]] += q.weight[j] * g;
+          });
         }
       }
     }
@@ -235,18 +232,13 @@ __global__ void deform_psroi_pool_backward_offset(
           const A g = load(grad_output + (k * s.output_dim + ctop) * bins + ph * s.pooled_size +
                            pw) / A(kept);
           const T* plane = input + (I(bin.batch) * s.channels + bin.channel) * s.height * s.width;
-          for (int ih = 0; ih < s.sample_per_part; ++ih) {
-            for (int iw = 0; iw < s.sample_per_part; ++iw) {
-              const A h = bin.h(ih), w = bin.w(iw);
-              if (!psroi_keeps(h, w, s.height, s.width)) continue;
-              const ClampedCorners<A, I> q = clamped_corners<A, I>(h, w, s.height, s.width);
-              for (int j = 0; j < 4; ++j) {
-                const A v = load(plane + q.index[j]);
-                grad_x += g * q.dweight_x[j] * v;
-                grad_y += g * q.dweight_y[j] * v;
-              }
+          for_each_kept_sample<A, I>(bin, s, [&](const ClampedCorners<A, I>& q) {
+            for (int j = 0; j < 4; ++j) {
+              const A v = load(plane + q.index[j]);
+              grad_x += g * q.dweight_x[j] * v;
+              grad_y += g * q.dweight_y[j] * v;
             }
-          }
+          });
         }
       }
     }

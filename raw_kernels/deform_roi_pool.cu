@@ -117,6 +117,19 @@ CUDCN_DEVICE bool roi_align_keeps(A y, A x, int height, int width) {
   return y >= A(-1) && y <= A(height) && x >= A(-1) && x <= A(width);  // false for NaN
 }
 
+// Calls visit(corners) for every sample of the bin that RoIAlign keeps.
+template <typename A, typename I, typename Visit>
+CUDCN_DEVICE void for_each_kept_sample(const RoIBin<A>& bin, int height, int width,
+                                       Visit&& visit) {
+  for (int iy = bin.y_begin; iy < bin.y_end; ++iy) {
+    const A y = bin.y(iy);
+    for (int ix = bin.x_begin; ix < bin.x_end; ++ix) {
+      const A x = bin.x(ix);
+      if (roi_align_keeps(y, x, height, width)) visit(clamped_corners<A, I>(y, x, height, width));
+    }
+  }
+}
+
 template <typename T, typename I>
 __global__ void deform_roi_pool_forward(const T* __restrict__ input,
                                         const acc_t<T>* __restrict__ rois,
@@ -134,15 +147,9 @@ __global__ void deform_roi_pool_forward(const T* __restrict__ input,
     const RoIBin<A> bin = roi_bin<T, I>(rois, offset, use_offset, spatial_scale, gamma, k, ph, pw, s);
     const T* plane = input + (I(bin.batch) * s.channels + c) * s.height * s.width;
     A sum = A(0);
-    for (int iy = bin.y_begin; iy < bin.y_end; ++iy) {
-      const A y = bin.y(iy);
-      for (int ix = bin.x_begin; ix < bin.x_end; ++ix) {
-        const A x = bin.x(ix);
-        if (!roi_align_keeps(y, x, s.height, s.width)) continue;
-        const ClampedCorners<A, I> q = clamped_corners<A, I>(y, x, s.height, s.width);
-        for (int j = 0; j < 4; ++j) sum += q.weight[j] * load(plane + q.index[j]);
-      }
-    }
+    for_each_kept_sample<A, I>(bin, s.height, s.width, [&](const ClampedCorners<A, I>& q) {
+      for (int j = 0; j < 4; ++j) sum += q.weight[j] * load(plane + q.index[j]);
+    });
     const A m = use_mask ? load(mask + (k * s.pooled_h + ph) * s.pooled_w + pw) : A(1);
     store(output + i, m * (sum / bin.count));
   }
@@ -167,15 +174,9 @@ __global__ void deform_roi_pool_backward_input(
     const A m = use_mask ? load(mask + (k * s.pooled_h + ph) * s.pooled_w + pw) : A(1);
     const A g = m * load(grad_output + i) / bin.count;
     A* plane = grad_input + (I(bin.batch) * s.channels + c) * s.height * s.width;
-    for (int iy = bin.y_begin; iy < bin.y_end; ++iy) {
-      const A y = bin.y(iy);
-      for (int ix = bin.x_begin; ix < bin.x_end; ++ix) {
-        const A x = bin.x(ix);
-        if (!roi_align_keeps(y, x, s.height, s.width)) continue;
-        const ClampedCorners<A, I> q = clamped_corners<A, I>(y, x, s.height, s.width);
-        for (int j = 0; j < 4; ++j) atomicAdd(plane + q.index[j], q.weight[j] * g);
-      }
-    }
+    for_each_kept_sample<A, I>(bin, s.height, s.width, [&](const ClampedCorners<A, I>& q) {
+      for (int j = 0; j < 4; ++j) atomicAdd(plane + q.index[j], q.weight[j] * g);
+    });
   }
 }
 
@@ -203,15 +204,9 @@ __global__ void deform_roi_pool_backward_input_planes(
           const A m = use_mask ? load(mask + at) : A(1);
           const A g = m * load(grad_output + (k * s.channels + c) * s.pooled_h * s.pooled_w +
                                ph * s.pooled_w + pw) / bin.count;
-          for (int iy = bin.y_begin; iy < bin.y_end; ++iy) {
-            const A y = bin.y(iy);
-            for (int ix = bin.x_begin; ix < bin.x_end; ++ix) {
-              const A x = bin.x(ix);
-              if (!roi_align_keeps(y, x, s.height, s.width)) continue;
-              const ClampedCorners<A, I> q = clamped_corners<A, I>(y, x, s.height, s.width);
-              for (int j = 0; j < 4; ++j) plane[q.index[j]] += q.weight[j] * g;
-            }
-          }
+          for_each_kept_sample<A, I>(bin, s.height, s.width, [&](const ClampedCorners<A, I>& q) {
+            for (int j = 0; j < 4; ++j) plane[q.index[j]] += q.weight[j] * g;
+          });
         }
       }
     }
@@ -238,20 +233,14 @@ __global__ void deform_roi_pool_backward_offset(
       const A g = load(grad_output + (k * s.channels + c) * bins + ph * s.pooled_w + pw);
       const T* plane = input + (I(bin.batch) * s.channels + c) * s.height * s.width;
       A value = A(0), dy = A(0), dx = A(0);
-      for (int iy = bin.y_begin; iy < bin.y_end; ++iy) {
-        const A y = bin.y(iy);
-        for (int ix = bin.x_begin; ix < bin.x_end; ++ix) {
-          const A x = bin.x(ix);
-          if (!roi_align_keeps(y, x, s.height, s.width)) continue;
-          const ClampedCorners<A, I> q = clamped_corners<A, I>(y, x, s.height, s.width);
-          for (int j = 0; j < 4; ++j) {
-            const A v = load(plane + q.index[j]);
-            value += q.weight[j] * v;
-            dy += q.dweight_y[j] * v;
-            dx += q.dweight_x[j] * v;
-          }
+      for_each_kept_sample<A, I>(bin, s.height, s.width, [&](const ClampedCorners<A, I>& q) {
+        for (int j = 0; j < 4; ++j) {
+          const A v = load(plane + q.index[j]);
+          value += q.weight[j] * v;
+          dy += q.dweight_y[j] * v;
+          dx += q.dweight_x[j] * v;
         }
-      }
+      });
       grad_y += g * dy;
       grad_x += g * dx;
       grad_m += g * value;

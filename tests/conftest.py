@@ -72,3 +72,26 @@ def strategy(request, monkeypatch):
     is how its kernels run here."""
     monkeypatch.setattr(cudcn._launch, "_force_strategy", request.param)
     return request.param
+
+
+def assert_directional_gradients(reference_fn, args, grads, grad_output, rng, rel, abs,
+                                 names, directions=3, eps=1e-6):
+    """Each gradient in ``names`` against central finite differences of
+    <grad_output, reference_fn(**args)> along random directions; None where
+    the argument is None."""
+    def loss(a):
+        return float(np.sum(reference_fn(**a) * grad_output))
+
+    for name in names:
+        if args[name] is None:
+            assert getattr(grads, name) is None, name
+            continue
+        grad = getattr(grads, name)
+        assert grad.shape == args[name].shape and grad.dtype == args[name].dtype, name
+        assert np.abs(grad).max() > 0, name
+        for _ in range(directions):
+            direction = rng.standard_normal(args[name].shape)
+            numeric = (loss(dict(args, **{name: args[name] + eps * direction}))
+                       - loss(dict(args, **{name: args[name] - eps * direction}))) / (2 * eps)
+            analytic = float(np.sum(grad * direction))
+            assert analytic == pytest.approx(numeric, rel=rel, abs=abs), name

@@ -6,7 +6,7 @@ import pytest
 import cudcn
 from cudcn import reference
 from cudcn.testing import deform_conv2d_inputs
-from conftest import assert_close
+from conftest import assert_close, assert_directional_gradients
 from deform_conv2d_cases import case_params
 
 DIFFERENTIABLE = ("input", "offset", "weight", "bias", "mask")
@@ -24,32 +24,15 @@ def test_forward_matches_reference(case, dtype, strategy):
     assert_close(out, reference.deform_conv2d(**args), **TOLERANCES[dtype])
 
 
-def _loss(args, grad_output):
-    return float(np.sum(reference.deform_conv2d(**args) * grad_output))
-
-
 @pytest.mark.parametrize("case", case_params())
 def test_gradients_match_finite_differences(case, strategy):
     """Directional derivatives of <grad_output, output> along random directions."""
     args = deform_conv2d_inputs(away_from_kinks=True, seed=1, **case)
-    out = cudcn.deform_conv2d(**args)
     rng = np.random.default_rng(2)
-    grad_output = rng.standard_normal(out.shape)
+    grad_output = rng.standard_normal(cudcn.deform_conv2d(**args).shape)
     grads = cudcn.deform_conv2d_backward(grad_output, **args)
-    eps = 1e-6
-    for name in DIFFERENTIABLE:
-        if args[name] is None:
-            assert getattr(grads, name) is None
-            continue
-        grad = getattr(grads, name)
-        assert grad.shape == args[name].shape and grad.dtype == args[name].dtype
-        for _ in range(3):
-            direction = rng.standard_normal(args[name].shape)
-            plus = dict(args, **{name: args[name] + eps * direction})
-            minus = dict(args, **{name: args[name] - eps * direction})
-            numeric = (_loss(plus, grad_output) - _loss(minus, grad_output)) / (2 * eps)
-            analytic = float(np.sum(grad * direction))
-            assert analytic == pytest.approx(numeric, rel=1e-6, abs=1e-7), name
+    assert_directional_gradients(reference.deform_conv2d, args, grads, grad_output, rng,
+                                 rel=1e-6, abs=1e-7, names=DIFFERENTIABLE)
 
 
 @pytest.mark.parametrize("case", case_params(["3x3", "groups-and-offset-groups", "5x3-asymmetric"]))

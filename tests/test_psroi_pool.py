@@ -6,7 +6,7 @@ import pytest
 import cudcn
 from cudcn import reference
 from cudcn.testing import deform_psroi_pool_inputs
-from conftest import assert_close
+from conftest import assert_close, assert_directional_gradients
 
 CASES = {
     "offset-2-classes": dict(),
@@ -34,28 +34,15 @@ def test_forward_matches_reference(case, dtype):
     assert_close(out, expected, rtol=tol, atol=tol)
 
 
-def _loss(args, grad_output):
-    return float(np.sum(reference.deform_psroi_pool(**args) * grad_output))
-
-
 @pytest.mark.parametrize("case", _params(["offset-2-classes", "group-3-pooled-5",
                                           "part-differs", "scale-1"]))
 def test_gradients_match_finite_differences(case, strategy):
     args = deform_psroi_pool_inputs(seed=3, **case)
     rng = np.random.default_rng(4)
-    out = cudcn.deform_psroi_pool(**args)
-    grad_output = rng.standard_normal(out.shape)
+    grad_output = rng.standard_normal(cudcn.deform_psroi_pool(**args).shape)
     grads = cudcn.deform_psroi_pool_backward(grad_output, **args)
-    eps = 1e-6
-    for name in ("input", "offset"):
-        grad = getattr(grads, name)
-        assert grad.shape == args[name].shape and np.abs(grad).max() > 0
-        for _ in range(3):
-            direction = rng.standard_normal(args[name].shape)
-            plus = dict(args, **{name: args[name] + eps * direction})
-            minus = dict(args, **{name: args[name] - eps * direction})
-            numeric = (_loss(plus, grad_output) - _loss(minus, grad_output)) / (2 * eps)
-            assert float(np.sum(grad * direction)) == pytest.approx(numeric, rel=1e-6, abs=1e-8), name
+    assert_directional_gradients(reference.deform_psroi_pool, args, grads, grad_output, rng,
+                                 rel=1e-6, abs=1e-8, names=("input", "offset"))
 
 
 def test_backward_recomputes_the_sample_counts(strategy):

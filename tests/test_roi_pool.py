@@ -6,7 +6,7 @@ import pytest
 import cudcn
 from cudcn import reference
 from cudcn.testing import deform_roi_pool_inputs
-from conftest import assert_close
+from conftest import assert_close, assert_directional_gradients
 
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-4, atol=1e-5)}
 
@@ -36,31 +36,15 @@ def test_forward_matches_reference(case, dtype):
     assert_close(out, expected, **TOL[dtype])
 
 
-def _loss(args, grad_output):
-    return float(np.sum(reference.deform_roi_pool(**args) * grad_output))
-
-
 @pytest.mark.parametrize("case", _params(["offset", "offset-mask", "non-square-sr1",
                                           "scale-1/16", "large-gamma"]))
 def test_gradients_match_finite_differences(case, strategy):
     args = deform_roi_pool_inputs(seed=3, **case)
     rng = np.random.default_rng(4)
-    out = cudcn.deform_roi_pool(**args)
-    grad_output = rng.standard_normal(out.shape)
+    grad_output = rng.standard_normal(cudcn.deform_roi_pool(**args).shape)
     grads = cudcn.deform_roi_pool_backward(grad_output, **args)
-    eps = 1e-6
-    for name in ("input", "offset", "mask"):
-        if args[name] is None:
-            assert getattr(grads, name) is None
-            continue
-        grad = getattr(grads, name)
-        assert grad.shape == args[name].shape and np.abs(grad).max() > 0
-        for _ in range(3):
-            direction = rng.standard_normal(args[name].shape)
-            plus = dict(args, **{name: args[name] + eps * direction})
-            minus = dict(args, **{name: args[name] - eps * direction})
-            numeric = (_loss(plus, grad_output) - _loss(minus, grad_output)) / (2 * eps)
-            assert float(np.sum(grad * direction)) == pytest.approx(numeric, rel=1e-6, abs=1e-8), name
+    assert_directional_gradients(reference.deform_roi_pool, args, grads, grad_output, rng,
+                                 rel=1e-6, abs=1e-8, names=("input", "offset", "mask"))
 
 
 def test_offset_gradient_is_zero_along_a_clamped_axis():

@@ -38,6 +38,11 @@ CUDCN_DEVICE void kept_sample_range(A first, A step, int grid, int size, int& be
   begin = 0;
   end = finite ? grid : 0;
   if (!finite || step == A(0)) return;
+  // The common case, a bin inside the image: every sample may be kept.
+  const A first_sample = first + A(0.5) * step, last_sample = first + (A(grid) - A(0.5)) * step;
+  if (first_sample >= A(0) && first_sample <= A(size - 1) && last_sample >= A(0) &&
+      last_sample <= A(size - 1))
+    return;
   double lo = (-1.0 - double(first)) / double(step) - 0.5;
   double hi = (double(size) - double(first)) / double(step) - 0.5;
   if (lo > hi) {

@@ -86,6 +86,13 @@ CUDCN_DEVICE BilinearCorners<A, I> bilinear_corners(A y, A x, int height, int wi
   return c;
 }
 
+// The image an RoI pools from: its batch index, truncated, or -1 when that
+// is not in [0, N) (NaN included); such an RoI pools zeros.
+template <typename A>
+CUDCN_DEVICE int roi_batch_index(A value, int batch) {
+  return value >= A(0) && value < A(batch) ? static_cast<int>(value) : -1;
+}
+
 // RoIAlign-style sampling: the caller has decided the point is kept, and
 // (y, x) is clamped into [0, H-1] x [0, W-1], so all four corners are in the
 // plane (at the last row or column the far corner repeats the near one, with

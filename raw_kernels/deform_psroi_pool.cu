@@ -54,9 +54,9 @@ CUDCN_DEVICE PSRoIBin<acc_t<T>> psroi_bin(const acc_t<T>* rois, const T* offset,
   using A = acc_t<T>;
   const A* roi = rois + k * 5;
   PSRoIBin<A> bin;
-  const A b = roi[0];
-  bin.valid = b >= A(0) && b < A(s.batch);
-  bin.batch = bin.valid ? static_cast<int>(b) : 0;
+  const int b = roi_batch_index(roi[0], s.batch);
+  bin.valid = b >= 0;
+  bin.batch = bin.valid ? b : 0;
   const A start_w = round(roi[1]) * spatial_scale - A(0.5);
   const A start_h = round(roi[2]) * spatial_scale - A(0.5);
   const A roi_w = (round(roi[3]) + A(1)) * spatial_scale - A(0.5) - start_w;
@@ -83,6 +83,23 @@ CUDCN_DEVICE PSRoIBin<acc_t<T>> psroi_bin(const acc_t<T>* rois, const T* offset,
   bin.w0 = A(pw) * bin_w + start_w + trans_x * bin.roi_w;
   bin.h0 = A(ph) * bin_h + start_h + trans_y * bin.roi_h;
   return bin;
+}
+
+// Output element i of (K, output_dim, P, P).
+template <typename I>
+struct PSRoIPoolOutput {
+  I k;
+  int ctop, ph, pw;
+};
+
+template <typename I>
+CUDCN_DEVICE PSRoIPoolOutput<I> psroi_pool_output(I i, const PSRoIPoolGeometry& s) {
+  PSRoIPoolOutput<I> o;
+  o.pw = static_cast<int>(i % s.pooled_size);
+  o.ph = static_cast<int>((i / s.pooled_size) % s.pooled_size);
+  o.ctop = static_cast<int>((i / s.pooled_size / s.pooled_size) % s.output_dim);
+  o.k = i / s.pooled_size / s.pooled_size / s.output_dim;
+  return o;
 }
 
 template <typename A>
@@ -122,12 +139,10 @@ __global__ void deform_psroi_pool_forward(const T* __restrict__ input,
   CUDCN_PSROI_POOL_GEOMETRY;
   using A = acc_t<T>;
   CUDCN_KERNEL_LOOP(i, I, n) {
-    const int pw = static_cast<int>(i % s.pooled_size);
-    const int ph = static_cast<int>((i / s.pooled_size) % s.pooled_size);
-    const int ctop = static_cast<int>((i / s.pooled_size / s.pooled_size) % s.output_dim);
-    const I k = i / s.pooled_size / s.pooled_size / s.output_dim;
+    const PSRoIPoolOutput<I> o = psroi_pool_output(i, s);
+    const I k = o.k;
     const PSRoIBin<A> bin = psroi_bin<T, I>(rois, offset, use_offset, spatial_scale, trans_std,
-                                            k, ctop, ph, pw, s);
+                                            k, o.ctop, o.ph, o.pw, s);
     const T* plane = input + (I(bin.batch) * s.channels + bin.channel) * s.height * s.width;
     A sum = A(0);
     int kept = 0;
@@ -147,12 +162,10 @@ __global__ void deform_psroi_pool_backward_input(
   CUDCN_PSROI_POOL_GEOMETRY;
   using A = acc_t<T>;
   CUDCN_KERNEL_LOOP(i, I, n) {
-    const int pw = static_cast<int>(i % s.pooled_size);
-    const int ph = static_cast<int>((i / s.pooled_size) % s.pooled_size);
-    const int ctop = static_cast<int>((i / s.pooled_size / s.pooled_size) % s.output_dim);
-    const I k = i / s.pooled_size / s.pooled_size / s.output_dim;
+    const PSRoIPoolOutput<I> o = psroi_pool_output(i, s);
+    const I k = o.k;
     const PSRoIBin<A> bin = psroi_bin<T, I>(rois, offset, use_offset, spatial_scale, trans_std,
-                                            k, ctop, ph, pw, s);
+                                            k, o.ctop, o.ph, o.pw, s);
     const int kept = psroi_kept(bin, s);
     if (!kept) continue;
     const A g = load(grad_output + i) / A(kept);
@@ -179,9 +192,7 @@ __global__ void deform_psroi_pool_backward_input_planes(
     const int gi = (c / s.group_size) % s.group_size, gj = c % s.group_size;
     A* plane = grad_input + i * s.height * s.width;
     for (I k = 0; k < num_rois; ++k) {
-      const A roi_batch = rois[k * 5];
-      if (!(roi_batch >= A(0) && roi_batch < A(s.batch)) || static_cast<int>(roi_batch) != b)
-        continue;
+      if (roi_batch_index(rois[k * 5], s.batch) != b) continue;
       for (int ph = 0; ph < s.pooled_size; ++ph) {
         if (min(ph * s.group_size / s.pooled_size, s.group_size - 1) != gi) continue;
         for (int pw = 0; pw < s.pooled_size; ++pw) {

@@ -86,9 +86,9 @@ CUDCN_DEVICE RoIBin<acc_t<T>> roi_bin(const acc_t<T>* rois, const T* offset, int
   using A = acc_t<T>;
   const A* roi = rois + k * 5;
   RoIBin<A> bin;
-  const A b = roi[0];
-  bin.valid = b >= A(0) && b < A(s.batch);
-  bin.batch = bin.valid ? static_cast<int>(b) : 0;
+  const int b = roi_batch_index(roi[0], s.batch);
+  bin.valid = b >= 0;
+  bin.batch = bin.valid ? b : 0;
   const A start_x = roi[1] * spatial_scale - A(0.5);
   const A start_y = roi[2] * spatial_scale - A(0.5);
   bin.roi_w = roi[3] * spatial_scale - A(0.5) - start_x;
@@ -115,6 +115,23 @@ CUDCN_DEVICE RoIBin<acc_t<T>> roi_bin(const acc_t<T>* rois, const T* offset, int
   kept_sample_range(bin.x0, bin.bin_w / A(bin.grid_w > 0 ? bin.grid_w : 1), bin.grid_w,
                     s.width, bin.x_begin, bin.x_end);
   return bin;
+}
+
+// Output element i of (K, C, PH, PW).
+template <typename I>
+struct RoIPoolOutput {
+  I k, c;
+  int ph, pw;
+};
+
+template <typename I>
+CUDCN_DEVICE RoIPoolOutput<I> roi_pool_output(I i, const RoIPoolGeometry& s) {
+  RoIPoolOutput<I> o;
+  o.pw = static_cast<int>(i % s.pooled_w);
+  o.ph = static_cast<int>((i / s.pooled_w) % s.pooled_h);
+  o.c = (i / s.pooled_w / s.pooled_h) % s.channels;
+  o.k = i / s.pooled_w / s.pooled_h / s.channels;
+  return o;
 }
 
 template <typename A>
@@ -145,10 +162,9 @@ __global__ void deform_roi_pool_forward(const T* __restrict__ input,
   CUDCN_ROI_POOL_GEOMETRY;
   using A = acc_t<T>;
   CUDCN_KERNEL_LOOP(i, I, n) {
-    const int pw = static_cast<int>(i % s.pooled_w);
-    const int ph = static_cast<int>((i / s.pooled_w) % s.pooled_h);
-    const I c = (i / s.pooled_w / s.pooled_h) % s.channels;
-    const I k = i / s.pooled_w / s.pooled_h / s.channels;
+    const RoIPoolOutput<I> o = roi_pool_output(i, s);
+    const I k = o.k, c = o.c;
+    const int ph = o.ph, pw = o.pw;
     const RoIBin<A> bin = roi_bin<T, I>(rois, offset, use_offset, spatial_scale, gamma, k, ph, pw, s);
     const T* plane = input + (I(bin.batch) * s.channels + c) * s.height * s.width;
     A sum = A(0);
@@ -171,10 +187,9 @@ __global__ void deform_roi_pool_backward_input(
   CUDCN_ROI_POOL_GEOMETRY;
   using A = acc_t<T>;
   CUDCN_KERNEL_LOOP(i, I, n) {
-    const int pw = static_cast<int>(i % s.pooled_w);
-    const int ph = static_cast<int>((i / s.pooled_w) % s.pooled_h);
-    const I c = (i / s.pooled_w / s.pooled_h) % s.channels;
-    const I k = i / s.pooled_w / s.pooled_h / s.channels;
+    const RoIPoolOutput<I> o = roi_pool_output(i, s);
+    const I k = o.k, c = o.c;
+    const int ph = o.ph, pw = o.pw;
     const RoIBin<A> bin = roi_bin<T, I>(rois, offset, use_offset, spatial_scale, gamma, k, ph, pw, s);
     const A m = use_mask ? load(mask + (k * s.pooled_h + ph) * s.pooled_w + pw) : A(1);
     const A g = m * load(grad_output + i) / bin.count;
@@ -198,9 +213,7 @@ __global__ void deform_roi_pool_backward_input_planes(
     const I c = i % s.channels;
     A* plane = grad_input + i * s.height * s.width;
     for (I k = 0; k < num_rois; ++k) {
-      const A roi_batch = rois[k * 5];
-      if (!(roi_batch >= A(0) && roi_batch < A(s.batch)) || static_cast<int>(roi_batch) != b)
-        continue;
+      if (roi_batch_index(rois[k * 5], s.batch) != b) continue;
       for (int ph = 0; ph < s.pooled_h; ++ph) {
         for (int pw = 0; pw < s.pooled_w; ++pw) {
           const RoIBin<A> bin =

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 import cudcn
-from cudcn import __main__ as cli
-from cudcn import _check
+from cudcn import cli
+from cudcn.cli import check as _check
 
 
 def _cudcn(*args):
@@ -72,7 +72,7 @@ def test_demo_end_to_end_at_reduced_size(tmp_path, capsys):
     pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")
     Image = pytest.importorskip("PIL.Image")
-    from cudcn import demo
+    from cudcn.cli import demo
 
     results = demo.run(out=tmp_path, steps=4, batch=16, seed=1)
     out = capsys.readouterr().out

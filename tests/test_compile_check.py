@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from cudcn import __main__ as cli
-from cudcn import _compile_check, _gpu_build, _kernels
+from cudcn import _gpu_build, _kernels, cli
+from cudcn.cli import compile_check as _compile_check
 
 pytest.importorskip("cuda.bindings.nvrtc")
 

@@ -8,7 +8,7 @@ spill bytes per instantiation.
 import dataclasses
 import re
 
-from . import _gpu_build, _kernels
+from .. import _gpu_build, _kernels
 
 ARCHITECTURES = ("sm_75", "sm_80", "sm_90", "sm_100")
 

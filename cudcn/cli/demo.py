@@ -69,7 +69,7 @@ def _train(name, model, train, steps, batch, seed, device, log):
     import torch
     import torch.nn.functional as F
 
-    from .adapters.torch import param_groups
+    from ..adapters.torch import param_groups
 
     x, y, _ = train
     g = torch.Generator().manual_seed(seed)
@@ -107,7 +107,7 @@ def _sampling_points(model, image, unit):
     deformable layers (regular grid for plain convs)."""
     import torch
 
-    from .adapters.torch import DeformConv2dPack
+    from ..adapters.torch import DeformConv2dPack
 
     layers = [m for m in model if isinstance(m, (DeformConv2dPack, torch.nn.Conv2d))][-3:]
     inputs = {}
@@ -193,7 +193,7 @@ def _figures(plain, deform, test, out):
 def run(out="cudcn-demo", steps=500, batch=32, seed=0, device="cpu", log=sys.stdout):
     import torch
 
-    from .adapters.torch import convert_to_deformable
+    from ..adapters.torch import convert_to_deformable
 
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ def collect():
     import numpy as np
 
     import cudcn
-    from ._executors import cpu
+    from .._executors import cpu
 
     rows = [("cudcn", cudcn.__version__), ("numpy", np.__version__)]
     try:
@@ -52,7 +52,7 @@ def collect():
         rows.append(("CuPy", "not installed (pip install cupy-cuda13x for the GPU backend)"))
         rows.append(("GPU backend", "no: CuPy is not installed"))
     try:
-        from ._compile_check import nvrtc_version
+        from .compile_check import nvrtc_version
 
         rows.append(("NVRTC", nvrtc_version()))
     except Exception:  # cuda-bindings missing or NVRTC not loadable

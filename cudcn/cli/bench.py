@@ -29,7 +29,7 @@ def _median_ms(fn, repeats):
 
 
 def _inputs(batch, channels, size, seed=0):
-    from .testing import deform_conv2d_inputs
+    from ..testing import deform_conv2d_inputs
 
     return deform_conv2d_inputs(batch=batch, in_channels=channels, out_channels=channels,
                                 size=size, dtype=np.float32, offset_scale=1.0, seed=seed)
@@ -108,7 +108,7 @@ def _in_subprocess(kind, shape, threads=None, workspace_mib=None):
     env = dict(os.environ)
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
-    code = (f"import json, cudcn._bench as b; "
+    code = (f"import json, cudcn.cli.bench as b; "
             f"print(json.dumps(b._child({kind!r}, *{tuple(shape)!r}, {workspace_mib!r})))")
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                             text=True, check=True)

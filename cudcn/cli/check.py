@@ -12,8 +12,8 @@ import dataclasses
 
 import numpy as np
 
-from . import _kernels, reference
-from .testing import deform_conv2d_inputs, deform_psroi_pool_inputs, deform_roi_pool_inputs
+from .. import _kernels, reference
+from ..testing import deform_conv2d_inputs, deform_psroi_pool_inputs, deform_roi_pool_inputs
 
 TOLERANCE = {"float64": 1e-7, "float32": 2e-3, "float16": 3e-2, "bfloat16": 1e-1}
 

@@ -297,8 +297,10 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
         and mask when they were None.
 
     Where the bilinear weight has a kink, the offset gradient follows
-    torchvision: d/dy is taken on the cell [floor(y), floor(y) + 1], and a
-    point that samples 0 by the border rule has zero offset gradient.
+    torchvision: d/dy is taken on the cell [floor(y), floor(y) + 1] (likewise
+    x) wherever y >= -1 and x >= -1, so a point exactly on y = -1 or x = -1
+    (zero offsets with padding 1) gets the one-sided gradient though it
+    samples 0; a point with y < -1, y >= H, x < -1 or x >= W gets none.
     """
     wanted = _checks.needs(needs, GRADIENT_NAMES)
     g = _geometry(input, offset, weight, bias, mask, stride, padding, dilation,

@@ -43,10 +43,14 @@ CUDCN_DEVICE void store<__nv_bfloat16>(__nv_bfloat16* p, float v) { *p = __float
 // so that a caller that forgets to test `valid` still cannot read out of
 // bounds. A point with y <= -1, y >= H, x <= -1 or x >= W (NaN and +-inf
 // included, since every comparison with NaN is false) is not `inside`: it
-// samples 0 and has no gradient.
+// samples 0. Its offset gradient is the right-hand derivative on the cell
+// [y0, y0 + 1] x [x0, x0 + 1] wherever y >= -1 and x >= -1 (and y < H, x < W):
+// a point exactly on y = -1 or x = -1, where zero offsets with padding 1 put
+// the first samples, is not inside but `differentiable`, as in torchvision.
 template <typename A, typename I>
 struct BilinearCorners {
   bool inside;
+  bool differentiable;
   bool valid[4];  // (y0, x0), (y0, x0+1), (y0+1, x0), (y0+1, x0+1)
   I index[4];     // y * W + x of each corner
   A weight[4];
@@ -57,7 +61,8 @@ template <typename A, typename I>
 CUDCN_DEVICE BilinearCorners<A, I> bilinear_corners(A y, A x, int height, int width) {
   BilinearCorners<A, I> c;
   c.inside = y > A(-1) && y < A(height) && x > A(-1) && x < A(width);
-  if (!c.inside) {
+  c.differentiable = y >= A(-1) && y < A(height) && x >= A(-1) && x < A(width);
+  if (!c.differentiable) {
     for (int q = 0; q < 4; ++q) { c.valid[q] = false; c.index[q] = 0; c.weight[q] = A(0); }
     c.frac_y = A(0);
     c.frac_x = A(0);

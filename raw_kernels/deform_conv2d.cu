@@ -105,7 +105,7 @@ __global__ void deform_conv2d_im2col(const T* __restrict__ input, const T* __res
     for (int cc = 0; cc < it.group_channels; ++cc) {
       const T* in = input + it.plane_at + cc * it.plane_stride;
       A v = A(0);
-      for (int q = 0; q < 4; ++q) {
+      for (int q = 0; c.inside && q < 4; ++q) {
         if (c.valid[q]) v += c.weight[q] * load(in + c.index[q]);
       }
       store(columns + it.column_at + cc * it.column_stride, m * v);
@@ -141,7 +141,8 @@ __global__ void deform_conv2d_col2im(const T* __restrict__ grad_columns,
 // Gradients of the offsets (dy, dx) and of the mask. One item owns its two
 // offset entries and its mask entry, so no atomics are needed. The derivative
 // in y is taken on the cell [y0, y0 + 1] (likewise x), torchvision's choice
-// where the bilinear weight has a kink.
+// where the bilinear weight has a kink, also on the line y = -1 or x = -1,
+// where the sample is 0 (and so is the mask's gradient).
 template <typename T, typename I>
 __global__ void deform_conv2d_col2im_coord(const T* __restrict__ grad_columns,
                                            const T* __restrict__ input,
@@ -155,7 +156,7 @@ __global__ void deform_conv2d_col2im_coord(const T* __restrict__ grad_columns,
     const DeformConvItem<A, I> it = deform_conv_item<T, I>(i, offset, s);
     const BilinearCorners<A, I> c = bilinear_corners<A, I>(it.y, it.x, s.height, s.width);
     A grad_y = A(0), grad_x = A(0), grad_m = A(0);
-    if (c.inside) {
+    if (c.differentiable) {
       const A wy1 = c.frac_y, wy0 = A(1) - c.frac_y;
       const A wx1 = c.frac_x, wx0 = A(1) - c.frac_x;
       for (int cc = 0; cc < it.group_channels; ++cc) {
@@ -165,8 +166,10 @@ __global__ void deform_conv2d_col2im_coord(const T* __restrict__ grad_columns,
         for (int q = 0; q < 4; ++q) v[q] = c.valid[q] ? load(in + c.index[q]) : A(0);
         grad_y += gc * (wx0 * (v[2] - v[0]) + wx1 * (v[3] - v[1]));
         grad_x += gc * (wy0 * (v[1] - v[0]) + wy1 * (v[3] - v[2]));
-        grad_m += gc * (c.weight[0] * v[0] + c.weight[1] * v[1] + c.weight[2] * v[2] +
-                        c.weight[3] * v[3]);
+        if (c.inside) {
+          grad_m += gc * (c.weight[0] * v[0] + c.weight[1] * v[1] + c.weight[2] * v[2] +
+                          c.weight[3] * v[3]);
+        }
       }
     }
     const A m = use_mask ? load(mask + it.mask_at) : A(1);
@@ -177,11 +180,20 @@ __global__ void deform_conv2d_col2im_coord(const T* __restrict__ grad_columns,
 }
 
 // Corners of every item, for the plane kernels: corner_index (n, 4) holds
-// y * W + x or -1 for a corner that reads 0; corner_weight (n, 4) the
-// bilinear weights of all four corners, read only where the index is not -1
-// (the coordinate kernel recovers the fractional parts from them: x - x0 =
+// y * W + x of a corner the sample reads, -1 for a corner that reads 0, and
+// gradient_only(y * W + x) <= -2 for a corner of a point that samples 0 but
+// has an offset gradient (on y = -1 or x = -1: see bilinear_corners);
+// corner_weight (n, 4) the bilinear weights of all four corners (the
+// coordinate kernel recovers the fractional parts from them: x - x0 =
 // w1 + w3, y - y0 = w2 + w3). The mask is applied by the plane kernels,
 // mask[i] being item i's entry.
+template <typename I>
+CUDCN_DEVICE I gradient_only(I index) { return -2 - index; }
+
+// The plane index a corner's value is read from for the offset gradient, or -1.
+template <typename I>
+CUDCN_DEVICE I gradient_corner(I code) { return code >= 0 ? code : (code <= -2 ? -2 - code : I(-1)); }
+
 template <typename T, typename I>
 __global__ void deform_conv2d_corners(const T* __restrict__ offset, I* __restrict__ corner_index,
                                       acc_t<T>* __restrict__ corner_weight, I n,
@@ -194,7 +206,8 @@ __global__ void deform_conv2d_corners(const T* __restrict__ offset, I* __restric
     const A wy[2] = {A(1) - c.frac_y, c.frac_y};
     const A wx[2] = {A(1) - c.frac_x, c.frac_x};
     for (int q = 0; q < 4; ++q) {
-      corner_index[i * 4 + q] = c.valid[q] ? c.index[q] : I(-1);
+      corner_index[i * 4 + q] =
+          !c.valid[q] ? I(-1) : (c.inside ? c.index[q] : gradient_only(c.index[q]));
       corner_weight[i * 4 + q] = wy[q >> 1] * wx[q & 1];
     }
   }
@@ -327,13 +340,18 @@ __global__ void deform_conv2d_col2im_coord_planes(
         const I* idx = corner_index + (first + j) * 4;
         const A* w = corner_weight + (first + j) * 4;
         A v[4];
-        for (int q = 0; q < 4; ++q) v[q] = idx[q] >= 0 ? load(in + idx[q]) : A(0);
+        bool sampled = true;  // false on y = -1 or x = -1: value 0, gradient taken
+        for (int q = 0; q < 4; ++q) {
+          const I at = gradient_corner(idx[q]);
+          v[q] = at >= 0 ? load(in + at) : A(0);
+          sampled = sampled && idx[q] >= -1;
+        }
         const A gc = load(gcol + j);
         const A lx = w[1] + w[3], ly = w[2] + w[3];
         A* a = acc + (j - j0) * 3;
         a[0] += gc * ((A(1) - lx) * (v[2] - v[0]) + lx * (v[3] - v[1]));
         a[1] += gc * ((A(1) - ly) * (v[1] - v[0]) + ly * (v[3] - v[2]));
-        a[2] += gc * (w[0] * v[0] + w[1] * v[1] + w[2] * v[2] + w[3] * v[3]);
+        if (sampled) a[2] += gc * (w[0] * v[0] + w[1] * v[1] + w[2] * v[2] + w[3] * v[3]);
       }
     }
     for (I j = j0; j < j1; ++j) {

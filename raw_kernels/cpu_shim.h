@@ -6,6 +6,8 @@
 
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <utility>
 
@@ -31,6 +33,80 @@ struct dim3 {
 // default model in a shared library), which cost ~50 ns per work item.
 #define CUDCN_TLS thread_local __attribute__((tls_model("initial-exec")))
 inline CUDCN_TLS dim3 gridDim, blockDim, blockIdx, threadIdx;
+
+// The 16-bit storage types of cuda_fp16.h and cuda_bf16.h, with the
+// conversions the kernels call, bit for bit as CUDA rounds: round to nearest
+// even, subnormals kept, overflow to infinity. A NaN becomes CUDA's canonical
+// NaN (0x7fff) on the way in and keeps its bits on the way out.
+struct __half {
+  std::uint16_t bits;
+};
+struct __nv_bfloat16 {
+  std::uint16_t bits;
+};
+
+namespace cudcn_cpu {
+
+inline std::uint32_t float_bits(float f) {
+  std::uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+inline float bits_float(std::uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// Drops the low `shift` bits of `value`, rounding to nearest, ties to even.
+inline std::uint32_t round_shift_even(std::uint32_t value, int shift) {
+  const std::uint32_t kept = value >> shift;
+  const std::uint32_t rest = value & ((1u << shift) - 1u);
+  const std::uint32_t half = 1u << (shift - 1);
+  return kept + (rest > half || (rest == half && (kept & 1u)) ? 1u : 0u);
+}
+
+}  // namespace cudcn_cpu
+
+inline float __half2float(__half h) {
+  const std::uint32_t sign = std::uint32_t(h.bits & 0x8000u) << 16;
+  const std::uint32_t exponent = (h.bits >> 10) & 0x1fu;
+  const std::uint32_t mantissa = h.bits & 0x3ffu;
+  if (exponent == 0x1fu) return cudcn_cpu::bits_float(sign | 0x7f800000u | (mantissa << 13));
+  if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24, exact in float
+    const float magnitude = float(mantissa) * 5.9604644775390625e-08f;
+    return cudcn_cpu::bits_float(sign | cudcn_cpu::float_bits(magnitude));
+  }
+  return cudcn_cpu::bits_float(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+}
+
+inline __half __float2half_rn(float f) {
+  const std::uint32_t u = cudcn_cpu::float_bits(f);
+  const std::uint16_t sign = std::uint16_t((u >> 16) & 0x8000u);
+  const std::uint32_t magnitude = u & 0x7fffffffu;
+  if (magnitude > 0x7f800000u) return __half{0x7fffu};                // NaN
+  if (magnitude >= 0x477ff000u) return __half{std::uint16_t(sign | 0x7c00u)};  // >= 65520: inf
+  if (magnitude >= 0x38800000u) {  // a normal half: rebias, round 13 bits off
+    const std::uint32_t rebiased = magnitude - ((127u - 15u) << 23);
+    return __half{std::uint16_t(sign | cudcn_cpu::round_shift_even(rebiased, 13))};
+  }
+  if (magnitude <= 0x33000000u) return __half{sign};  // <= 2^-25 rounds to zero
+  // A subnormal half: the significand with its implicit bit, in units of 2^-24.
+  const std::uint32_t significand = (magnitude & 0x7fffffu) | 0x800000u;
+  const int shift = 126 - int(magnitude >> 23);  // 14 .. 24
+  return __half{std::uint16_t(sign | cudcn_cpu::round_shift_even(significand, shift))};
+}
+
+inline float __bfloat162float(__nv_bfloat16 b) {
+  return cudcn_cpu::bits_float(std::uint32_t(b.bits) << 16);
+}
+
+inline __nv_bfloat16 __float2bfloat16_rn(float f) {
+  const std::uint32_t u = cudcn_cpu::float_bits(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return __nv_bfloat16{0x7fffu};  // NaN
+  return __nv_bfloat16{std::uint16_t(cudcn_cpu::round_shift_even(u, 16))};
+}
 
 template <typename T>
 inline T atomicAdd(T* address, T value) {

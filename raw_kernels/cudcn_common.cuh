@@ -15,19 +15,17 @@
 namespace cudcn {
 
 // Arithmetic happens in acc_t<T>: float for the 16-bit storage types, so that
-// half inputs neither overflow nor lose the low bits of long sums.
+// half inputs neither overflow nor lose the low bits of long sums. On the
+// host, cpu_shim.h defines __half and __nv_bfloat16 and their conversions.
 template <typename T> struct accumulate { using type = T; };
-#ifdef CUDCN_GPU
 template <> struct accumulate<__half> { using type = float; };
 template <> struct accumulate<__nv_bfloat16> { using type = float; };
-#endif
 template <typename T> using acc_t = typename accumulate<T>::type;
 
 template <typename T>
 CUDCN_DEVICE acc_t<T> load(const T* p) { return static_cast<acc_t<T>>(*p); }
 template <typename T>
 CUDCN_DEVICE void store(T* p, acc_t<T> v) { *p = static_cast<T>(v); }
-#ifdef CUDCN_GPU
 template <>
 CUDCN_DEVICE float load<__half>(const __half* p) { return __half2float(*p); }
 template <>
@@ -36,7 +34,6 @@ template <>
 CUDCN_DEVICE float load<__nv_bfloat16>(const __nv_bfloat16* p) { return __bfloat162float(*p); }
 template <>
 CUDCN_DEVICE void store<__nv_bfloat16>(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-#endif
 
 // The four integer corners around a sampling point of one H x W plane, with
 // their bilinear weights. A corner outside the plane has weight 0 and index 0,

@@ -39,8 +39,9 @@ SCALAR_TYPES = {
     "float16": ScalarType("float16", "__half", "float32", "float"),
     "bfloat16": ScalarType("bfloat16", "__nv_bfloat16", "float32", "float"),
 }
-CPU_DTYPES = ("float32", "float64")
+# Both backends run the same instantiations: the CPU shim has the 16-bit types.
 GPU_DTYPES = ("float32", "float64", "float16", "bfloat16")
+CPU_DTYPES = GPU_DTYPES
 INDEX_TYPES = ("int", "long long")
 INDEX_DTYPES = {"int": np.dtype(np.int32), "long long": np.dtype(np.int64)}
 

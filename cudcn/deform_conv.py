@@ -9,7 +9,7 @@ backward runs the GEMMs the other way and two adjoint kernels.
 import collections
 import dataclasses
 
-from . import _checks, _kernels, _launch, _workspace
+from . import _checks, _gemm, _kernels, _launch, _workspace
 
 GRADIENT_NAMES = ("input", "offset", "weight", "bias", "mask")
 
@@ -134,7 +134,8 @@ class _Plan:
 
     ``buffers`` is how many column-sized buffers the call keeps at once; the
     chunk is as many images as fit them, with the plane strategy's corner
-    buffers, under the workspace limit.
+    buffers and, for 16-bit dtypes, the float32 copies the GEMMs multiply
+    (one column-sized and one output-sized per image), under the workspace limit.
     """
 
     def __init__(self, g, buffers, deterministic):
@@ -142,6 +143,9 @@ class _Plan:
         self.strategy = _launch.strategy(g.xp, deterministic)
         self.items_per_image = g.offset_groups * g.kernel_points * g.out_pixels
         per_image = buffers * g.column_rows * g.out_pixels * g.dtype.itemsize
+        if _gemm.compute_dtype(g.dtype) != g.dtype:
+            per_image += ((g.column_rows + g.out_channels) * g.out_pixels
+                          * _gemm.WIDENED_ITEMSIZE)
         if self.strategy == "planes":
             # corner indices and weights, and the coordinate kernel's partial sums
             per_image += self.items_per_image * (4 * (8 + 8) + 3 * 8)
@@ -252,8 +256,9 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
         (N, C_out, H_out, W_out) array of the input's type, dtype and device, with
         H_out = (H + 2 * pad_h - (dil_h * (kh - 1) + 1)) // stride_h + 1, likewise W_out.
 
-    Every float argument shares one dtype: float32 or float64, and on the GPU
-    also float16 or bfloat16 (computed in float32).
+    Every float argument shares one dtype: float32, float64, float16 or
+    bfloat16 (``ml_dtypes.bfloat16`` arrays); the 16-bit ones are computed and
+    accumulated in float32 and rounded once into the output.
     """
     g = _geometry(input, offset, weight, bias, mask, stride, padding, dilation)
     xp = g.xp
@@ -261,6 +266,7 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     out = xp.empty((g.batch, g.out_channels, *g.out_size), dtype=g.dtype)
     out_grouped = out.reshape(g.batch, g.groups, g.out_channels // g.groups, g.out_pixels)
     weight_grouped = weight.reshape(g.groups, g.out_channels // g.groups, -1)
+    bias_grouped = None if bias is None else bias.reshape(g.groups, -1, 1)
     plan = _Plan(g, buffers=1, deterministic=False)
     columns = xp.empty((plan.size, g.column_rows, g.out_pixels), dtype=g.dtype)
     for start, stop in plan.chunks:
@@ -269,10 +275,8 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
         if plan.strategy == "planes":
             plan.corners(off_c)
         plan.im2col(x[start:stop], off_c, mask_c, cols)
-        xp.matmul(weight_grouped, cols.reshape(stop - start, g.groups, -1, g.out_pixels),
-                  out=out_grouped[start:stop])
-    if bias is not None:
-        out += bias.reshape(1, -1, 1, 1)
+        _gemm.matmul(xp, weight_grouped, cols.reshape(stop - start, g.groups, -1, g.out_pixels),
+                     out=out_grouped[start:stop], addend=bias_grouped)
     return out
 
 
@@ -342,12 +346,13 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
             plan.im2col(x_c, off_c, mask_c, cols)
             cols_grouped = cols.reshape(images, g.groups, -1, g.out_pixels)
             for i in range(images):
-                grad_weight += xp.matmul(grad_out_grouped[start + i], cols_grouped[i].swapaxes(-1, -2))
+                grad_weight += _gemm.matmul(xp, grad_out_grouped[start + i],
+                                            cols_grouped[i].swapaxes(-1, -2))
         if not (want_input or want_coord):
             continue
         gcols = grad_columns[:images]
-        xp.matmul(weight_grouped.swapaxes(-1, -2), grad_out_grouped[start:stop],
-                  out=gcols.reshape(images, g.groups, -1, g.out_pixels))
+        _gemm.matmul(xp, weight_grouped.swapaxes(-1, -2), grad_out_grouped[start:stop],
+                     out=gcols.reshape(images, g.groups, -1, g.out_pixels))
         if want_input:
             plan.col2im(gcols, off_c, mask_c, grad_input[start:stop])
         if want_coord:

@@ -63,10 +63,12 @@ BAD = [
     ("mixed-dtype-bias", _astype("bias", np.float32), TypeError, ["bias", "float32"]),
     ("integer-dtype", lambda a: [a.update({k: a[k].astype(np.int64)}) for k in
                                  ("input", "offset", "weight", "bias", "mask")],
-     TypeError, ["input", "int64", "float32, float64"]),
-    ("float16-on-cpu", lambda a: [a.update({k: a[k].astype(np.float16)}) for k in
-                                  ("input", "offset", "weight", "bias", "mask")],
-     TypeError, ["input", "float16", "CPU"]),
+     TypeError, ["input", "int64", "float32, float64, float16, bfloat16"]),
+    ("longdouble", lambda a: [a.update({k: a[k].astype(np.longdouble)}) for k in
+                              ("input", "offset", "weight", "bias", "mask")],
+     TypeError, ["input", "float128", "CPU", "float32, float64, float16, bfloat16"]),
+    ("float16-input-float64-offset", lambda a: a.update(input=a["input"].astype(np.float16)),
+     TypeError, ["offset has dtype float64 but input has float16"]),
 ]
 
 

@@ -1,0 +1,44 @@
+"""The matrix products around the column kernels, computed in float32 for
+16-bit data.
+
+A 16-bit operand is widened to float32 first, so that the product runs in the
+float32 GEMM (BLAS, cuBLAS) on both backends and accumulates in float32, as
+cuBLAS does with a float32 compute type, whatever the array library's own
+16-bit matmul would do (NumPy's and ml_dtypes' run without BLAS, far slower);
+the result, with any addend, is rounded once, when it is stored.
+"""
+
+import numpy as np
+
+# Bytes of float32 copies per 16-bit element: what widening costs the workspace.
+WIDENED_ITEMSIZE = 4
+
+
+def compute_dtype(dtype):
+    """The dtype a product of ``dtype`` operands accumulates in."""
+    return np.dtype(np.float32) if np.dtype(dtype).itemsize < 4 else np.dtype(dtype)
+
+
+def _widened(xp, a):
+    return a if a.dtype == compute_dtype(a.dtype) else a.astype(compute_dtype(a.dtype))
+
+
+def matmul(xp, a, b, out=None, addend=None):
+    """``a @ b + addend`` (NumPy broadcasting rules) computed in ``compute_dtype``.
+
+    With ``out``, the result is rounded into it once and ``out`` is returned;
+    otherwise the result has the compute dtype.
+    """
+    a, b = _widened(xp, a), _widened(xp, b)
+    if out is not None and out.dtype == a.dtype:
+        xp.matmul(a, b, out=out)
+        if addend is not None:
+            out += addend
+        return out
+    product = xp.matmul(a, b)
+    if addend is not None:
+        product += _widened(xp, addend)
+    if out is None:
+        return product
+    out[...] = product
+    return out

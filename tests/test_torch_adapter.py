@@ -130,7 +130,9 @@ def test_double_backward_is_a_clear_error():
 
 # --- zero copy -------------------------------------------------------------
 
-def test_arrays_and_results_share_memory_with_tensors(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=["float64", "bfloat16"])
+def test_arrays_and_results_share_memory_with_tensors(monkeypatch, dtype):
+    """bfloat16, which NumPy's DLPack import lacks, crosses as its int16 bits."""
     seen = {}
     real = cudcn.deform_conv2d
 
@@ -140,12 +142,38 @@ def test_arrays_and_results_share_memory_with_tensors(monkeypatch):
         return seen["output"]
 
     monkeypatch.setattr(cudcn, "deform_conv2d", spy)
-    a = _tensors(deform_conv2d_inputs(seed=6))
+    a = _tensors(deform_conv2d_inputs(seed=6), dtype=dtype)
     y = ct.deform_conv2d(a["input"], a["offset"], a["weight"], padding=1)
     for name in ("input", "offset", "weight"):
-        assert isinstance(seen[name], np.ndarray)
+        assert isinstance(seen[name], np.ndarray) and seen[name].dtype.name == str(dtype)[6:]
         assert seen[name].ctypes.data == a[name].data_ptr()
-    assert y.data_ptr() == seen["output"].ctypes.data
+    assert y.dtype == dtype and y.data_ptr() == seen["output"].ctypes.data
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_16_bit_tensors_run_in_their_own_dtype(dtype):
+    """Outputs and every gradient in the input's dtype, close to float64."""
+    a64 = _tensors(deform_conv2d_inputs(seed=7), requires_grad=("input", "offset", "weight",
+                                                                "bias", "mask"))
+    a = {k: v.detach().to(dtype).requires_grad_() if isinstance(v, torch.Tensor) else v
+         for k, v in a64.items()}
+    names = ("input", "offset", "weight", "bias", "mask")
+    y = ct.deform_conv2d(*(a[n] for n in ("input", "offset", "weight", "bias")), padding=1,
+                         mask=a["mask"])
+    assert y.dtype == dtype
+    y.backward(torch.ones_like(y))
+    exact = {k: v.detach().double().requires_grad_() if isinstance(v, torch.Tensor) else v
+             for k, v in a.items()}
+    y64 = torchvision.ops.deform_conv2d(*(exact[n] for n in ("input", "offset", "weight", "bias")),
+                                        padding=1, mask=exact["mask"])
+    y64.backward(torch.ones_like(y64))
+    u = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}[dtype]
+    torch.testing.assert_close(y.double(), y64, rtol=4 * u, atol=4 * u * y64.abs().max().item())
+    for n in names:
+        assert a[n].grad.dtype == dtype, n
+        scale = exact[n].grad.abs().max().item()
+        torch.testing.assert_close(a[n].grad.double(), exact[n].grad, rtol=8 * u,
+                                   atol=8 * u * scale, msg=n)
 
 
 # --- registered ops, compile ------------------------------------------------
@@ -229,18 +257,23 @@ def test_torch_compile_fullgraph_matches_eager():
 
 # --- autocast ----------------------------------------------------------------
 
-def test_cpu_autocast_runs_in_float32():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+def test_cpu_autocast_runs_the_16_bit_kernels(monkeypatch, dtype):
+    seen = []
+    real = cudcn.deform_conv2d
+    monkeypatch.setattr(cudcn, "deform_conv2d",
+                        lambda input, *rest: seen.append(input.dtype.name) or real(input, *rest))
     a = _tensors(deform_conv2d_inputs(dtype=np.float32, seed=12))
     layer = ct.DeformConv2d(4, 6, 3, padding=1)
     expected = layer(a["input"], a["offset"], a["mask"])
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        x = torch.nn.functional.conv2d(a["input"], torch.eye(4).reshape(4, 4, 1, 1))  # bf16 out
-        assert x.dtype == torch.bfloat16
+    with torch.autocast("cpu", dtype=dtype):
+        x = torch.nn.functional.conv2d(a["input"], torch.eye(4).reshape(4, 4, 1, 1))
+        assert x.dtype == dtype
         y = layer(x, a["offset"], a["mask"])
-    assert y.dtype == torch.float32
-    torch.testing.assert_close(y, expected, rtol=2e-2, atol=5e-2)
-    y.sum().backward()
-    assert layer.weight.grad.dtype == torch.float32
+    assert y.dtype == dtype and seen[-1] == str(dtype)[6:]
+    torch.testing.assert_close(y.float(), expected, rtol=2e-2, atol=5e-2)
+    y.float().sum().backward()
+    assert layer.weight.grad.dtype == torch.float32  # autograd casts back to the parameter's
 
 
 # --- modules -------------------------------------------------------------------
@@ -344,7 +377,7 @@ def test_bad_inputs_raise_clear_errors():
         ct.deform_conv2d(a["input"], a["offset"].numpy(), a["weight"])
     with pytest.raises(TypeError, match="input has dtype int64"):
         ct.deform_conv2d(a["input"].long(), a["offset"].long(), a["weight"].long(), padding=1)
-    with pytest.raises(TypeError, match="bfloat16"):
+    with pytest.raises(TypeError, match="offset has dtype float64 but input has bfloat16"):
         ct.deform_conv2d(a["input"].bfloat16(), a["offset"], a["weight"], padding=1)
     with pytest.raises(ValueError, match="weight is on meta"):
         ct.deform_conv2d(a["input"], a["offset"], a["weight"].to("meta"), padding=1)

@@ -8,9 +8,7 @@ import contextlib
 import numpy as np
 import torch
 
-# What each backend's kernels take (bfloat16 has no NumPy dtype at all).
-_SUPPORTED = {"cpu": (torch.float32, torch.float64),
-              "cuda": (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
+_DEVICES = ("cpu", "cuda")
 
 
 def check_tensors(**tensors):
@@ -20,35 +18,43 @@ def check_tensors(**tensors):
             continue
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.device.type not in _SUPPORTED:
+        if t.device.type not in _DEVICES:
             raise ValueError(f"{name} is on {t.device}; cudcn runs on CPU and CUDA tensors")
 
 
-def check_exportable(**tensors):
-    """DLPack can hand each tensor to the array library (NumPy has no bfloat16);
-    every other dtype question is left to cudcn's own checks."""
-    for name, t in tensors.items():
-        if t is not None and t.device.type == "cpu" and t.dtype == torch.bfloat16:
-            raise TypeError(f"{name} has dtype torch.bfloat16; the CPU backend supports "
-                            "float32, float64")
+def _array_module(t):
+    if t.device.type == "cpu":
+        return np
+    import cupy
+
+    return cupy
 
 
 def to_array(t):
-    """A NumPy (CPU) or CuPy (CUDA) view of the tensor's memory."""
+    """A NumPy (CPU) or CuPy (CUDA) view of the tensor's memory.
+
+    DLPack has a bfloat16 code that NumPy does not read: a bfloat16 tensor
+    crosses as its int16 bits and becomes an ``ml_dtypes.bfloat16`` view.
+    """
     if t is None:
         return None
     t = t.detach()
-    if t.device.type == "cpu":
-        return np.from_dlpack(t)
-    import cupy
+    xp = _array_module(t)
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
 
-    return cupy.from_dlpack(t)
+        return xp.from_dlpack(t.view(torch.int16)).view(ml_dtypes.bfloat16)
+    return xp.from_dlpack(t)
 
 
 def to_tensor(a):
     """The array's memory as a tensor. On CUDA call it inside ``on_device_of``,
     so that producer and consumer streams are one and DLPack adds no sync."""
-    return None if a is None else torch.from_dlpack(a)
+    if a is None:
+        return None
+    if a.dtype.name == "bfloat16":
+        return torch.from_dlpack(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_dlpack(a)
 
 
 @contextlib.contextmanager

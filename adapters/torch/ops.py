@@ -7,11 +7,14 @@ ops are not differentiable: asking for a double backward raises. Under
 ``torch.use_deterministic_algorithms(True)`` the backward runs cudcn's
 deterministic kernels (bit-identical gradients, no floating-point atomics).
 
+Dtypes: float16, bfloat16, float32 and float64 tensors run in their own
+dtype on both devices (16-bit ones computed in float32 inside the kernels);
+outputs and gradients come in the input's dtype.
+
 Autocast policy: under ``torch.autocast``, floating inputs other than float64
-(and other than RoIs) are cast to the autocast dtype where the backend has
-kernels for it (float16 and bfloat16 on CUDA, computed in float32 inside the
-kernels); on the CPU, whose kernels are float32/float64 only, to float32.
-The output comes in that dtype.
+(and other than RoIs) are cast to the autocast dtype (bfloat16 by default on
+the CPU, float16 on CUDA), and the op runs that dtype's kernels; the output
+comes in that dtype.
 """
 
 from typing import List, Optional
@@ -32,8 +35,6 @@ def _autocast(*tensors):
     if not torch.is_autocast_enabled(device):
         return tensors
     dtype = torch.get_autocast_dtype(device)
-    if device == "cpu" and dtype not in (torch.float32, torch.float64):
-        dtype = torch.float32
     return tuple(
         t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t
         for t in tensors
@@ -144,7 +145,6 @@ def deform_conv2d(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0
     """
     _bridge.check_tensors(input=input, offset=offset, weight=weight, bias=bias, mask=mask)
     input, offset, weight, bias, mask = _autocast(input, offset, weight, bias, mask)
-    _bridge.check_exportable(input=input, offset=offset, weight=weight, bias=bias, mask=mask)
     return _deform_conv2d(input, offset, weight, bias, mask,
                           list(_checks.int_pair("stride", stride, 1)),
                           list(_checks.int_pair("padding", padding, 0)),
@@ -192,7 +192,6 @@ def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0,
     differentiable in input, offset and mask. See :func:`cudcn.deform_roi_pool`."""
     _bridge.check_tensors(input=input, rois=rois, offset=offset, mask=mask)
     input, offset, mask = _autocast(input, offset, mask)
-    _bridge.check_exportable(input=input, rois=rois, offset=offset, mask=mask)
     return _deform_roi_pool(input, rois, offset, mask,
                             list(_checks.int_pair("output_size", output_size, 1)),
                             _checks.real("spatial_scale", spatial_scale, positive=True),
@@ -247,7 +246,6 @@ def deform_psroi_pool(input, rois, offset=None, *, output_dim, group_size, poole
     differentiable in input and offset. See :func:`cudcn.deform_psroi_pool`."""
     _bridge.check_tensors(input=input, rois=rois, offset=offset)
     input, offset = _autocast(input, offset)
-    _bridge.check_exportable(input=input, rois=rois, offset=offset)
     pooled_size = _checks.integer("pooled_size", pooled_size, 1)
     return _deform_psroi_pool(
         input, rois, offset, _checks.integer("output_dim", output_dim, 1),

@@ -281,7 +281,7 @@ def test_cpu_autocast_runs_the_16_bit_kernels(monkeypatch, dtype):
 def test_fresh_pack_layers_start_undeformed():
     torch.manual_seed(13)
     x = torch.randn(2, 4, 9, 8, dtype=torch.float64)
-    pack = ct.DeformConv2dPack(4, 6, 3, padding=1, stride=2).double()
+    pack = ct.DeformConv2dPack(4, 6, 3, padding=1, stride=2, bias=True).double()
     conv = torch.nn.Conv2d(4, 6, 3, padding=1, stride=2).double()
     conv.load_state_dict({k: v for k, v in pack.state_dict().items() if "offset" not in k})
     torch.testing.assert_close(pack(x), conv(x), rtol=1e-10, atol=1e-10)
@@ -360,7 +360,7 @@ def test_convert_by_name_or_predicate_and_unknown_names():
 
 
 def test_param_groups_apply_the_offset_lr_multiplier():
-    model = torch.nn.Sequential(ct.DeformConv2dPack(2, 2, 3, padding=1, offset_lr_mult=0.1),
+    model = torch.nn.Sequential(ct.DeformConv2dPack(2, 2, 3, padding=1, bias=True, offset_lr_mult=0.1),
                                 torch.nn.Conv2d(2, 2, 1))
     groups = ct.param_groups(model, lr=0.5, momentum=0.0)
     by_lr = {g["lr"]: {id(p) for p in g["params"]} for g in groups}

@@ -2,9 +2,12 @@
 (``torch.ops.cudcn.*``), drop-in modules and model conversion.
 
 CPU tensors run on cudcn's CPU backend and CUDA tensors on its GPU backend,
-sharing memory with the tensors through DLPack (no copies).
+sharing memory with the tensors through DLPack (no copies). Argument errors
+are ``ValueError``/``TypeError`` that are also ``RuntimeError`` (as
+torchvision's), and the functions are ``torch.fx`` leaves.
 """
 
+from ._errors import ArgumentTypeError, ArgumentValueError
 from .convert import convert_to_deformable, param_groups
 from .modules import (
     DeformConv2d,
@@ -18,6 +21,8 @@ from .modules import (
 from .ops import deform_conv2d, deform_psroi_pool, deform_roi_pool
 
 __all__ = [
+    "ArgumentTypeError",
+    "ArgumentValueError",
     "DeformConv2d",
     "DeformConv2dPack",
     "DeformPSRoIPool",

@@ -51,8 +51,8 @@ def convert_to_deformable(model, layers=None, modulated=False, deform_groups=1,
             raise ValueError(f"{name}: only zero padding given as numbers can be converted, got "
                              f"padding={conv.padding!r}, padding_mode={conv.padding_mode!r}")
         layer = pack(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                     conv.padding, conv.dilation, conv.groups, conv.bias is not None,
-                     deform_groups=deform_groups, offset_lr_mult=offset_lr_mult)
+                     conv.padding, conv.dilation, conv.groups, deform_groups=deform_groups,
+                     bias=conv.bias is not None, offset_lr_mult=offset_lr_mult)
         layer = layer.to(device=conv.weight.device, dtype=conv.weight.dtype)
         layer.weight.data.copy_(conv.weight.data)
         if conv.bias is not None:

@@ -1,10 +1,15 @@
 """Drop-in nn.Modules over the cudcn ops.
 
-DeformConv2d matches torchvision's (constructor, parameter names,
-initialisation), so a torchvision state_dict loads unchanged. The Pack layers
-and the RoI pooling modules follow mmcv's names (``conv_offset``,
-``offset_fc``, ``mask_fc``) and zero-initialise the layers that predict
-offsets, so a fresh Pack layer starts as the undeformed operation.
+Each module follows the library it is named after: constructor (positional
+order included), parameter names and default initialisation.
+
+- DeformConv2d is torchvision's, so a torchvision state_dict loads unchanged
+  and one seed gives the same weights.
+- DeformConv2dPack and ModulatedDeformConv2dPack are mmcv's: torchvision has
+  no Pack layers, so mmcv's positional order ``(..., groups, deform_groups,
+  bias)`` misleads nobody and keeps mmcv code and configs working as written.
+  Their ``conv_offset`` starts at zero, so a fresh layer is the undeformed conv.
+- The RoI pooling modules follow mmcv's names (``offset_fc``, ``mask_fc``).
 """
 
 import math
@@ -18,6 +23,10 @@ from . import ops
 
 class DeformConv2d(nn.Module):
     """torchvision.ops.DeformConv2d: ``forward(input, offset, mask=None)``.
+
+    Constructor, parameter names and initialisation are torchvision's: weight
+    ``kaiming_uniform_(a=sqrt(5))``, bias uniform in ``+-1 / sqrt(fan_in)``
+    (nn.Conv2d's), so one seed gives torchvision's weights.
 
     weight (out_channels, in_channels // groups, kh, kw), bias (out_channels,).
     """
@@ -62,24 +71,49 @@ class DeformConv2d(nn.Module):
                 f"groups={self.groups}, bias={self.bias is not None}")
 
 
-class DeformConv2dPack(DeformConv2d):
-    """Deformable conv that predicts its own offsets (DCN v1), as mmcv's.
+def _deform_groups(value, in_channels):
+    # A bool here is most likely cudcn's old order (..., groups, bias,
+    # deform_groups) written positionally: refuse it rather than misread it.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"deform_groups must be an int, got {value!r}; the Pack layers take "
+                        "mmcv's order (..., groups, deform_groups, bias)")
+    if value < 1 or in_channels % value:
+        raise ValueError(f"in_channels = {in_channels} must be divisible by deform_groups "
+                         f"= {value} (>= 1)")
+    return value
 
-    ``conv_offset`` is a zero-initialised nn.Conv2d with the layer's geometry
-    and ``2 * deform_groups * kh * kw`` outputs: the layer starts as a plain
-    conv. ``offset_lr_mult`` is read by :func:`param_groups`.
+
+class DeformConv2dPack(DeformConv2d):
+    """mmcv's DeformConv2dPack (DCN v1): a deformable conv that predicts its
+    own offsets with ``conv_offset``, an nn.Conv2d with the layer's geometry
+    and ``2 * deform_groups * kh * kw`` outputs; ``forward(input)``.
+
+    Constructor as mmcv's, positionally too: ``(in_channels, out_channels,
+    kernel_size, stride=1, padding=0, dilation=1, groups=1, deform_groups=1,
+    bias=False, im2col_step=32)``. ``bias=True`` is allowed (mmcv refuses it;
+    :func:`convert_to_deformable` needs it for convs with a bias).
+    ``im2col_step`` is accepted for mmcv's callers and has no effect: cudcn
+    sizes its own work. ``offset_lr_mult`` (keyword only) is read by
+    :func:`param_groups`.
+
+    Initialisation, mmcv's: weight ``kaiming_uniform_(nonlinearity='relu')``
+    (bound ``sqrt(6 / fan_in)``), bias (if any) zeros, ``conv_offset`` weight
+    and bias zeros; with one seed, the same weight as mmcv's layer.
+
+    weight (out_channels, in_channels // groups, kh, kw), bias (out_channels,).
     """
 
     offset_channels_per_point = 2
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 groups=1, bias=True, deform_groups=1, offset_lr_mult=1.0):
+                 groups=1, deform_groups=1, bias=False, im2col_step=32, *, offset_lr_mult=1.0):
+        deform_groups = _deform_groups(deform_groups, in_channels)
+        if isinstance(im2col_step, bool) or not isinstance(im2col_step, int) or im2col_step < 1:
+            raise ValueError(f"im2col_step must be an int >= 1, got {im2col_step!r}")
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          groups, bias)
-        if in_channels % deform_groups:
-            raise ValueError(f"in_channels = {in_channels} must be divisible by deform_groups "
-                             f"= {deform_groups}")
         self.deform_groups = deform_groups
+        self.im2col_step = im2col_step
         self.offset_lr_mult = offset_lr_mult
         points = self.kernel_size[0] * self.kernel_size[1]
         self.conv_offset = nn.Conv2d(in_channels,
@@ -88,6 +122,12 @@ class DeformConv2dPack(DeformConv2d):
                                      bias=True)
         self.init_offset()
 
+    def reset_parameters(self):
+        # mmcv's DeformConv2d.reset_parameters.
+        nn.init.kaiming_uniform_(self.weight, nonlinearity="relu")
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
     def init_offset(self):
         nn.init.zeros_(self.conv_offset.weight)
         nn.init.zeros_(self.conv_offset.bias)
@@ -95,18 +135,53 @@ class DeformConv2dPack(DeformConv2d):
     def forward(self, input):
         return super().forward(input, self.conv_offset(input))
 
+    def extra_repr(self):
+        return super().extra_repr() + f", deform_groups={self.deform_groups}"
+
 
 class ModulatedDeformConv2dPack(DeformConv2dPack):
-    """DCN v2 that predicts offsets and mask, as mmcv's: ``conv_offset`` gives
-    3 * deform_groups * kh * kw channels, split into the y/x offsets and a mask
-    through a sigmoid (0.5 at initialisation, as in the paper)."""
+    """mmcv's ModulatedDeformConv2dPack (DCN v2): ``conv_offset`` gives
+    ``3 * deform_groups * kh * kw`` channels, the y/x offsets (first two
+    thirds) and a mask through a sigmoid (0.5 at initialisation).
+
+    Constructor as mmcv's, positionally too: ``(in_channels, out_channels,
+    kernel_size, stride=1, padding=0, dilation=1, groups=1, deform_groups=1,
+    bias=True)``; ``offset_lr_mult`` keyword only.
+
+    Initialisation, mmcv's (``init_weights``): weight uniform in
+    ``+-1 / sqrt(in_channels * kh * kw)``, bias zeros, ``conv_offset`` zeros,
+    drawn in mmcv's order, so one seed gives mmcv's weight.
+    """
 
     offset_channels_per_point = 3
 
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, deform_groups=1, bias=True, *, offset_lr_mult=1.0):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, deform_groups, bias, offset_lr_mult=offset_lr_mult)
+
+    def reset_parameters(self):
+        # mmcv's ModulatedDeformConv2d.init_weights: the fan counts all
+        # in_channels, whatever the groups.
+        bound = 1.0 / math.sqrt(self.in_channels * self.kernel_size[0] * self.kernel_size[1])
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def init_weights(self):
+        """mmcv's: weight and bias drawn again, ``conv_offset`` zeroed."""
+        self.reset_parameters()
+        super().init_offset()
+
+    def init_offset(self):
+        # mmcv's Pack calls init_weights once conv_offset exists.
+        self.init_weights()
+
     def forward(self, input):
         out = self.conv_offset(input)
-        o1, o2, mask = torch.chunk(out, 3, dim=1)
-        return DeformConv2d.forward(self, input, torch.cat((o1, o2), dim=1), torch.sigmoid(mask))
+        # Slices rather than torch.chunk, whose result torch.fx cannot unpack.
+        offsets = 2 * self.deform_groups * self.kernel_size[0] * self.kernel_size[1]
+        return DeformConv2d.forward(self, input, out[:, :offsets], torch.sigmoid(out[:, offsets:]))
 
 
 class DeformRoIPool(nn.Module):

@@ -15,6 +15,11 @@ Autocast policy: under ``torch.autocast``, floating inputs other than float64
 (and other than RoIs) are cast to the autocast dtype (bfloat16 by default on
 the CPU, float16 on CUDA), and the op runs that dtype's kernels; the output
 comes in that dtype.
+
+Argument errors come as :class:`ArgumentValueError`/:class:`ArgumentTypeError`
+(``ValueError``/``TypeError`` that are also ``RuntimeError``, as torchvision
+raises), before any kernel runs. Under ``torch.fx.symbolic_trace`` each public
+function is a leaf: one ``call_function`` node, as torchvision's ops.
 """
 
 from typing import List, Optional
@@ -24,7 +29,7 @@ import torch
 import cudcn
 from cudcn import _checks
 
-from . import _bridge
+from . import _bridge, _errors, _fx
 
 Tensor = torch.Tensor
 
@@ -43,6 +48,13 @@ def _autocast(*tensors):
 
 def _run(reference, fn, *args, **kwargs):
     """Call a cudcn function on tensors: arrays in, tensors out, no copies."""
+    try:
+        return _run_arrays(reference, fn, *args, **kwargs)
+    except (ValueError, TypeError) as error:
+        raise _errors.as_torch_error(error) from None
+
+
+def _run_arrays(reference, fn, *args, **kwargs):
     with _bridge.on_device_of(reference):
         arrays = [_bridge.to_array(a) if isinstance(a, Tensor) else a for a in args]
         kw = {k: _bridge.to_array(v) if isinstance(v, Tensor) else v for k, v in kwargs.items()}
@@ -134,6 +146,8 @@ def _(grad, input, offset, weight, bias, mask, stride, padding, dilation, needs,
 _register_autograd("deform_conv2d", 5, (0, 1, 2, 3, 4))
 
 
+@_fx.leaf
+@_errors.torch_errors
 def deform_conv2d(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0),
                   dilation=(1, 1), mask=None):
     """``torchvision.ops.deform_conv2d``, run by cudcn; differentiable in every tensor.
@@ -186,6 +200,8 @@ def _(grad, input, rois, offset, mask, output_size, spatial_scale, sampling_rati
 _register_autograd("deform_roi_pool", 4, (0, 2, 3))
 
 
+@_fx.leaf
+@_errors.torch_errors
 def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0,
                     sampling_ratio=0, gamma=0.1, mask=None):
     """mmcv's ``deform_roi_pool`` (modulated with ``mask``), run by cudcn;
@@ -240,6 +256,8 @@ def _(grad, input, rois, offset, output_dim, group_size, pooled_size, part_size,
 _register_autograd("deform_psroi_pool", 3, (0, 2))
 
 
+@_fx.leaf
+@_errors.torch_errors
 def deform_psroi_pool(input, rois, offset=None, *, output_dim, group_size, pooled_size,
                       part_size=None, sample_per_part=4, trans_std=0.0, spatial_scale=0.0625):
     """Deformable position-sensitive RoI pooling (R-FCN), run by cudcn;
@@ -254,3 +272,9 @@ def deform_psroi_pool(input, rois, offset=None, *, output_dim, group_size, poole
         _checks.integer("sample_per_part", sample_per_part, 1),
         _checks.real("trans_std", trans_std),
         _checks.real("spatial_scale", spatial_scale, positive=True))
+
+
+# FX leaves also through this module's globals (what torchvision does).
+torch.fx.wrap("deform_conv2d")
+torch.fx.wrap("deform_roi_pool")
+torch.fx.wrap("deform_psroi_pool")

@@ -107,10 +107,10 @@ def real(name, value, positive=False):
 
 
 def integer(name, value, minimum):
-    """An int >= minimum."""
+    """An int >= minimum (any int when minimum is None)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
+    if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
 

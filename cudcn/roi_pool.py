@@ -47,7 +47,7 @@ class _RoIPool:
             input, rois, dict(offset=offset, mask=mask, **extra))
         self.pooled = _checks.int_pair("output_size", output_size, 1)
         self.spatial_scale = _checks.real("spatial_scale", spatial_scale, positive=True)
-        self.sampling_ratio = _checks.integer("sampling_ratio", sampling_ratio, 0)
+        self.sampling_ratio = _checks.integer("sampling_ratio", sampling_ratio, None)
         self.gamma = _checks.real("gamma", gamma)
         n, c, h, w = input.shape
         k = self.rois.shape[0]
@@ -92,7 +92,8 @@ def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0,
             None gives RoIAlign (torchvision ``roi_align(..., aligned=True)``).
         output_size: PH = PW, or a pair (PH, PW).
         spatial_scale: feature-map size over input-image size (1/16 for stride 16).
-        sampling_ratio: samples per bin and axis; 0 picks ceil(roi size / bins).
+        sampling_ratio: samples per bin and axis; 0 or less (mmcv's 0,
+            torchvision's -1) picks ceil(roi size / bins).
         gamma: the offset is scaled by ``gamma * roi size``.
         mask: (K, 1, PH, PW) modulation multiplied into each bin, or None.
 

@@ -139,7 +139,7 @@ BAD = [
     ("output-size-float", dict(output_size=2.5), TypeError, ["output_size"]),
     ("scale-zero", dict(spatial_scale=0.0), ValueError, ["spatial_scale", "positive"]),
     ("scale-nan", dict(spatial_scale=float("nan")), ValueError, ["spatial_scale"]),
-    ("sampling-negative", dict(sampling_ratio=-1), ValueError, ["sampling_ratio", ">= 0"]),
+    ("sampling-float", dict(sampling_ratio=2.0), TypeError, ["sampling_ratio", "int"]),
     ("gamma-string", dict(gamma="0.1"), TypeError, ["gamma"]),
     ("offset-dtype", dict(offset=np.zeros((5, 2, 3, 3), np.float32)), TypeError,
      ["offset", "float32"]),
@@ -157,3 +157,18 @@ def test_bad_input(change, error, words, launches):
     with pytest.raises((TypeError, ValueError)):
         cudcn.deform_roi_pool_backward(np.zeros((5, 3, 3, 3)), **args)
     assert launches == []
+
+
+@pytest.mark.torchvision
+def test_negative_sampling_ratio_is_adaptive_as_in_torchvision():
+    """torchvision writes adaptive sampling as -1, mmcv as 0: both mean
+    ceil(roi size / bins) samples per axis."""
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    args = deform_roi_pool_inputs(offset=False, sampling_ratio=-1, seed=9)
+    out = cudcn.deform_roi_pool(**args)
+    np.testing.assert_array_equal(out, cudcn.deform_roi_pool(**dict(args, sampling_ratio=0)))
+    expected = torchvision.ops.roi_align(
+        torch.from_numpy(args["input"]), torch.from_numpy(args["rois"]), args["output_size"],
+        args["spatial_scale"], sampling_ratio=-1, aligned=True)
+    assert_close(out, expected.numpy(), rtol=1e-12, atol=1e-12)

@@ -211,7 +211,7 @@ def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0,
     return _deform_roi_pool(input, rois, offset, mask,
                             list(_checks.int_pair("output_size", output_size, 1)),
                             _checks.real("spatial_scale", spatial_scale, positive=True),
-                            _checks.integer("sampling_ratio", sampling_ratio, 0),
+                            _checks.integer("sampling_ratio", sampling_ratio, None),
                             _checks.real("gamma", gamma))
 
 

@@ -1,6 +1,7 @@
 # make demo   - create .venv and run `cudcn demo` (figures in docs/demo)
 # make test   - create .venv, install cudcn and everything the tests use, run the suite
-# make check-kernels - NVRTC-compile every GPU kernel instantiation (no GPU needed)
+# make check-kernels - NVRTC-compile every GPU kernel instantiation with CUDA 12 and 13,
+#                      for every architecture each supports (no GPU needed)
 # make bench  - asv: run the benchmark suite for the current commit
 # make sanitize - kernel tests and fuzzers on CPU kernels built with ASan + UBSan
 # make coverage - share of kernel source lines the test suite executes

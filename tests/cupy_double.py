@@ -27,11 +27,6 @@ dtype, C-contiguous and on the current device, and with 32-bit indices has
 fewer than 2**31 elements; every scalar argument is a NumPy scalar of
 exactly the parameter's C type (CuPy passes a Python int as a 64-bit
 integer and a Python float as a double, whatever the kernel takes).
-
-float16 and bfloat16 launches, which the CPU executor has no instantiation
-for, run as the float32 instantiation on float32 copies of their ``T``
-arrays, written back rounded: the kernels only store in T and compute in
-A = float, so the results differ from the GPU's by rounding only.
 """
 
 import dataclasses
@@ -450,31 +445,11 @@ def _grid_strided(code, short_name):
 
 
 def _run_on_cpu(kernel, scalar, index, grid, block, args):
-    """The launch by the CPU executor, on the held arrays (see the module's docstring
-    for float16/bfloat16)."""
+    """The launch by the CPU executor (the same instantiation), on the held arrays."""
     from cudcn._executors import cpu
 
-    emulate = scalar.dtype_name not in _kernels.CPU_DTYPES
-    run_scalar = _kernels.SCALAR_TYPES["float32"] if emulate else scalar
-    copies = {}  # one float32 copy per array, however many parameters it is passed as
-    host_args, write_back = [], []
-    for (_, ctype), value in zip(kernel.params, args):
-        if not isinstance(value, ndarray):
-            host_args.append(value)
-            continue
-        host = value._host
-        if emulate and ctype.replace("const ", "").rstrip("*") == "T":
-            key = (host.__array_interface__["data"][0], host.shape)
-            if key not in copies:
-                copies[key] = (host, host.astype(np.float32))
-            host = copies[key][1]
-            if not ctype.startswith("const"):
-                write_back.append(key)
-        host_args.append(host)
-    cpu.run(_cudcn_launch.Launch(kernel, run_scalar, index, grid, block, tuple(host_args)))
-    for key in dict.fromkeys(write_back):
-        target, computed = copies[key]
-        target[...] = computed.astype(target.dtype)
+    host_args = tuple(a._host if isinstance(a, ndarray) else a for a in args)
+    cpu.run(_cudcn_launch.Launch(kernel, scalar, index, grid, block, host_args))
 
 
 # --- the module ----------------------------------------------------------

@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 check-kernels: $(STAMP)
-	$(PY) -m cudcn compile-check
+	$(PY) -m cudcn compile-check --cuda 12 --cuda 13
 
 bench: $(STAMP)
 	cd benchmarks && ../$(PY) -m asv machine --yes && \

@@ -1,6 +1,7 @@
 # make demo   - create .venv and run `cudcn demo` (figures in docs/demo)
 # make test   - create .venv, install cudcn and everything the tests use, run the suite
-# make check-kernels - NVRTC-compile every GPU kernel instantiation (no GPU needed)
+# make check-kernels - NVRTC-compile every GPU kernel instantiation with CUDA 12 and 13,
+#                      for every architecture each supports (no GPU needed)
 # make bench  - asv: run the benchmark suite for the current commit
 # make sanitize - kernel tests and fuzzers on CPU kernels built with ASan + UBSan
 # make coverage - share of kernel source lines the test suite executes
@@ -25,7 +26,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 check-kernels: $(STAMP)
-	$(PY) -m cudcn compile-check
+	$(PY) -m cudcn compile-check --cuda 12 --cuda 13
 
 bench: $(STAMP)
 	cd benchmarks && ../$(PY) -m asv machine --yes && \

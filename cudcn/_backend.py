@@ -1,5 +1,7 @@
 """Which array library an array belongs to, without importing CuPy needlessly."""
 
+import functools
+
 import numpy as np
 
 
@@ -31,3 +33,19 @@ def describe(x):
     if isinstance(x, np.ndarray):
         return "numpy.ndarray"
     return f"cupy.ndarray on device {x.device.id}"
+
+
+def on_arrays_device(fn):
+    """Run ``fn`` with the device of its first CuPy array argument current, so
+    that its buffers and results are allocated, and its kernels launched,
+    there: CuPy allocates on the current device, whatever the inputs' device."""
+
+    @functools.wraps(fn)
+    def on_device(*args, **kwargs):
+        for value in (*args, *kwargs.values()):
+            if is_cupy_array(value):
+                with value.device:
+                    return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return on_device

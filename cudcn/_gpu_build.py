@@ -6,30 +6,43 @@ the check compiles exactly what the executor would.
 
 import functools
 
-from . import _kernels, _sources
+from . import _cuda_install, _kernels, _sources
+
+
+def executor_cuda_major():
+    """The CUDA major version of the NVRTC CuPy compiles with, or None without CuPy.
+
+    Asked of CuPy's NVRTC itself: with the wheels of two CUDA versions
+    installed, that is the one whose headers the kernels must see.
+    """
+    try:
+        import cupy
+    except ImportError:
+        return None
+    try:
+        return cupy.cuda.nvrtc.getVersion()[0]
+    except Exception:  # NVRTC not loadable: CuPy's own CUDA version
+        return cupy.cuda.runtime.runtimeGetVersion() // 1000
 
 
 @functools.cache
-def cuda_include_dirs():
-    """Folders holding cuda_fp16.h and cuda_bf16.h, when they can be found.
+def cuda_include_dirs(cuda_major=None):
+    """Folders holding cuda_fp16.h and cuda_bf16.h of CUDA ``cuda_major``
+    (default: the CuPy executor's), when they can be found.
 
     NVRTC has no default include path; CuPy adds the toolkit's, but the
-    ``nvidia-cuda-runtime`` wheel keeps its headers elsewhere.
+    NVIDIA wheels keep their headers elsewhere, one folder per version.
     """
-    try:
-        from cuda import pathfinder
-    except ImportError:
-        return ()
-    try:
-        found = pathfinder.find_nvidia_header_directory("cudart")
-    except Exception:  # pathfinder raises its own errors on odd installs
-        return ()
-    return (found,) if found else ()
+    if cuda_major is None:
+        cuda_major = executor_cuda_major()
+    found = _cuda_install.header_dirs().get(cuda_major)
+    return (str(found),) if found else ()
 
 
-def options():
-    """NVRTC options, the same for every kernel file and architecture."""
-    includes = (_sources.kernel_dir(), *cuda_include_dirs())
+def options(cuda_major=None):
+    """NVRTC options, the same for every kernel file and architecture;
+    ``cuda_major`` picks the CUDA headers (default: the CuPy executor's)."""
+    includes = (_sources.kernel_dir(), *cuda_include_dirs(cuda_major))
     return ("-std=c++17", *(f"-I{d}" for d in includes))
 
 

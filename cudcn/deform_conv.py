@@ -9,7 +9,7 @@ backward runs the GEMMs the other way and two adjoint kernels.
 import collections
 import dataclasses
 
-from . import _checks, _gemm, _kernels, _launch, _workspace
+from . import _backend, _checks, _gemm, _kernels, _launch, _workspace
 
 GRADIENT_NAMES = ("input", "offset", "weight", "bias", "mask")
 
@@ -238,6 +238,7 @@ def _contiguous(xp, *arrays):
     return [None if a is None else xp.ascontiguousarray(a) for a in arrays]
 
 
+@_backend.on_arrays_device
 def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
     """Deformable 2-D convolution (torchvision.ops.deform_conv2d semantics).
 
@@ -280,6 +281,7 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     return out
 
 
+@_backend.on_arrays_device
 def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride=1, padding=0,
                            dilation=1, mask=None, needs=GRADIENT_NAMES, deterministic=False):
     """Gradients of :func:`deform_conv2d`.

@@ -7,7 +7,7 @@ any floating dtype is accepted for them.
 
 import collections
 
-from . import _checks, _kernels, _launch
+from . import _backend, _checks, _kernels, _launch
 
 DeformRoIPoolGrads = collections.namedtuple("DeformRoIPoolGrads", ("input", "offset", "mask"))
 DeformRoIPoolGrads.__doc__ = "Gradients of deform_roi_pool; None where not asked for or not given."
@@ -79,6 +79,7 @@ class _RoIPool:
         )
 
 
+@_backend.on_arrays_device
 def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0,
                     sampling_ratio=0, gamma=0.1, mask=None):
     """Deformable RoI pooling, mmcv's ``deform_roi_pool`` (and, with ``mask``,
@@ -109,6 +110,7 @@ def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0,
     return output
 
 
+@_backend.on_arrays_device
 def deform_roi_pool_backward(grad_output, input, rois, offset=None, output_size=7,
                              spatial_scale=1.0, sampling_ratio=0, gamma=0.1, mask=None,
                              needs=("input", "offset", "mask"), deterministic=False):
@@ -231,6 +233,7 @@ class _PSRoIPool:
                     use_offset=int(self.offset is not None))
 
 
+@_backend.on_arrays_device
 def deform_psroi_pool(input, rois, offset=None, *, output_dim, group_size, pooled_size,
                       part_size=None, sample_per_part=4, trans_std=0.0, spatial_scale=0.0625):
     """Deformable position-sensitive RoI pooling (R-FCN; Deformable-ConvNets).
@@ -262,6 +265,7 @@ def deform_psroi_pool(input, rois, offset=None, *, output_dim, group_size, poole
     return output
 
 
+@_backend.on_arrays_device
 def deform_psroi_pool_backward(grad_output, input, rois, offset=None, *, output_dim, group_size,
                                pooled_size, part_size=None, sample_per_part=4, trans_std=0.0,
                                spatial_scale=0.0625, needs=("input", "offset"),

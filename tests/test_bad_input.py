@@ -1,5 +1,7 @@
 """Bad input raises TypeError/ValueError naming the argument, before any kernel runs."""
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -115,7 +117,9 @@ class _CupyStandIn:
 
     def __init__(self, shape, device_id=0):
         self.shape = shape
-        self.device = type("Device", (), {"id": device_id})()
+        # Like cupy.cuda.Device: an id, and a context manager (the ops enter it).
+        self.device = type("Device", (contextlib.AbstractContextManager,),
+                           {"id": device_id, "__exit__": lambda self, *exc: None})()
 
 
 _CupyStandIn.__name__ = "ndarray"

@@ -22,8 +22,14 @@ def check_tensors(**tensors):
             raise ValueError(f"{name} is on {t.device}; cudcn runs on CPU and CUDA tensors")
 
 
+def on_cuda(t):
+    """Whether ``t`` takes the CUDA branches below (one place, so that the tests
+    can send CPU tensors down them to a CuPy double)."""
+    return t.device.type == "cuda"
+
+
 def _array_module(t):
-    if t.device.type == "cpu":
+    if not on_cuda(t):
         return np
     import cupy
 
@@ -60,7 +66,7 @@ def to_tensor(a):
 @contextlib.contextmanager
 def on_device_of(t):
     """Make CuPy work on the tensor's device and torch's current stream there."""
-    if t.device.type != "cuda":
+    if not on_cuda(t):
         yield
         return
     import cupy

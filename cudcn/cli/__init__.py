@@ -5,23 +5,46 @@ import sys
 
 
 def _compile_check(args):
+    from .. import _nvrtc
     from . import compile_check as _compile_check
 
-    try:
-        rows = _compile_check.compile_check(archs=args.arch)
-    except ImportError as exc:
-        print(f"compile-check needs NVRTC through cuda-bindings: {exc}\n"
-              "pip install cuda-bindings nvidia-cuda-nvrtc nvidia-cuda-runtime", file=sys.stderr)
+    installed = _nvrtc.installed_majors()
+    majors = sorted({int(v) for v in args.cuda}) if args.cuda else [
+        m for m in installed if m in _compile_check.ARCHITECTURES]
+    missing = [m for m in majors if m not in installed]
+    if not majors or missing:
+        wanted = ", ".join(f"CUDA {m}" for m in (missing or _compile_check.ARCHITECTURES))
+        print(f"compile-check found no NVRTC and CUDA headers of {wanted}: pip install "
+              "nvidia-cuda-nvrtc nvidia-cuda-runtime (CUDA 13) and/or "
+              "nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12 (CUDA 12)", file=sys.stderr)
         return 1
+    archs = set(args.arch) if args.arch else None
+    if archs is not None and not _compile_check.matrix(majors, archs):
+        print(f"compile-check: none of {sorted(archs)} is checked with CUDA "
+              f"{', '.join(map(str, majors))} (architectures per version: "
+              f"{_compile_check.ARCHITECTURES})", file=sys.stderr)
+        return 2
+    rows = _compile_check.compile_check(majors, archs, jobs=args.jobs)
     print(_compile_check.format_table(rows))
+    print()
+    print(_compile_check.format_summary(rows))
     failed = [r for r in rows if not r.ok]
-    spilled = [r for r in rows if r.ok and r.spill_stores + r.spill_loads > args.max_spill_bytes]
-    print(f"\nNVRTC {_compile_check.nvrtc_version()}: {len(rows)} instantiations, "
-          f"{len(rows) - len(failed)} compiled, {len(failed)} failed, "
-          f"{len(spilled)} over {args.max_spill_bytes} spill bytes; "
-          f"max registers {max((r.registers for r in rows), default=0)}")
+    spilled = [r for r in rows if r.ok and r.spills > args.max_spill_bytes]
+    print()
+    for cuda in dict.fromkeys(r.cuda for r in rows):
+        mine = [r for r in rows if r.cuda == cuda]
+        bad = [r for r in mine if not r.ok]
+        over = [r for r in mine if r.ok and r.spills > args.max_spill_bytes]
+        print(f"NVRTC {cuda}: {len(mine)} instantiations, {len(mine) - len(bad)} compiled, "
+              f"{len(bad)} failed, {len(over)} over {args.max_spill_bytes} spill bytes; "
+              f"max registers {max((r.registers for r in mine), default=0)}")
+    errors = {}
     for row in failed:
-        print(f"\n{row.kernel} {row.dtype} {row.index} {row.arch}:\n{row.error}", file=sys.stderr)
+        errors.setdefault((row.cuda, row.arch, row.error), []).append(row)
+    for (cuda, arch, error), group in errors.items():
+        names = ", ".join(f"{r.kernel} {r.dtype} {r.index}" for r in group[:3])
+        more = f" and {len(group) - 3} more" if len(group) > 3 else ""
+        print(f"\nCUDA {cuda} {arch}, {names}{more}:\n{error}", file=sys.stderr)
     return 1 if failed or spilled else 0
 
 
@@ -54,7 +77,7 @@ def _demo(args):
 
 
 def build_parser():
-    from .compile_check import ARCHITECTURES
+    from .compile_check import ALL_ARCHITECTURES, ARCHITECTURES
 
     parser = argparse.ArgumentParser(prog="cudcn", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
@@ -89,13 +112,22 @@ def build_parser():
         "compile-check",
         help="NVRTC-compile every GPU kernel instantiation; report registers and spills",
         description="Compile every kernel instantiation the GPU executor can launch, with its "
-                    "own options, for each architecture (no GPU needed). Exits 1 on any "
-                    "failure or spill.",
+                    "own options, with the NVRTC and CUDA headers of each installed CUDA "
+                    "version, for that version's architectures (no GPU needed). Prints "
+                    "registers and spill bytes per instantiation and a summary per CUDA "
+                    "version and architecture. Exits 1 on any failure or spill.",
     )
-    check.add_argument("--arch", action="append", choices=ARCHITECTURES,
-                       help="architecture to compile for (repeatable; default all)")
+    check.add_argument("--cuda", action="append", choices=[str(m) for m in ARCHITECTURES],
+                       help="CUDA version whose NVRTC and headers to compile with (repeatable; "
+                            "default every one installed)")
+    check.add_argument("--arch", action="append", choices=ALL_ARCHITECTURES,
+                       help="architecture to compile for (repeatable; default each CUDA "
+                            "version's own: " + "; ".join(
+                                f"{m}: {' '.join(a)}" for m, a in ARCHITECTURES.items()) + ")")
     check.add_argument("--max-spill-bytes", type=int, default=0,
                        help="spill stores + loads allowed per instantiation (default 0)")
+    check.add_argument("--jobs", type=int, default=None,
+                       help="compiles run in parallel (default one per core)")
     check.set_defaults(run=_compile_check)
 
     bench = commands.add_parser(
@@ -114,9 +146,5 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if getattr(args, "arch", None) is None and args.command == "compile-check":
-        from .compile_check import ARCHITECTURES
-
-        args.arch = ARCHITECTURES
     return args.run(args)
 

@@ -1,16 +1,27 @@
 """NVRTC-compile every GPU kernel instantiation, without a GPU.
 
-Each kernel file is compiled once per architecture with the CuPy executor's
-own options and name expressions; ptxas' verbose report gives registers and
-spill bytes per instantiation.
+Each kernel file is compiled once per CUDA version and architecture, with the
+CuPy executor's own options and name expressions and the CUDA headers of that
+version; ptxas' verbose report gives registers and spill bytes per
+instantiation. Every installed NVRTC runs in this one process (see
+``cudcn._nvrtc``); the compiles are spread over worker processes.
 """
 
+import concurrent.futures
 import dataclasses
+import os
 import re
 
-from .. import _gpu_build, _kernels
+from .. import _gpu_build, _kernels, _nvrtc
 
-ARCHITECTURES = ("sm_75", "sm_80", "sm_90", "sm_100")
+# The architectures each CUDA major version is checked for: CUDA 12 is the
+# last with Volta (sm_70); CUDA 13 adds Blackwell (sm_100, sm_120).
+ARCHITECTURES = {
+    12: ("sm_70", "sm_75", "sm_80", "sm_86", "sm_89", "sm_90"),
+    13: ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_120"),
+}
+ALL_ARCHITECTURES = tuple(sorted({a for archs in ARCHITECTURES.values() for a in archs},
+                                 key=lambda a: int(a[3:])))
 
 
 @dataclasses.dataclass
@@ -19,6 +30,7 @@ class Row:
     dtype: str
     index: str
     arch: str
+    cuda: str = ""  # NVRTC version, e.g. "12.9"
     registers: int = -1
     spill_stores: int = -1
     spill_loads: int = -1
@@ -28,21 +40,9 @@ class Row:
     def ok(self):
         return not self.error and self.registers >= 0
 
-
-def _check(result, what):
-    from cuda.bindings import nvrtc
-
-    err = result[0]
-    if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-        raise RuntimeError(f"{what}: {nvrtc.nvrtcGetErrorString(err)[1].decode()}")
-    return result[1:] if len(result) > 2 else (result[1] if len(result) == 2 else None)
-
-
-def _log(nvrtc, prog):
-    size = _check(nvrtc.nvrtcGetProgramLogSize(prog), "log size")
-    buf = b" " * size
-    _check(nvrtc.nvrtcGetProgramLog(prog, buf), "log")
-    return buf.decode(errors="replace").rstrip("\x00 \n")
+    @property
+    def spills(self):
+        return self.spill_stores + self.spill_loads
 
 
 def parse_ptxas_log(log):
@@ -66,62 +66,103 @@ def parse_ptxas_log(log):
     return {name: tuple(v) for name, v in found.items()}
 
 
-def compile_source(source, arch):
-    """Compile one kernel file for one architecture; returns one Row per instantiation."""
-    from cuda.bindings import nvrtc
+def compile_options(cuda_major, arch):
+    """Exactly what CuPy hands NVRTC for one architecture, plus ptxas' report."""
+    return (*_gpu_build.options(cuda_major), *_gpu_build.CUPY_IMPLICIT_OPTIONS,
+            f"--gpu-architecture={arch}", "--ptxas-options=-v")
 
+
+def compile_source(source, arch, cuda_major):
+    """Compile one kernel file for one architecture with the NVRTC of CUDA
+    ``cuda_major``; returns one Row per instantiation."""
+    nvrtc = _nvrtc.load(cuda_major)
+    version = "{}.{}".format(*nvrtc.version)
     insts = _kernels.instantiations(source, _kernels.GPU_DTYPES)
-    rows = [Row(k.name.rsplit("::", 1)[-1], s.dtype_name, i, arch) for k, s, i in insts]
-    prog = _check(nvrtc.nvrtcCreateProgram(_gpu_build.source_text(source).encode(),
-                                           source.encode(), 0, [], []), "create program")
-    try:
-        for expr in _gpu_build.name_expressions(source):
-            _check(nvrtc.nvrtcAddNameExpression(prog, expr.encode()), "add name expression")
-        opts = [o.encode() for o in (*_gpu_build.options(), *_gpu_build.CUPY_IMPLICIT_OPTIONS,
-                                     f"--gpu-architecture={arch}",
-                                     "--ptxas-options=-v")]
-        (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
-        log = _log(nvrtc, prog)
-        if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-            for row in rows:
-                row.error = f"compile failed: {log}"
-            return rows
-        usage = parse_ptxas_log(log)
-        for row, expr in zip(rows, _gpu_build.name_expressions(source)):
-            lowered = _check(nvrtc.nvrtcGetLoweredName(prog, expr.encode()), "lowered name")
-            lowered = lowered.decode() if isinstance(lowered, bytes) else str(lowered)
-            if lowered not in usage:
-                row.error = f"no ptxas report for {expr}"
-                continue
-            row.registers, row.spill_stores, row.spill_loads = usage[lowered]
-    finally:
-        nvrtc.nvrtcDestroyProgram(prog)
+    rows = [Row(k.name.rsplit("::", 1)[-1], s.dtype_name, i, arch, version) for k, s, i in insts]
+    expressions = _gpu_build.name_expressions(source)
+    result = nvrtc.compile(_gpu_build.source_text(source), source,
+                           compile_options(cuda_major, arch), expressions)
+    if not result.ok:
+        for row in rows:
+            row.error = f"compile failed: {result.log}"
+        return rows
+    usage = parse_ptxas_log(result.log)
+    for row, expr in zip(rows, expressions):
+        lowered = result.lowered[expr]
+        if lowered not in usage:
+            row.error = f"no ptxas report for {expr}"
+            continue
+        row.registers, row.spill_stores, row.spill_loads = usage[lowered]
     return rows
 
 
-def compile_check(archs=ARCHITECTURES, sources=None):
-    rows = []
-    for source in sources or _kernels.sources():
-        for arch in archs:
-            rows += compile_source(source, arch)
-    return rows
+def _compile_task(task):
+    return compile_source(*task)
 
 
-def nvrtc_version():
-    from cuda.bindings import nvrtc
+def matrix(cuda_majors, archs=None):
+    """Every (kernel file, architecture, CUDA major) to compile: each version's
+    own architectures, narrowed to ``archs`` when given."""
+    return [
+        (source, arch, major)
+        for major in cuda_majors
+        for arch in ARCHITECTURES[major] if archs is None or arch in archs
+        for source in _kernels.sources()
+    ]
 
-    major, minor = _check(nvrtc.nvrtcVersion(), "version")
-    return f"{major}.{minor}"
+
+def compile_check(cuda_majors, archs=None, jobs=None):
+    """Rows for every instantiation of the matrix; ``jobs`` worker processes
+    (default: one per core; 1 compiles in this process)."""
+    tasks = matrix(cuda_majors, archs)
+    jobs = min(jobs or os.cpu_count() or 1, len(tasks))
+    if jobs <= 1:
+        results = map(_compile_task, tasks)
+    else:
+        with concurrent.futures.ProcessPoolExecutor(jobs) as pool:
+            results = list(pool.map(_compile_task, tasks))
+    order = {major: i for i, major in enumerate(cuda_majors)}
+    rows = [row for chunk in results for row in chunk]
+    # Group by CUDA version, then architecture, kernel file order within.
+    return sorted(rows, key=lambda r: (order[int(r.cuda.split(".")[0])], int(r.arch[3:])))
+
+
+def _status(row):
+    if not row.ok:
+        return row.error.splitlines()[0] if row.error else "failed"
+    return "ok" if row.spills == 0 else "SPILLS"
 
 
 def format_table(rows):
-    header = ("kernel", "dtype", "index", "arch", "registers", "spill stores", "spill loads", "status")
+    header = ("cuda", "arch", "kernel", "dtype", "index", "registers", "spill stores",
+              "spill loads", "status")
     body = [
-        (r.kernel, r.dtype, r.index, r.arch, str(r.registers), str(r.spill_stores),
-         str(r.spill_loads), "ok" if r.ok and r.spill_stores == r.spill_loads == 0
-         else (r.error.splitlines()[0] if r.error else "SPILLS"))
+        (r.cuda, r.arch, r.kernel, r.dtype, r.index, str(r.registers),
+         str(r.spill_stores), str(r.spill_loads), _status(r))
         for r in rows
     ]
+    return _columns(header, body)
+
+
+def format_summary(rows):
+    """One line per (CUDA version, architecture): the largest register count
+    and where it is, and the spill bytes of all its instantiations."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r.cuda, r.arch), []).append(r)
+    header = ("cuda", "arch", "instantiations", "failed", "max registers", "in", "spill bytes")
+    body = []
+    for (cuda, arch), group in groups.items():
+        compiled = [r for r in group if r.ok]
+        top = max(compiled, key=lambda r: r.registers, default=None)
+        body.append((cuda, arch, str(len(group)), str(len(group) - len(compiled)),
+                     str(top.registers) if top else "-",
+                     f"{top.kernel} {top.dtype} {top.index}" if top else "-",
+                     str(sum(r.spills for r in compiled))))
+    return _columns(header, body)
+
+
+def _columns(header, body):
     widths = [max(len(x) for x in col) for col in zip(header, *body)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join(fmt.format(*line) for line in (header, *body))
+    return "\n".join(fmt.format(*line).rstrip() for line in (header, *body))

@@ -16,6 +16,22 @@ def _mib(size):
     return "absent" if size is None else f"{size / 2**20:.1f} MiB"
 
 
+def _nvrtc_versions():
+    """Each installed NVRTC (compile-check uses them all; CuPy uses one)."""
+    from .. import _nvrtc
+
+    found = []
+    for major in _nvrtc.installed_majors():
+        try:
+            found.append("{}.{}".format(*_nvrtc.load(major).version))
+        except (OSError, _nvrtc.NVRTCError) as exc:
+            found.append(f"CUDA {major} not loadable ({exc})")
+    if not found:
+        return ("not available (pip install nvidia-cuda-nvrtc nvidia-cuda-runtime, or "
+                "nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12)")
+    return ", ".join(found) + " (with CUDA headers)"
+
+
 def collect():
     """Facts as (label, value) pairs, in display order."""
     import numpy as np
@@ -51,12 +67,7 @@ def collect():
     except ImportError:
         rows.append(("CuPy", "not installed (pip install cupy-cuda13x for the GPU backend)"))
         rows.append(("GPU backend", "no: CuPy is not installed"))
-    try:
-        from .compile_check import nvrtc_version
-
-        rows.append(("NVRTC", nvrtc_version()))
-    except Exception:  # cuda-bindings missing or NVRTC not loadable
-        rows.append(("NVRTC", "not available (pip install cuda-bindings nvidia-cuda-nvrtc)"))
+    rows.append(("NVRTC", _nvrtc_versions()))
     try:
         import torch
 

@@ -57,20 +57,33 @@ DEFORM_CONV2D_IM2COL = Kernel(
     "cudcn::deform_conv2d_im2col",
     "deform_conv2d.cu",
     (("input", "const T*"), ("offset", "const T*"), ("mask", "const T*"), ("columns", "T*"),
-     ("n", "I"), ("use_mask", "int")) + _DEFORM_CONV_GEOMETRY,
+     ("n", "I"), ("use_mask", "int"), ("channel_block", "int")) + _DEFORM_CONV_GEOMETRY,
 )
 DEFORM_CONV2D_COL2IM = Kernel(
     "cudcn::deform_conv2d_col2im",
     "deform_conv2d.cu",
     (("grad_columns", "const T*"), ("offset", "const T*"), ("mask", "const T*"),
-     ("grad_input", "A*"), ("n", "I"), ("use_mask", "int")) + _DEFORM_CONV_GEOMETRY,
+     ("grad_input", "A*"), ("n", "I"), ("use_mask", "int"), ("channel_block", "int"))
+    + _DEFORM_CONV_GEOMETRY,
 )
-DEFORM_CONV2D_COL2IM_COORD = Kernel(
-    "cudcn::deform_conv2d_col2im_coord",
+DEFORM_CONV2D_COORD_PARTIAL = Kernel(
+    "cudcn::deform_conv2d_coord_partial",
     "deform_conv2d.cu",
     (("grad_columns", "const T*"), ("input", "const T*"), ("offset", "const T*"),
-     ("mask", "const T*"), ("grad_offset", "T*"), ("grad_mask", "T*"), ("n", "I"),
-     ("use_mask", "int"), ("want_grad_mask", "int")) + _DEFORM_CONV_GEOMETRY,
+     ("partials", "A*"), ("n", "I"), ("channel_block", "int")) + _DEFORM_CONV_GEOMETRY,
+)
+DEFORM_CONV2D_COORD_REDUCE = Kernel(
+    "cudcn::deform_conv2d_coord_reduce",
+    "deform_conv2d.cu",
+    (("partials", "const A*"), ("mask", "const T*"), ("grad_offset", "T*"), ("grad_mask", "T*"),
+     ("n", "I"), ("items", "I"), ("blocks", "int"), ("use_mask", "int"))
+    + _DEFORM_CONV_GEOMETRY,
+)
+DEFORM_CONV2D_SCATTER_ENTRIES = Kernel(
+    "cudcn::deform_conv2d_scatter_entries",
+    "deform_conv2d.cu",
+    (("offset", "const T*"), ("mask", "const T*"), ("keys", "I*"), ("sources", "I*"),
+     ("weights", "A*"), ("n", "I"), ("use_mask", "int")) + _DEFORM_CONV_GEOMETRY,
 )
 
 DEFORM_CONV2D_CORNERS = Kernel(
@@ -134,12 +147,26 @@ DEFORM_ROI_POOL_BACKWARD_INPUT_PLANES = Kernel(
      ("mask", "const T*"), ("grad_input", "A*"), ("n", "I"), ("num_rois", "int"),
      ("use_offset", "int"), ("use_mask", "int")) + _ROI_POOL_SCALARS + _ROI_POOL_GEOMETRY,
 )
-DEFORM_ROI_POOL_BACKWARD_OFFSET = Kernel(
-    "cudcn::deform_roi_pool_backward_offset",
+DEFORM_ROI_POOL_SCATTER_ENTRIES = Kernel(
+    "cudcn::deform_roi_pool_scatter_entries",
+    "deform_roi_pool.cu",
+    (("rois", "const A*"), ("offset", "const T*"), ("mask", "const T*"), ("entry_first", "I*"),
+     ("keys", "I*"), ("sources", "I*"), ("weights", "A*"), ("n", "I"), ("fill", "int"),
+     ("use_offset", "int"), ("use_mask", "int")) + _ROI_POOL_SCALARS + _ROI_POOL_GEOMETRY,
+)
+DEFORM_ROI_POOL_BACKWARD_OFFSET_PARTIAL = Kernel(
+    "cudcn::deform_roi_pool_backward_offset_partial",
     "deform_roi_pool.cu",
     (("grad_output", "const T*"), ("input", "const T*"), ("rois", "const A*"),
-     ("offset", "const T*"), ("mask", "const T*"), ("grad_offset", "T*"), ("grad_mask", "T*"),
-     ("n", "I"), ("use_offset", "int"), ("use_mask", "int"), ("want_grad_offset", "int"),
+     ("offset", "const T*"), ("partials", "A*"), ("n", "I"), ("use_offset", "int"),
+     ("channel_block", "int")) + _ROI_POOL_SCALARS + _ROI_POOL_GEOMETRY,
+)
+DEFORM_ROI_POOL_BACKWARD_OFFSET_REDUCE = Kernel(
+    "cudcn::deform_roi_pool_backward_offset_reduce",
+    "deform_roi_pool.cu",
+    (("partials", "const A*"), ("rois", "const A*"), ("offset", "const T*"),
+     ("mask", "const T*"), ("grad_offset", "T*"), ("grad_mask", "T*"), ("n", "I"),
+     ("blocks", "int"), ("use_offset", "int"), ("use_mask", "int"), ("want_grad_offset", "int"),
      ("want_grad_mask", "int")) + _ROI_POOL_SCALARS + _ROI_POOL_GEOMETRY,
 )
 
@@ -170,22 +197,54 @@ DEFORM_PSROI_POOL_BACKWARD_INPUT_PLANES = Kernel(
      ("grad_input", "A*"), ("n", "I"), ("num_rois", "int"), ("use_offset", "int"))
     + _PSROI_POOL_SCALARS + _PSROI_POOL_GEOMETRY,
 )
-DEFORM_PSROI_POOL_BACKWARD_OFFSET = Kernel(
-    "cudcn::deform_psroi_pool_backward_offset",
+DEFORM_PSROI_POOL_SCATTER_ENTRIES = Kernel(
+    "cudcn::deform_psroi_pool_scatter_entries",
+    "deform_psroi_pool.cu",
+    (("rois", "const A*"), ("offset", "const T*"), ("keys", "I*"), ("sources", "I*"),
+     ("weights", "A*"), ("n", "I"), ("use_offset", "int"))
+    + _PSROI_POOL_SCALARS + _PSROI_POOL_GEOMETRY,
+)
+DEFORM_PSROI_POOL_BACKWARD_OFFSET_PARTIAL = Kernel(
+    "cudcn::deform_psroi_pool_backward_offset_partial",
     "deform_psroi_pool.cu",
     (("grad_output", "const T*"), ("input", "const T*"), ("rois", "const A*"),
-     ("offset", "const T*"), ("grad_offset", "T*"), ("n", "I"))
+     ("offset", "const T*"), ("partials", "A*"), ("n", "I"))
+    + _PSROI_POOL_SCALARS + _PSROI_POOL_GEOMETRY,
+)
+DEFORM_PSROI_POOL_BACKWARD_OFFSET_REDUCE = Kernel(
+    "cudcn::deform_psroi_pool_backward_offset_reduce",
+    "deform_psroi_pool.cu",
+    (("partials", "const A*"), ("rois", "const A*"), ("offset", "const T*"),
+     ("grad_offset", "T*"), ("n", "I"), ("outputs", "I"))
     + _PSROI_POOL_SCALARS + _PSROI_POOL_GEOMETRY,
 )
 
+SEGMENTED_SUM_CHUNKS = Kernel(
+    "cudcn::segmented_sum_chunks",
+    "segmented_sum.cu",
+    (("source", "const T*"), ("entry_source", "const I*"), ("entry_weight", "const A*"),
+     ("chunk_first", "const I*"), ("partials", "A*"), ("n", "I"), ("channels", "int"),
+     ("source_stride", "I")),
+)
+SEGMENTED_SUM_SEGMENTS = Kernel(
+    "cudcn::segmented_sum_segments",
+    "segmented_sum.cu",
+    (("partials", "const A*"), ("segment_first_chunk", "const I*"), ("segment_dest", "const I*"),
+     ("dest", "A*"), ("n", "I"), ("channels", "int"), ("dest_stride", "I")),
+)
+
 KERNELS = (
-    DEFORM_CONV2D_IM2COL, DEFORM_CONV2D_COL2IM, DEFORM_CONV2D_COL2IM_COORD,
+    DEFORM_CONV2D_IM2COL, DEFORM_CONV2D_COL2IM, DEFORM_CONV2D_COORD_PARTIAL,
+    DEFORM_CONV2D_COORD_REDUCE, DEFORM_CONV2D_SCATTER_ENTRIES,
     DEFORM_CONV2D_CORNERS, DEFORM_CONV2D_IM2COL_PLANES, DEFORM_CONV2D_COL2IM_PLANES,
     DEFORM_CONV2D_COL2IM_COORD_PLANES,
-    DEFORM_ROI_POOL_FORWARD, DEFORM_ROI_POOL_BACKWARD_INPUT, DEFORM_ROI_POOL_BACKWARD_OFFSET,
-    DEFORM_ROI_POOL_BACKWARD_INPUT_PLANES,
+    DEFORM_ROI_POOL_FORWARD, DEFORM_ROI_POOL_BACKWARD_INPUT,
+    DEFORM_ROI_POOL_BACKWARD_INPUT_PLANES, DEFORM_ROI_POOL_SCATTER_ENTRIES,
+    DEFORM_ROI_POOL_BACKWARD_OFFSET_PARTIAL, DEFORM_ROI_POOL_BACKWARD_OFFSET_REDUCE,
     DEFORM_PSROI_POOL_FORWARD, DEFORM_PSROI_POOL_BACKWARD_INPUT,
-    DEFORM_PSROI_POOL_BACKWARD_OFFSET, DEFORM_PSROI_POOL_BACKWARD_INPUT_PLANES,
+    DEFORM_PSROI_POOL_BACKWARD_INPUT_PLANES, DEFORM_PSROI_POOL_SCATTER_ENTRIES,
+    DEFORM_PSROI_POOL_BACKWARD_OFFSET_PARTIAL, DEFORM_PSROI_POOL_BACKWARD_OFFSET_REDUCE,
+    SEGMENTED_SUM_CHUNKS, SEGMENTED_SUM_SEGMENTS,
 )
 
 

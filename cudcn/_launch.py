@@ -1,11 +1,15 @@
 """One launch description for both executors.
 
 Everything about a kernel launch except the final call is decided here:
-the instantiation (scalar and index type), grid and block, and every
-argument converted to the exact C type of the kernel's signature. The CuPy
-and CPU executors only differ in how they make the call.
+the strategy and the channel blocks (from the target it runs on: the CPU,
+or a GPU's model), the instantiation (scalar and index type), grid and
+block, and every argument converted to the exact C type of the kernel's
+signature. The CuPy and CPU executors only differ in how they make the
+call; `cudcn gpu-plan` reads these same descriptions.
 """
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 
@@ -15,29 +19,137 @@ from . import _backend
 from ._kernels import INDEX_DTYPES, SCALAR_TYPES
 
 BLOCK = 256
+GPU_BLOCKS = (128, 256, 512)  # the candidates; 256 where they hold as many threads
 # Enough blocks to fill any current GPU many times over; kernels are
 # grid-stride loops, so a capped grid still covers every item.
 MAX_GRID = 65535 * 8
 INT32_MAX = 2**31 - 1
+# A thread's longest loop, at most: the channel blocks and chunks are sized
+# so that a thread runs no more iterations than this where it can be helped.
+MAX_SERIAL = 32
+# Waves of resident threads a launch should have, at least, where its work allows.
+WAVES = 2
 
-# Tests set these: the 64-bit index path on small problems, and either
-# strategy on either backend.
+# Tests set these: the 64-bit index path on small problems, any strategy and
+# channel block on either backend.
 _force_index64 = False
 _force_strategy = None
+_force_channel_block = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where launches run. ``kind`` is "cpu" or "gpu"; a GPU has a
+    ``device`` model (cudcn/_device.py) and ``registers(kernel, scalar,
+    index)``, the registers per thread of an instantiation there."""
+
+    kind: str
+    device: object = None
+    registers: object = None
+
+    def block(self, kernel, scalar, index):
+        """The block size that lets the most threads be resident (256 on ties)."""
+        regs = self.registers(kernel, scalar, index)
+        return max(GPU_BLOCKS, key=lambda b: (self.device.resident_threads(regs, b), b == 256))
+
+    def resident_threads(self, kernel, scalar, index):
+        regs = self.registers(kernel, scalar, index)
+        return self.device.resident_threads(regs, self.block(kernel, scalar, index))
+
+
+CPU = Target("cpu")
+_planned = contextvars.ContextVar("cudcn_planned_target", default=None)
+
+
+@contextlib.contextmanager
+def planning_for(target):
+    """Plan every launch as for ``target`` whatever the arrays' backend: how
+    gpu-plan describes a GPU's launches while the CPU executor runs them."""
+    token = _planned.set(target)
+    try:
+        yield target
+    finally:
+        _planned.reset(token)
+
+
+def is_planning():
+    """Whether launches are being described for gpu-plan (worth a host sync
+    to report data-dependent figures)."""
+    return _planned.get() is not None
+
+
+def target(xp):
+    """The target launches on ``xp``'s arrays are planned for."""
+    planned = _planned.get()
+    if planned is not None:
+        return planned
+    if xp is np:
+        return CPU
+    from ._executors import cupy as executor
+
+    return executor.current_target()
 
 
 def strategy(xp, deterministic):
     """How an operation spreads its accumulations over threads.
 
-    'planes': each thread owns whole (image, channel) planes of what it
-    accumulates: no atomics, and a summation order that no thread count
-    changes. The CPU's default (atomics are slow there) and deterministic
-    mode on every backend. 'items': one thread per sample, scattering with
-    atomics: the GPU's default, where it has far more parallelism.
+    'planes' (the CPU's default, deterministic): each thread owns whole
+    (image, channel) planes of what it accumulates: no atomics, a summation
+    order that no thread count changes, and a plane in a core's cache.
+    'items' (the GPU's default): a thread per (sample, block of channels),
+    scattering with atomics, as many threads as fill the GPU. 'sorted'
+    (deterministic mode on the GPU): as items, but the scatter becomes a
+    gather over entries sorted by destination, summed in a fixed order.
     """
     if _force_strategy is not None:
         return _force_strategy
-    return "planes" if deterministic or xp is np else "items"
+    if target(xp).kind == "cpu":
+        return "planes"
+    return "sorted" if deterministic else "items"
+
+
+def channel_block(xp, kernel, dtype, index, items, channels, peer_threads, per_channel=1,
+                  max_blocks=None):
+    """Channels per thread of a launch of ``items * ceil(channels / block)``
+    threads: the most that still give the launch min(WAVES waves,
+    ``peer_threads``) threads on the target, so that each thread computes its
+    sampling geometry once for as many channels as the device's parallelism
+    allows. A thread's loop, ``per_channel`` iterations a channel, stays
+    within MAX_SERIAL; with ``max_blocks``, so does a reduction over the
+    blocks (at most that many). The CPU, whose few threads any launch fills,
+    takes all channels at once.
+    """
+    if _force_channel_block is not None:
+        return max(1, min(_force_channel_block, channels))
+    planned = target(xp)
+    if planned.kind == "cpu" or channels <= 1:
+        return max(1, channels)
+    scalar = SCALAR_TYPES[np.dtype(dtype).name]
+    want = min(WAVES * planned.resident_threads(kernel, scalar, index), peer_threads)
+    largest = max(1, min(channels, MAX_SERIAL // max(per_channel, 1)))
+    smallest = math.ceil(channels / max_blocks) if max_blocks else 1
+    for block in range(largest, smallest - 1, -1):
+        if items * math.ceil(channels / block) >= want:
+            return block
+    return smallest  # the most threads the constraints allow (the reduction's bound first)
+
+
+@dataclasses.dataclass(frozen=True)
+class Work:
+    """What a launch asks of a GPU besides its threads, for gpu-plan.
+
+    ``serial``: iterations of a thread's longest loop. ``dram_bytes``: the
+    bytes of every array element read or written, each counted once (reads
+    through caches can only be fewer). ``peer_threads``: the threads the
+    peer implementation (torchvision, mmcv) launches for the same work.
+    ``auxiliary``: a precomputation or a final reduction, small beside the
+    op's main launches and not held to their thread count.
+    """
+
+    serial: int
+    dram_bytes: int
+    peer_threads: int
+    auxiliary: bool = False
 
 
 def index_type(*extents):
@@ -59,6 +171,8 @@ class Launch:
     grid: int
     block: int
     args: tuple  # arrays and NumPy scalars, in the kernel's parameter order
+    work: Work = None
+    target: Target = CPU
 
     @property
     def xp(self):
@@ -94,10 +208,11 @@ def _convert(kernel, name, ctype, value, scalar, index):
     return dtype.type(value)
 
 
-def make_launch(kernel, dtype, n, index, **values):
+def make_launch(kernel, dtype, n, index, work=None, **values):
     """Describe a launch of ``kernel`` over ``n`` work items.
 
-    ``values`` names every kernel parameter except ``n``.
+    ``values`` names every kernel parameter except ``n``; ``work`` is what
+    gpu-plan reports of it.
     """
     scalar = SCALAR_TYPES[np.dtype(dtype).name]
     values["n"] = n
@@ -108,8 +223,13 @@ def make_launch(kernel, dtype, n, index, **values):
     args = tuple(
         _convert(kernel, name, ctype, values[name], scalar, index) for name, ctype in kernel.params
     )
-    grid, block = grid_and_block(n)
-    return Launch(kernel, scalar, index, grid, block, args)
+    planned = target(_backend.array_module(next(a for a in args if _backend.is_array(a))))
+    if planned.kind == "gpu":
+        block = planned.block(kernel, scalar, index)
+        grid = min(max(1, math.ceil(n / block)), MAX_GRID)
+    else:
+        grid, block = grid_and_block(n)
+    return Launch(kernel, scalar, index, grid, block, args, work, planned)
 
 
 def grid_and_block(n):

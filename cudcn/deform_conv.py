@@ -9,7 +9,7 @@ backward runs the GEMMs the other way and two adjoint kernels.
 import collections
 import dataclasses
 
-from . import _backend, _checks, _gemm, _kernels, _launch, _workspace
+from . import _backend, _checks, _gemm, _kernels, _launch, _sorted_sum, _workspace
 
 GRADIENT_NAMES = ("input", "offset", "weight", "bias", "mask")
 
@@ -133,15 +133,19 @@ class _Plan:
     """Chunks, index type and strategy of one call, and its launches.
 
     ``buffers`` is how many column-sized buffers the call keeps at once; the
-    chunk is as many images as fit them, with the plane strategy's corner
-    buffers and, for 16-bit dtypes, the float32 copies the GEMMs multiply
-    (one column-sized and one output-sized per image), under the workspace limit.
+    chunk is as many images as fit them under the workspace limit, with what
+    the strategy adds per image (the plane strategy's corner buffers, the
+    offset gradients' partial sums, the sorted strategy's entries) and, for
+    16-bit dtypes, the float32 copies the GEMMs multiply.
     """
 
-    def __init__(self, g, buffers, deterministic):
+    def __init__(self, g, buffers, deterministic, coord=False, col2im=False):
         self.g = g
-        self.strategy = _launch.strategy(g.xp, deterministic)
+        xp = g.xp
+        self.strategy = _launch.strategy(xp, deterministic)
+        self.group_channels = g.channels // g.offset_groups
         self.items_per_image = g.offset_groups * g.kernel_points * g.out_pixels
+        self.acc = xp.dtype(_kernels.SCALAR_TYPES[g.dtype.name].acc_dtype_name)
         per_image = buffers * g.column_rows * g.out_pixels * g.dtype.itemsize
         if _gemm.compute_dtype(g.dtype) != g.dtype:
             per_image += ((g.column_rows + g.out_channels) * g.out_pixels
@@ -149,6 +153,13 @@ class _Plan:
         if self.strategy == "planes":
             # corner indices and weights, and the coordinate kernel's partial sums
             per_image += self.items_per_image * (4 * (8 + 8) + 3 * 8)
+        elif coord:  # partial sums of at most MAX_SERIAL channel blocks
+            per_image += (min(self.group_channels, _launch.MAX_SERIAL) * 3
+                          * self.items_per_image * self.acc.itemsize)
+        if self.strategy == "sorted" and col2im:
+            per_image += _sorted_sum.workspace_bytes(
+                4 * self.items_per_image, g.offset_groups * g.height * g.width,
+                self.group_channels, xp.dtype(xp.int64), self.acc)
         self.size = _workspace.images_per_chunk(g.batch, per_image)
         self.chunks = [(s, min(s + self.size, g.batch)) for s in range(0, g.batch, self.size)]
         # One index type for every chunk: the largest decides.
@@ -157,19 +168,18 @@ class _Plan:
             self.size * g.column_rows * g.out_pixels,
             self.size * g.channels * g.height * g.width,
             self.size * 2 * self.items_per_image,
+            self.size * self.items_per_image * 3 * self.group_channels,
         )
         self.corner_index = self.corner_weight = self.coord_acc = None
         if self.strategy == "planes":
-            xp = g.xp
-            acc = xp.dtype(_kernels.SCALAR_TYPES[g.dtype.name].acc_dtype_name)
             self.corner_index = xp.empty((self.size * self.items_per_image, 4),
                                          dtype=_kernels.INDEX_DTYPES[self.index])
-            self.corner_weight = xp.empty((self.size * self.items_per_image, 4), dtype=acc)
-            self.coord_acc = xp.empty((self.size * self.items_per_image, 3), dtype=acc)
+            self.corner_weight = xp.empty((self.size * self.items_per_image, 4), dtype=self.acc)
+            self.coord_acc = xp.empty((self.size * self.items_per_image, 3), dtype=self.acc)
 
-    def launch(self, kernel, n, **arrays):
-        _launch.run(_launch.make_launch(kernel, self.g.dtype, n, self.index, **arrays,
-                                        **self.g.kernel_values()))
+    def launch(self, kernel, n, work=None, **arrays):
+        _launch.run(_launch.make_launch(kernel, self.g.dtype, n, self.index, work=work,
+                                        **arrays, **self.g.kernel_values()))
 
     def corners(self, offset):
         """Fill the corner buffers for a chunk (plane strategy only)."""
@@ -178,13 +188,21 @@ class _Plan:
                     corner_index=self.corner_index[:n], corner_weight=self.corner_weight[:n])
 
     def _plane_threads(self, images):
-        group_channels = self.g.channels // self.g.offset_groups
-        blocks = -(-group_channels // _kernels.PLANE_CHANNELS)
+        blocks = -(-self.group_channels // _kernels.PLANE_CHANNELS)
         return images * self.g.offset_groups * blocks
 
     def _corner_args(self, images):
         n = images * self.items_per_image
         return dict(corner_index=self.corner_index[:n], corner_weight=self.corner_weight[:n])
+
+    def _sampling_threads(self, kernel, images, **limits):
+        """(channel block, threads) of an items launch over a chunk; the
+        peer (torchvision) has a thread per (channel, image, output pixel)."""
+        items = images * self.items_per_image
+        peer = self.g.channels * images * self.g.out_pixels
+        block = _launch.channel_block(self.g.xp, kernel, self.g.dtype, self.index, items,
+                                      self.group_channels, peer, **limits)
+        return block, items * -(-self.group_channels // block), peer
 
     def im2col(self, x, offset, mask, columns):
         """columns <- sampled x, for a chunk; planes: after corners(offset)."""
@@ -195,30 +213,52 @@ class _Plan:
             self.launch(_kernels.DEFORM_CONV2D_IM2COL_PLANES, self._plane_threads(images), input=x,
                         mask=mask_arg, columns=columns, use_mask=int(mask is not None),
                         **self._corner_args(images))
-        else:
-            self.launch(_kernels.DEFORM_CONV2D_IM2COL, images * self.items_per_image, input=x,
-                        offset=offset, mask=mask_arg, columns=columns,
-                        use_mask=int(mask is not None))
+            return
+        kernel = _kernels.DEFORM_CONV2D_IM2COL
+        block, threads, peer = self._sampling_threads(kernel, images)
+        item = self.g.dtype.itemsize
+        samples = images * self.items_per_image * self.group_channels
+        self.launch(kernel, threads, input=x, offset=offset, mask=mask_arg, columns=columns,
+                    use_mask=int(mask is not None), channel_block=block,
+                    work=_launch.Work(block, threads * 3 * item + samples * 5 * item, peer))
 
     def coord(self, grad_columns, x, offset, mask, grad_offset, grad_mask):
         """Offset (and, when grad_mask is given, mask) gradients for a chunk;
         planes: after corners(offset)."""
         images = x.shape[0]
         mask_arg = offset if mask is None else mask
-        # grad_mask is written only when asked for; grad_offset stands in for the pointer.
-        common = dict(grad_columns=grad_columns, input=x, mask=mask_arg, grad_offset=grad_offset,
-                      grad_mask=grad_offset if grad_mask is None else grad_mask,
-                      use_mask=int(mask is not None), want_grad_mask=int(grad_mask is not None))
         if self.strategy == "planes":
+            # grad_mask is written only when asked for; grad_offset stands in for the pointer.
             items = self.g.kernel_points * self.g.out_pixels
             blocks = -(-items // _kernels.COORD_BLOCK)
             self.launch(_kernels.DEFORM_CONV2D_COL2IM_COORD_PLANES,
                         images * self.g.offset_groups * blocks,
                         coord_acc=self.coord_acc[: images * self.items_per_image],
-                        **self._corner_args(images), **common)
-        else:
-            self.launch(_kernels.DEFORM_CONV2D_COL2IM_COORD, images * self.items_per_image,
-                        offset=offset, **common)
+                        grad_columns=grad_columns, input=x, mask=mask_arg,
+                        grad_offset=grad_offset,
+                        grad_mask=grad_offset if grad_mask is None else grad_mask,
+                        use_mask=int(mask is not None), want_grad_mask=int(grad_mask is not None),
+                        **self._corner_args(images))
+            return
+        items = images * self.items_per_image
+        kernel = _kernels.DEFORM_CONV2D_COORD_PARTIAL
+        # The peer (torchvision) has a thread per offset entry: two per item.
+        block, threads, _ = self._sampling_threads(kernel, images, max_blocks=_launch.MAX_SERIAL)
+        block_count = threads // items
+        partials = self.g.xp.empty((block_count, 3, items), dtype=self.acc)
+        item, acc = self.g.dtype.itemsize, self.acc.itemsize
+        self.launch(kernel, threads, grad_columns=grad_columns, input=x, offset=offset,
+                    partials=partials, channel_block=block,
+                    work=_launch.Work(block, threads * (2 * item + 3 * acc)
+                                      + items * self.group_channels * 5 * item, 2 * items))
+        components = 2 + int(grad_mask is not None)
+        self.launch(_kernels.DEFORM_CONV2D_COORD_REDUCE, components * items, partials=partials,
+                    mask=mask_arg, grad_offset=grad_offset,
+                    grad_mask=grad_offset if grad_mask is None else grad_mask, items=items,
+                    blocks=block_count, use_mask=int(mask is not None),
+                    work=_launch.Work(block_count, components * items * (block_count * acc
+                                                                         + 2 * item),
+                                      2 * items, auxiliary=True))
 
     def col2im(self, grad_columns, offset, mask, grad_input):
         """grad_input += adjoint of im2col; planes: after corners(offset)."""
@@ -228,10 +268,41 @@ class _Plan:
             self.launch(_kernels.DEFORM_CONV2D_COL2IM_PLANES, self._plane_threads(images),
                         grad_columns=grad_columns, mask=mask_arg, grad_input=grad_input,
                         use_mask=int(mask is not None), **self._corner_args(images))
+        elif self.strategy == "items":
+            kernel = _kernels.DEFORM_CONV2D_COL2IM
+            block, threads, peer = self._sampling_threads(kernel, images)
+            item, acc = self.g.dtype.itemsize, self.acc.itemsize
+            samples = images * self.items_per_image * self.group_channels
+            self.launch(kernel, threads, grad_columns=grad_columns, offset=offset, mask=mask_arg,
+                        grad_input=grad_input, use_mask=int(mask is not None),
+                        channel_block=block,
+                        work=_launch.Work(block, threads * 3 * item
+                                          + samples * (item + 8 * acc), peer))
         else:
-            self.launch(_kernels.DEFORM_CONV2D_COL2IM, images * self.items_per_image,
-                        grad_columns=grad_columns, offset=offset, mask=mask_arg,
-                        grad_input=grad_input, use_mask=int(mask is not None))
+            self._sorted_col2im(grad_columns, offset, mask_arg, mask is not None, grad_input)
+
+    def _sorted_col2im(self, grad_columns, offset, mask, use_mask, grad_input):
+        """col2im without atomics: every sample corner as an entry, summed per
+        input pixel in a fixed order (cudcn/_sorted_sum.py)."""
+        g, xp = self.g, self.g.xp
+        images = offset.shape[0]
+        items = images * self.items_per_image
+        index_dtype = _kernels.INDEX_DTYPES[self.index]
+        keys = xp.empty(4 * items, dtype=index_dtype)
+        sources = xp.empty(4 * items, dtype=index_dtype)
+        weights = xp.empty(4 * items, dtype=self.acc)
+        peer = g.channels * images * g.out_pixels
+        self.launch(_kernels.DEFORM_CONV2D_SCATTER_ENTRIES, items, offset=offset, mask=mask,
+                    keys=keys, sources=sources, weights=weights, use_mask=int(use_mask),
+                    work=_launch.Work(4, items * (3 * g.dtype.itemsize + 4 * (
+                        2 * index_dtype.itemsize + self.acc.itemsize)), peer, auxiliary=True))
+        plane = g.height * g.width
+        # key (b * G + g) * H * W + pixel -> grad_input index of the group's first channel
+        _sorted_sum.scatter_add(
+            xp, g.dtype, self.index, keys, sources, weights, grad_columns.reshape(-1),
+            self.group_channels, g.kernel_points * g.out_pixels, grad_input.reshape(-1),
+            lambda key: (key // plane) * (self.group_channels * plane) + key % plane, plane,
+            peer)
 
 
 def _contiguous(xp, *arrays):
@@ -332,7 +403,7 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
         grad_weight = xp.zeros(weight_grouped.shape, dtype=acc_dtype)
 
     plan = _Plan(g, buffers=int(want_weight) + int(want_input or want_coord),
-                 deterministic=deterministic)
+                 deterministic=deterministic, coord=want_coord, col2im=want_input)
     columns = (xp.empty((plan.size, g.column_rows, g.out_pixels), dtype=g.dtype)
                if want_weight else None)
     grad_columns = (xp.empty((plan.size, g.column_rows, g.out_pixels), dtype=g.dtype)

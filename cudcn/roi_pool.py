@@ -7,7 +7,9 @@ any floating dtype is accepted for them.
 
 import collections
 
-from . import _backend, _checks, _kernels, _launch
+import math
+
+from . import _backend, _checks, _kernels, _launch, _sorted_sum
 
 DeformRoIPoolGrads = collections.namedtuple("DeformRoIPoolGrads", ("input", "offset", "mask"))
 DeformRoIPoolGrads.__doc__ = "Gradients of deform_roi_pool; None where not asked for or not given."
@@ -64,7 +66,25 @@ class _RoIPool:
         self.mask = None if mask is None else xp.ascontiguousarray(mask)
         self.grad_output = None if grad_output is None else xp.ascontiguousarray(grad_output)
         self.output_shape = (k, c, ph, pw)
-        self.index = _index(k * c * ph * pw, n * c * h * w)
+        # The sorted strategy's entries: 4 corners of each kept sample of each
+        # bin, and a bin keeps at most (H + 3) x (W + 3) adaptive samples.
+        per_bin = self.sampling_ratio**2 if self.sampling_ratio > 0 else (h + 3) * (w + 3)
+        self.index = _index(k * c * ph * pw, n * c * h * w, k * ph * pw * 4 * per_bin)
+
+    def samples_per_bin(self):
+        """Samples a bin sums (its threads' loop). With adaptive sampling that
+        depends on the RoIs: read from them when planning, else a typical 4."""
+        if self.sampling_ratio > 0:
+            return self.sampling_ratio**2
+        if not _launch.is_planning() or self.rois.shape[0] == 0:
+            return 4
+        import numpy as np
+
+        rois = np.asarray(self.rois.get() if hasattr(self.rois, "get") else self.rois, np.float64)
+        sizes = (rois[:, 3:5] - rois[:, 1:3]) * self.spatial_scale
+        grid = np.ceil(sizes / np.array(self.pooled[::-1]))
+        grid = grid[np.all(np.isfinite(grid), axis=1)].clip(0, None)
+        return int((grid[:, 0] * grid[:, 1]).max()) if grid.size else 0
 
     def values(self):
         n, c, h, w = self.input.shape
@@ -104,9 +124,12 @@ def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0,
     """
     p = _RoIPool(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio, gamma)
     output = p.xp.empty(p.output_shape, dtype=p.dtype)
+    samples = p.samples_per_bin()
+    item = p.dtype.itemsize
     _launch.run(_launch.make_launch(
         _kernels.DEFORM_ROI_POOL_FORWARD, p.dtype, output.size, p.index, input=p.input,
-        output=output, **p.values()))
+        output=output, **p.values(),
+        work=_launch.Work(samples, output.size * (2 + 4 * samples) * item, output.size)))
     return output
 
 
@@ -137,33 +160,93 @@ def deform_roi_pool_backward(grad_output, input, rois, offset=None, output_size=
     xp = p.xp
     grad_input = grad_offset = grad_mask = None
     values = p.values()
+    k, c, ph, pw = p.output_shape
+    samples = p.samples_per_bin()
+    item, acc = p.dtype.itemsize, p.acc_dtype.itemsize
     if "input" in wanted:
         grad_input = xp.zeros(p.input.shape, dtype=p.acc_dtype)
-        if _launch.strategy(xp, deterministic) == "planes":
-            launch = _launch.make_launch(
+        strategy = _launch.strategy(xp, deterministic)
+        if strategy == "planes":
+            _launch.run(_launch.make_launch(
                 _kernels.DEFORM_ROI_POOL_BACKWARD_INPUT_PLANES, p.dtype,
                 p.input.shape[0] * p.input.shape[1], p.index, grad_output=p.grad_output,
-                grad_input=grad_input, num_rois=p.rois.shape[0], **values)
+                grad_input=grad_input, num_rois=k, **values))
+        elif strategy == "items":
+            outputs = p.grad_output.size
+            _launch.run(_launch.make_launch(
+                _kernels.DEFORM_ROI_POOL_BACKWARD_INPUT, p.dtype, outputs, p.index,
+                grad_output=p.grad_output, grad_input=grad_input, **values,
+                work=_launch.Work(samples, outputs * (2 * item + 4 * samples * 2 * acc),
+                                  outputs)))
         else:
-            launch = _launch.make_launch(
-                _kernels.DEFORM_ROI_POOL_BACKWARD_INPUT, p.dtype, p.grad_output.size, p.index,
-                grad_output=p.grad_output, grad_input=grad_input, **values)
-        _launch.run(launch)
+            _sorted_roi_grad_input(p, grad_input)
         grad_input = grad_input.astype(p.dtype, copy=False)
     want_offset = "offset" in wanted and p.offset is not None
     want_mask = "mask" in wanted and p.mask is not None
     if want_offset or want_mask:
-        k, _, ph, pw = p.output_shape
+        bins = k * ph * pw
+        kernel = _kernels.DEFORM_ROI_POOL_BACKWARD_OFFSET_PARTIAL
+        # The peer (mmcv) has a thread per output element for this work.
+        block = _launch.channel_block(xp, kernel, p.dtype, p.index, bins, c, k * c * ph * pw,
+                                      per_channel=max(samples, 1),
+                                      max_blocks=_launch.MAX_SERIAL)
+        blocks = -(-c // block)
+        partials = xp.empty((blocks, 3, bins), dtype=p.acc_dtype)
+        _launch.run(_launch.make_launch(
+            kernel, p.dtype, blocks * bins, p.index, grad_output=p.grad_output, input=p.input,
+            rois=values["rois"], offset=values["offset"], partials=partials,
+            use_offset=values["use_offset"], channel_block=block,
+            spatial_scale=p.spatial_scale, gamma=p.gamma,
+            **{n: values[n] for n in ("batch", "channels", "height", "width", "pooled_h",
+                                      "pooled_w", "sampling_ratio")},
+            work=_launch.Work(block * samples, bins * c * (1 + 4 * samples) * item
+                              + blocks * bins * 3 * acc, k * c * ph * pw)))
         grad_offset = xp.empty(p.offset.shape, dtype=p.dtype) if want_offset else None
         grad_mask = xp.empty(p.mask.shape, dtype=p.dtype) if want_mask else None
         # An unwanted gradient is never written; the wanted one stands in.
         _launch.run(_launch.make_launch(
-            _kernels.DEFORM_ROI_POOL_BACKWARD_OFFSET, p.dtype, k * ph * pw, p.index,
-            grad_output=p.grad_output, input=p.input,
-            grad_offset=grad_mask if grad_offset is None else grad_offset,
-            grad_mask=grad_offset if grad_mask is None else grad_mask,
-            want_grad_offset=int(want_offset), want_grad_mask=int(want_mask), **values))
+            _kernels.DEFORM_ROI_POOL_BACKWARD_OFFSET_REDUCE, p.dtype, 3 * bins, p.index,
+            partials=partials, grad_offset=grad_mask if grad_offset is None else grad_offset,
+            grad_mask=grad_offset if grad_mask is None else grad_mask, blocks=blocks,
+            want_grad_offset=int(want_offset), want_grad_mask=int(want_mask), **values,
+            work=_launch.Work(blocks, 3 * bins * (blocks * acc + 2 * item), k * c * ph * pw,
+                              auxiliary=True)))
     return DeformRoIPoolGrads(grad_input, grad_offset, grad_mask)
+
+
+def _sorted_roi_grad_input(p, grad_input):
+    """deform_roi_pool's grad input without atomics: every kept sample's
+    corners as entries, summed per input pixel in a fixed order."""
+    xp, values = p.xp, p.values()
+    k, c, ph, pw = p.output_shape
+    n, _, h, w = p.input.shape
+    bins = k * ph * pw
+    index_dtype = _kernels.INDEX_DTYPES[p.index]
+    entry_first = xp.empty(bins, dtype=index_dtype)
+    none = xp.empty(0, dtype=index_dtype)
+
+    def scatter(fill, keys, sources, weights):
+        _launch.run(_launch.make_launch(
+            _kernels.DEFORM_ROI_POOL_SCATTER_ENTRIES, p.dtype, bins, p.index,
+            entry_first=entry_first, keys=keys, sources=sources, weights=weights, fill=fill,
+            **{name: v for name, v in values.items() if name != "sampling_ratio"},
+            sampling_ratio=values["sampling_ratio"],
+            work=_launch.Work(4 * p.samples_per_bin(), bins * 6 * index_dtype.itemsize,
+                              k * c * ph * pw, auxiliary=True)))
+
+    scatter(0, none, none, xp.empty(0, dtype=p.acc_dtype))
+    counts = entry_first.copy()
+    entries = int(counts.sum())
+    entry_first[...] = xp.cumsum(counts) - counts
+    keys = xp.empty(entries, dtype=index_dtype)
+    sources = xp.empty(entries, dtype=index_dtype)
+    weights = xp.empty(entries, dtype=p.acc_dtype)
+    scatter(1, keys, sources, weights)
+    plane = h * w
+    _sorted_sum.scatter_add(
+        xp, p.dtype, p.index, keys, sources, weights, p.grad_output.reshape(-1), c, ph * pw,
+        grad_input.reshape(-1), lambda key: (key // plane) * (c * plane) + key % plane, plane,
+        k * c * ph * pw)
 
 
 class _PSRoIPool:
@@ -216,16 +299,19 @@ class _PSRoIPool:
         self.offset = None if offset is None else xp.ascontiguousarray(offset)
         self.grad_output = None if grad_output is None else xp.ascontiguousarray(grad_output)
         self.index = _index(k * output_dim * pooled_size**2, n * c * h * w,
-                            k * 2 * self.num_classes * self.part_size**2)
+                            k * 2 * self.num_classes * self.part_size**2,
+                            k * output_dim * pooled_size**2 * 4 * self.sample_per_part**2)
+
+    def geometry(self):
+        n, c, h, w = self.input.shape
+        return dict(batch=n, channels=c, height=h, width=w, output_dim=self.output_dim,
+                    group_size=self.group_size, pooled_size=self.pooled_size,
+                    part_size=self.part_size, sample_per_part=self.sample_per_part,
+                    num_classes=self.num_classes)
 
     def values(self):
-        n, c, h, w = self.input.shape
-        return dict(
-            rois=self.rois, spatial_scale=self.spatial_scale, trans_std=self.trans_std,
-            batch=n, channels=c, height=h, width=w, output_dim=self.output_dim,
-            group_size=self.group_size, pooled_size=self.pooled_size, part_size=self.part_size,
-            sample_per_part=self.sample_per_part, num_classes=self.num_classes,
-        )
+        return dict(rois=self.rois, spatial_scale=self.spatial_scale, trans_std=self.trans_std,
+                    **self.geometry())
 
     def offset_values(self):
         # An absent offset is never read; input stands in for its pointer.
@@ -289,23 +375,67 @@ def deform_psroi_pool_backward(grad_output, input, rois, offset=None, *, output_
                    sample_per_part, trans_std, spatial_scale, grad_output=grad_output)
     xp = p.xp
     grad_input = grad_offset = None
+    outputs = p.grad_output.size
+    samples = p.sample_per_part**2
+    item, acc = p.dtype.itemsize, p.acc_dtype.itemsize
     if "input" in wanted:
         grad_input = xp.zeros(p.input.shape, dtype=p.acc_dtype)
         values = dict(grad_output=p.grad_output, grad_input=grad_input, **p.values(),
                       **p.offset_values())
-        if _launch.strategy(xp, deterministic) == "planes":
+        strategy = _launch.strategy(xp, deterministic)
+        if strategy == "planes":
             launch = _launch.make_launch(
                 _kernels.DEFORM_PSROI_POOL_BACKWARD_INPUT_PLANES, p.dtype,
                 p.input.shape[0] * p.input.shape[1], p.index, num_rois=p.rois.shape[0], **values)
+        elif strategy == "items":
+            launch = _launch.make_launch(
+                _kernels.DEFORM_PSROI_POOL_BACKWARD_INPUT, p.dtype, outputs, p.index, **values,
+                work=_launch.Work(samples, outputs * (2 * item + 8 * samples * acc), outputs))
         else:
-            launch = _launch.make_launch(_kernels.DEFORM_PSROI_POOL_BACKWARD_INPUT, p.dtype,
-                                         p.grad_output.size, p.index, **values)
-        _launch.run(launch)
+            launch = None
+            _sorted_psroi_grad_input(p, grad_input)
+        if launch is not None:
+            _launch.run(launch)
         grad_input = grad_input.astype(p.dtype, copy=False)
     if "offset" in wanted and p.offset is not None:
         grad_offset = xp.empty(p.offset.shape, dtype=p.dtype)
+        partials = xp.empty((2, outputs), dtype=p.acc_dtype)
         _launch.run(_launch.make_launch(
-            _kernels.DEFORM_PSROI_POOL_BACKWARD_OFFSET, p.dtype, p.offset.shape[0] * p.num_classes
-            * p.part_size**2, p.index, grad_output=p.grad_output, input=p.input,
-            offset=p.offset, grad_offset=grad_offset, **p.values()))
+            _kernels.DEFORM_PSROI_POOL_BACKWARD_OFFSET_PARTIAL, p.dtype, outputs, p.index,
+            grad_output=p.grad_output, input=p.input, rois=p.rois, offset=p.offset,
+            partials=partials, spatial_scale=p.spatial_scale, trans_std=p.trans_std,
+            **p.geometry(),
+            work=_launch.Work(samples, outputs * (2 * item + 4 * samples * item + 2 * acc),
+                              outputs)))
+        cells = p.offset.size
+        per_cell = (p.output_dim // p.num_classes) * -(-p.pooled_size // p.part_size) ** 2
+        _launch.run(_launch.make_launch(
+            _kernels.DEFORM_PSROI_POOL_BACKWARD_OFFSET_REDUCE, p.dtype, cells, p.index,
+            partials=partials, rois=p.rois, offset=p.offset, grad_offset=grad_offset,
+            outputs=outputs, spatial_scale=p.spatial_scale, trans_std=p.trans_std,
+            **p.geometry(),
+            work=_launch.Work(per_cell, 2 * outputs * acc + cells * item, outputs,
+                              auxiliary=True)))
     return DeformPSRoIPoolGrads(grad_input, grad_offset)
+
+
+def _sorted_psroi_grad_input(p, grad_input):
+    """deform_psroi_pool's grad input without atomics: every kept sample's
+    corners as entries, summed per input element in a fixed order."""
+    xp = p.xp
+    outputs = p.grad_output.size
+    slots = outputs * p.sample_per_part**2 * 4
+    index_dtype = _kernels.INDEX_DTYPES[p.index]
+    keys = xp.empty(slots, dtype=index_dtype)
+    sources = xp.empty(slots, dtype=index_dtype)
+    weights = xp.empty(slots, dtype=p.acc_dtype)
+    _launch.run(_launch.make_launch(
+        _kernels.DEFORM_PSROI_POOL_SCATTER_ENTRIES, p.dtype, outputs, p.index, keys=keys,
+        sources=sources, weights=weights, **p.values(), **p.offset_values(),
+        work=_launch.Work(4 * p.sample_per_part**2,
+                          slots * (2 * index_dtype.itemsize + p.acc_dtype.itemsize), outputs,
+                          auxiliary=True)))
+    # Each key is the grad_input element itself: one channel per entry.
+    _sorted_sum.scatter_add(xp, p.dtype, p.index, keys, sources, weights,
+                            p.grad_output.reshape(-1), 1, 0, grad_input.reshape(-1),
+                            lambda key: key, 0, outputs)

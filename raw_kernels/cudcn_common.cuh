@@ -22,18 +22,47 @@ template <> struct accumulate<__half> { using type = float; };
 template <> struct accumulate<__nv_bfloat16> { using type = float; };
 template <typename T> using acc_t = typename accumulate<T>::type;
 
+// Every global-memory access of a kernel goes through load, store or
+// atomic_add: they widen and round the 16-bit types, and they are where the
+// CPU executor's race check (cpu_shim.h, CUDCN_RACECHECK) records which
+// thread touched which address. Elsewhere the hooks are empty.
+#ifndef CUDCN_RECORD_READ
+#define CUDCN_RECORD_READ(p)
+#define CUDCN_RECORD_WRITE(p)
+#define CUDCN_RECORD_ATOMIC(p)
+#endif
+
 template <typename T>
-CUDCN_DEVICE acc_t<T> load(const T* p) { return static_cast<acc_t<T>>(*p); }
+CUDCN_DEVICE acc_t<T> widen(T v) { return static_cast<acc_t<T>>(v); }
+template <>
+CUDCN_DEVICE float widen<__half>(__half v) { return __half2float(v); }
+template <>
+CUDCN_DEVICE float widen<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+
 template <typename T>
-CUDCN_DEVICE void store(T* p, acc_t<T> v) { *p = static_cast<T>(v); }
+CUDCN_DEVICE T narrow(acc_t<T> v) { return static_cast<T>(v); }
 template <>
-CUDCN_DEVICE float load<__half>(const __half* p) { return __half2float(*p); }
+CUDCN_DEVICE __half narrow<__half>(float v) { return __float2half_rn(v); }
 template <>
-CUDCN_DEVICE void store<__half>(__half* p, float v) { *p = __float2half_rn(v); }
-template <>
-CUDCN_DEVICE float load<__nv_bfloat16>(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-template <>
-CUDCN_DEVICE void store<__nv_bfloat16>(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+CUDCN_DEVICE __nv_bfloat16 narrow<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+template <typename T>
+CUDCN_DEVICE acc_t<T> load(const T* p) {
+  CUDCN_RECORD_READ(p);
+  return widen(*p);
+}
+
+template <typename T>
+CUDCN_DEVICE void store(T* p, acc_t<T> v) {
+  CUDCN_RECORD_WRITE(p);
+  *p = narrow<T>(v);
+}
+
+template <typename A>
+CUDCN_DEVICE void atomic_add(A* p, A v) {
+  CUDCN_RECORD_ATOMIC(p);
+  atomicAdd(p, v);
+}
 
 // The four integer corners around a sampling point of one H x W plane, with
 // their bilinear weights. A corner outside the plane has weight 0 and index 0,

@@ -3,27 +3,39 @@
 // library (cuBLAS / BLAS).
 //
 // Layouts (C-contiguous), for a chunk of B images, P = out_h * out_w,
-// KK = kernel_h * kernel_w, G = offset groups:
+// KK = kernel_h * kernel_w, G = offset groups, Cg = C / G:
 //   input   (B, C, H, W)             offset (B, 2 * G * KK, out_h, out_w)
 //   mask    (B, G * KK, out_h, out_w), read only when use_mask != 0
 //   columns (B, C * KK, P), row c * KK + k holds channel c at kernel point k
+// A sampling item is (image b, offset group g, kernel point k, pixel p):
+// B * G * KK * P of them, item (b, g, k, p) at ((b * G + g) * KK + k) * P + p,
+// which is also where its mask entry is.
 //
-// Two thread mappings.
+// Three thread mappings, all run by the tests on the CPU.
 //
-// Items (the GPU's default): one thread per (image b, offset group g, kernel
-// point k, output pixel p), p fastest. Every channel of group g samples at
-// the same point with the same bilinear weights, so a thread computes them
-// once and loops over the group's channels. With p fastest, neighbouring
-// threads read neighbouring offsets and masks and write neighbouring column
-// entries: those accesses coalesce; only the reads of the input at the
-// sampled points are scattered. Its col2im must scatter with atomics.
+// Items (the GPU's default): one thread per (item, block of channel_block
+// channels of its group), p fastest. Every channel of the group samples at
+// the same point with the same bilinear weights: a thread computes them once
+// for the channels of its block. The launch picks the block from the device
+// so that there are enough threads to fill it (cudcn/_launch.py). With p
+// fastest, neighbouring threads read neighbouring offsets and masks and
+// write neighbouring column entries: those accesses coalesce. col2im
+// scatters with atomics; the offset and mask gradients are reduced over the
+// channel blocks in a fixed order by a second kernel (coord_partial, then
+// coord_reduce), which is deterministic and parallel at once.
 //
-// Planes (the CPU's default, and deterministic mode everywhere): a first
-// kernel stores each item's four corners and weights (deform_conv2d_corners);
-// then one thread per (image, channel) plane walks the items of its group in
-// order, reading or accumulating into its own plane only. No atomics, a
-// fixed summation order whatever the thread count, sequential column rows,
-// and a plane small enough to stay in a CPU core's cache.
+// Sorted (deterministic mode on the GPU): as items, but col2im's scatter
+// becomes a gather: scatter_entries lists every (destination pixel, source
+// column, weight) of the sampling corners, the array library sorts them by
+// destination (a stable sort), and segmented_sum.cu sums each pixel's
+// entries in that fixed order, in parallel, without atomics.
+//
+// Planes (the CPU's default): deform_conv2d_corners stores each item's four
+// corners and weights; then one thread per (image, channel) plane walks the
+// items of its group in order, reading or accumulating into its own plane
+// only. No atomics, a fixed summation order whatever the thread count,
+// sequential column rows, and a plane small enough to stay in a CPU core's
+// cache.
 #include "cudcn_common.cuh"
 
 namespace cudcn {
@@ -33,6 +45,8 @@ struct DeformConvGeometry {
   int kernel_h, kernel_w;
   int stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
   int offset_groups, out_h, out_w;
+
+  CUDCN_DEVICE int group_channels() const { return channels / offset_groups; }
 };
 
 // Kernel arguments are plain scalars (what every launcher can pass); the
@@ -46,63 +60,88 @@ struct DeformConvGeometry {
                                 stride_h, stride_w, pad_h, pad_w,  dil_h,              \
                                 dil_w,    offset_groups, out_h, out_w}
 
-// Work item i: where its sampling point is, and where its group's channels
-// live in every array, so that each kernel states only its own work.
+// Sampling item `item` of the chunk: where its point is, and where its group's
+// channels live in every array, so that each kernel states only its own work.
 template <typename A, typename I>
 struct DeformConvItem {
+  I item;           // index of (b, g, k, p), and of its mask entry
   I offset_y_at;    // index of dy in offset; dx is P further
-  I mask_at;        // index of m in mask
   I column_at;      // columns index of (first channel of the group, k, p)
-  I plane_at;       // input index of the first channel's H x W plane
+  I plane_at;       // input index of the group's first channel's H x W plane
   I column_stride;  // from one channel to the next in columns: KK * P
   I plane_stride;   // from one channel's plane to the next: H * W
   I pixels;         // P
-  int group_channels;
   A y, x;
 };
 
 template <typename T, typename I>
-CUDCN_DEVICE DeformConvItem<acc_t<T>, I> deform_conv_item(I i, const T* offset,
+CUDCN_DEVICE DeformConvItem<acc_t<T>, I> deform_conv_item(I item, const T* offset,
                                                           const DeformConvGeometry& s) {
   using A = acc_t<T>;
   const I P = I(s.out_h) * s.out_w;
   const I KK = I(s.kernel_h) * s.kernel_w;
-  const I p = i % P;
-  I t = i / P;
-  const I k = t % KK;
-  t /= KK;
-  const I g = t % s.offset_groups;
-  const I b = t / s.offset_groups;
+  const I p = item % P;
+  const I group_kernel_point = item / P;  // (b * G + g) * KK + k
+  const I k = group_kernel_point % KK;
+  const I bg = group_kernel_point / KK;   // b * G + g
   const int oh = static_cast<int>(p / s.out_w), ow = static_cast<int>(p % s.out_w);
   const int ki = static_cast<int>(k / s.kernel_w), kj = static_cast<int>(k % s.kernel_w);
-  const I group_kernel_point = (b * s.offset_groups + g) * KK + k;
 
   DeformConvItem<A, I> it;
-  it.group_channels = s.channels / s.offset_groups;
+  it.item = item;
   it.pixels = P;
   it.column_stride = KK * P;
   it.plane_stride = I(s.height) * s.width;
-  const I first_channel = b * s.channels + g * it.group_channels;
+  const I first_channel = bg * s.group_channels();  // b * C + g * Cg
   it.column_at = first_channel * it.column_stride + k * P + p;
   it.plane_at = first_channel * it.plane_stride;
   it.offset_y_at = 2 * group_kernel_point * P + p;
-  it.mask_at = group_kernel_point * P + p;
   it.y = A(oh * s.stride_h - s.pad_h + ki * s.dil_h) + load(offset + it.offset_y_at);
   it.x = A(ow * s.stride_w - s.pad_w + kj * s.dil_w) + load(offset + it.offset_y_at + P);
   return it;
 }
 
+// Work item i of the items mapping: sampling item i % items, and its block of
+// channels [first, first + count) within the group.
+template <typename I>
+struct ChannelBlock {
+  I item;
+  int block, first, count;
+};
+
+template <typename I>
+CUDCN_DEVICE ChannelBlock<I> channel_block_of(I i, I items, int channel_block,
+                                              int group_channels) {
+  ChannelBlock<I> w;
+  w.item = i % items;
+  w.block = static_cast<int>(i / items);
+  w.first = w.block * channel_block;
+  w.count = min(channel_block, group_channels - w.first);
+  return w;
+}
+
+// Items of the whole chunk; the channel block is the slowest index, so that
+// neighbouring threads hold neighbouring pixels.
+template <typename I>
+CUDCN_DEVICE I sampling_items(I n, int channel_block, int group_channels) {
+  const int blocks = (group_channels + channel_block - 1) / channel_block;
+  return n / blocks;
+}
+
 template <typename T, typename I>
 __global__ void deform_conv2d_im2col(const T* __restrict__ input, const T* __restrict__ offset,
                                      const T* __restrict__ mask, T* __restrict__ columns, I n,
-                                     int use_mask, CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
+                                     int use_mask, int channel_block,
+                                     CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
   CUDCN_DEFORM_CONV_GEOMETRY;
   using A = acc_t<T>;
+  const I items = sampling_items(n, channel_block, s.group_channels());
   CUDCN_KERNEL_LOOP(i, I, n) {
-    const DeformConvItem<A, I> it = deform_conv_item<T, I>(i, offset, s);
-    const A m = use_mask ? load(mask + it.mask_at) : A(1);
+    const ChannelBlock<I> w = channel_block_of(i, items, channel_block, s.group_channels());
+    const DeformConvItem<A, I> it = deform_conv_item<T, I>(w.item, offset, s);
+    const A m = use_mask ? load(mask + it.item) : A(1);
     const BilinearCorners<A, I> c = bilinear_corners<A, I>(it.y, it.x, s.height, s.width);
-    for (int cc = 0; cc < it.group_channels; ++cc) {
+    for (int cc = w.first; cc < w.first + w.count; ++cc) {
       const T* in = input + it.plane_at + cc * it.plane_stride;
       A v = A(0);
       for (int q = 0; c.inside && q < 4; ++q) {
@@ -120,46 +159,51 @@ template <typename T, typename I>
 __global__ void deform_conv2d_col2im(const T* __restrict__ grad_columns,
                                      const T* __restrict__ offset, const T* __restrict__ mask,
                                      acc_t<T>* __restrict__ grad_input, I n, int use_mask,
-                                     CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
+                                     int channel_block, CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
   CUDCN_DEFORM_CONV_GEOMETRY;
   using A = acc_t<T>;
+  const I items = sampling_items(n, channel_block, s.group_channels());
   CUDCN_KERNEL_LOOP(i, I, n) {
-    const DeformConvItem<A, I> it = deform_conv_item<T, I>(i, offset, s);
+    const ChannelBlock<I> w = channel_block_of(i, items, channel_block, s.group_channels());
+    const DeformConvItem<A, I> it = deform_conv_item<T, I>(w.item, offset, s);
     const BilinearCorners<A, I> c = bilinear_corners<A, I>(it.y, it.x, s.height, s.width);
     if (!c.inside) continue;
-    const A m = use_mask ? load(mask + it.mask_at) : A(1);
-    for (int cc = 0; cc < it.group_channels; ++cc) {
+    const A m = use_mask ? load(mask + it.item) : A(1);
+    for (int cc = w.first; cc < w.first + w.count; ++cc) {
       const A gc = m * load(grad_columns + it.column_at + cc * it.column_stride);
       A* gin = grad_input + it.plane_at + cc * it.plane_stride;
       for (int q = 0; q < 4; ++q) {
-        if (c.valid[q]) atomicAdd(gin + c.index[q], c.weight[q] * gc);
+        if (c.valid[q]) atomic_add(gin + c.index[q], c.weight[q] * gc);
       }
     }
   }
 }
 
-// Gradients of the offsets (dy, dx) and of the mask. One item owns its two
-// offset entries and its mask entry, so no atomics are needed. The derivative
+// The offset and mask gradients' sums over one block of channels, without the
+// mask factor: partials (blocks, 3, items) holds, for each item, the sums of
+// grad_column * d(sample)/dy, * d(sample)/dx, and * sample. The derivative
 // in y is taken on the cell [y0, y0 + 1] (likewise x), torchvision's choice
 // where the bilinear weight has a kink, also on the line y = -1 or x = -1,
 // where the sample is 0 (and so is the mask's gradient).
 template <typename T, typename I>
-__global__ void deform_conv2d_col2im_coord(const T* __restrict__ grad_columns,
-                                           const T* __restrict__ input,
-                                           const T* __restrict__ offset,
-                                           const T* __restrict__ mask, T* __restrict__ grad_offset,
-                                           T* __restrict__ grad_mask, I n, int use_mask,
-                                           int want_grad_mask, CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
+__global__ void deform_conv2d_coord_partial(const T* __restrict__ grad_columns,
+                                            const T* __restrict__ input,
+                                            const T* __restrict__ offset,
+                                            acc_t<T>* __restrict__ partials, I n,
+                                            int channel_block,
+                                            CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
   CUDCN_DEFORM_CONV_GEOMETRY;
   using A = acc_t<T>;
+  const I items = sampling_items(n, channel_block, s.group_channels());
   CUDCN_KERNEL_LOOP(i, I, n) {
-    const DeformConvItem<A, I> it = deform_conv_item<T, I>(i, offset, s);
+    const ChannelBlock<I> w = channel_block_of(i, items, channel_block, s.group_channels());
+    const DeformConvItem<A, I> it = deform_conv_item<T, I>(w.item, offset, s);
     const BilinearCorners<A, I> c = bilinear_corners<A, I>(it.y, it.x, s.height, s.width);
     A grad_y = A(0), grad_x = A(0), grad_m = A(0);
     if (c.differentiable) {
       const A wy1 = c.frac_y, wy0 = A(1) - c.frac_y;
       const A wx1 = c.frac_x, wx0 = A(1) - c.frac_x;
-      for (int cc = 0; cc < it.group_channels; ++cc) {
+      for (int cc = w.first; cc < w.first + w.count; ++cc) {
         const A gc = load(grad_columns + it.column_at + cc * it.column_stride);
         const T* in = input + it.plane_at + cc * it.plane_stride;
         A v[4];
@@ -172,10 +216,65 @@ __global__ void deform_conv2d_col2im_coord(const T* __restrict__ grad_columns,
         }
       }
     }
-    const A m = use_mask ? load(mask + it.mask_at) : A(1);
-    store(grad_offset + it.offset_y_at, m * grad_y);
-    store(grad_offset + it.offset_y_at + it.pixels, m * grad_x);
-    if (want_grad_mask) store(grad_mask + it.mask_at, grad_m);
+    A* out = partials + I(w.block) * 3 * items + it.item;
+    store(out, grad_y);
+    store(out + items, grad_x);
+    store(out + 2 * items, grad_m);
+  }
+}
+
+// Sums the partials of every channel block in block order: thread
+// (component, item) writes the item's dy (component 0) or dx (1) gradient,
+// times its mask, or its mask gradient (2; launched only when wanted).
+template <typename T, typename I>
+__global__ void deform_conv2d_coord_reduce(const acc_t<T>* __restrict__ partials,
+                                           const T* __restrict__ mask,
+                                           T* __restrict__ grad_offset,
+                                           T* __restrict__ grad_mask, I n, I items,
+                                           int blocks, int use_mask,
+                                           CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
+  CUDCN_DEFORM_CONV_GEOMETRY;
+  using A = acc_t<T>;
+  const I P = I(s.out_h) * s.out_w;
+  CUDCN_KERNEL_LOOP(i, I, n) {
+    const int component = static_cast<int>(i / items);
+    const I item = i % items;
+    A sum = A(0);
+    for (int b = 0; b < blocks; ++b) sum += load(partials + (I(b) * 3 + component) * items + item);
+    if (component == 2) {
+      store(grad_mask + item, sum);
+      continue;
+    }
+    const A m = use_mask ? load(mask + item) : A(1);
+    store(grad_offset + (2 * (item / P) + component) * P + item % P, m * sum);
+  }
+}
+
+// Deterministic col2im, first step: the entries of every item's corners that
+// it samples, as (key, source, weight): key = (b * G + g) * H * W + y * W + x
+// names the destination pixel in the group's planes (-1: no entry), source
+// the grad_columns index of the group's first channel at (k, p), weight the
+// bilinear weight times the mask.
+template <typename T, typename I>
+__global__ void deform_conv2d_scatter_entries(const T* __restrict__ offset,
+                                              const T* __restrict__ mask, I* __restrict__ keys,
+                                              I* __restrict__ sources,
+                                              acc_t<T>* __restrict__ weights, I n, int use_mask,
+                                              CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
+  CUDCN_DEFORM_CONV_GEOMETRY;
+  using A = acc_t<T>;
+  const I plane = I(s.height) * s.width;
+  CUDCN_KERNEL_LOOP(i, I, n) {
+    const DeformConvItem<A, I> it = deform_conv_item<T, I>(i, offset, s);
+    const BilinearCorners<A, I> c = bilinear_corners<A, I>(it.y, it.x, s.height, s.width);
+    const A m = use_mask ? load(mask + it.item) : A(1);
+    const I bg = it.item / it.pixels / (I(s.kernel_h) * s.kernel_w);
+    for (int q = 0; q < 4; ++q) {
+      const bool entry = c.inside && c.valid[q];
+      store(keys + i * 4 + q, entry ? bg * plane + c.index[q] : I(-1));
+      store(sources + i * 4 + q, it.column_at);
+      store(weights + i * 4 + q, entry ? m * c.weight[q] : A(0));
+    }
   }
 }
 
@@ -206,9 +305,9 @@ __global__ void deform_conv2d_corners(const T* __restrict__ offset, I* __restric
     const A wy[2] = {A(1) - c.frac_y, c.frac_y};
     const A wx[2] = {A(1) - c.frac_x, c.frac_x};
     for (int q = 0; q < 4; ++q) {
-      corner_index[i * 4 + q] =
-          !c.valid[q] ? I(-1) : (c.inside ? c.index[q] : gradient_only(c.index[q]));
-      corner_weight[i * 4 + q] = wy[q >> 1] * wx[q & 1];
+      store(corner_index + i * 4 + q,
+            !c.valid[q] ? I(-1) : (c.inside ? c.index[q] : gradient_only(c.index[q])));
+      store(corner_weight + i * 4 + q, wy[q >> 1] * wx[q & 1]);
     }
   }
 }
@@ -221,14 +320,12 @@ constexpr int kPlaneChannels = 4;
 
 template <typename I>
 CUDCN_DEVICE I plane_block(I i, const DeformConvGeometry& s, I& first_plane, int& count) {
-  const int group_channels = s.channels / s.offset_groups;
+  const int group_channels = s.group_channels();
   const I blocks = (group_channels + kPlaneChannels - 1) / kPlaneChannels;
   const I bg = i / blocks;
   const int c_in_group = static_cast<int>(i % blocks) * kPlaneChannels;
-  count = group_channels - c_in_group < kPlaneChannels ? group_channels - c_in_group
-                                                       : kPlaneChannels;
-  const I b = bg / s.offset_groups, g = bg % s.offset_groups;
-  first_plane = b * s.channels + g * group_channels + c_in_group;
+  count = min(kPlaneChannels, group_channels - c_in_group);
+  first_plane = bg * group_channels + c_in_group;
   return bg * (I(s.kernel_h) * s.kernel_w * s.out_h * s.out_w);
 }
 
@@ -254,8 +351,12 @@ __global__ void deform_conv2d_im2col_planes(const T* __restrict__ input,
       col[t] = columns + (plane + t) * items;
     }
     for (I j = 0; j < items; ++j) {
-      const I* idx = corner_index + (first + j) * 4;
-      const A* w = corner_weight + (first + j) * 4;
+      I idx[4];
+      A w[4];
+      for (int q = 0; q < 4; ++q) {
+        idx[q] = load(corner_index + (first + j) * 4 + q);
+        w[q] = load(corner_weight + (first + j) * 4 + q);
+      }
       const A m = use_mask ? load(mask + first + j) : A(1);
       for (int t = 0; t < count; ++t) {
         A v = A(0);
@@ -290,13 +391,17 @@ __global__ void deform_conv2d_col2im_planes(const T* __restrict__ grad_columns,
       gin[t] = grad_input + (plane + t) * plane_size;
     }
     for (I j = 0; j < items; ++j) {
-      const I* idx = corner_index + (first + j) * 4;
-      const A* w = corner_weight + (first + j) * 4;
+      I idx[4];
+      A w[4];
+      for (int q = 0; q < 4; ++q) {
+        idx[q] = load(corner_index + (first + j) * 4 + q);
+        w[q] = load(corner_weight + (first + j) * 4 + q);
+      }
       const A m = use_mask ? load(mask + first + j) : A(1);
       for (int t = 0; t < count; ++t) {
         const A gc = m * load(gcol[t] + j);
         for (int q = 0; q < 4; ++q) {
-          if (idx[q] >= 0) gin[t][idx[q]] += w[q] * gc;
+          if (idx[q] >= 0) store(gin[t] + idx[q], load(gin[t] + idx[q]) + w[q] * gc);
         }
       }
     }
@@ -323,35 +428,37 @@ __global__ void deform_conv2d_col2im_coord_planes(
   const I items = I(s.kernel_h) * s.kernel_w * P;
   const I blocks = (items + kCoordBlock - 1) / kCoordBlock;
   const I plane_size = I(s.height) * s.width;
-  const int group_channels = s.channels / s.offset_groups;
+  const int group_channels = s.group_channels();
   CUDCN_KERNEL_LOOP(i, I, n) {
     const I bg = i / blocks;  // b * G + g
     const I j0 = (i % blocks) * kCoordBlock;
     const I j1 = j0 + kCoordBlock < items ? j0 + kCoordBlock : items;
     const I first = bg * items;
-    const I b = bg / s.offset_groups, g = bg % s.offset_groups;
     A* acc = coord_acc + (first + j0) * 3;
-    for (I j = 0; j < (j1 - j0) * 3; ++j) acc[j] = A(0);
+    for (I j = 0; j < (j1 - j0) * 3; ++j) store(acc + j, A(0));
     for (int cc = 0; cc < group_channels; ++cc) {
-      const I plane = b * s.channels + g * group_channels + cc;
+      const I plane = bg * group_channels + cc;
       const T* gcol = grad_columns + plane * items;
       const T* in = input + plane * plane_size;
       for (I j = j0; j < j1; ++j) {
-        const I* idx = corner_index + (first + j) * 4;
-        const A* w = corner_weight + (first + j) * 4;
-        A v[4];
+        A v[4], w[4];
         bool sampled = true;  // false on y = -1 or x = -1: value 0, gradient taken
         for (int q = 0; q < 4; ++q) {
-          const I at = gradient_corner(idx[q]);
+          const I code = load(corner_index + (first + j) * 4 + q);
+          const I at = gradient_corner(code);
           v[q] = at >= 0 ? load(in + at) : A(0);
-          sampled = sampled && idx[q] >= -1;
+          w[q] = load(corner_weight + (first + j) * 4 + q);
+          sampled = sampled && code >= -1;
         }
         const A gc = load(gcol + j);
         const A lx = w[1] + w[3], ly = w[2] + w[3];
         A* a = acc + (j - j0) * 3;
-        a[0] += gc * ((A(1) - lx) * (v[2] - v[0]) + lx * (v[3] - v[1]));
-        a[1] += gc * ((A(1) - ly) * (v[1] - v[0]) + ly * (v[3] - v[2]));
-        if (sampled) a[2] += gc * (w[0] * v[0] + w[1] * v[1] + w[2] * v[2] + w[3] * v[3]);
+        store(a, load(a) + gc * ((A(1) - lx) * (v[2] - v[0]) + lx * (v[3] - v[1])));
+        store(a + 1, load(a + 1) + gc * ((A(1) - ly) * (v[1] - v[0]) + ly * (v[3] - v[2])));
+        if (sampled) {
+          store(a + 2, load(a + 2) +
+                           gc * (w[0] * v[0] + w[1] * v[1] + w[2] * v[2] + w[3] * v[3]));
+        }
       }
     }
     for (I j = j0; j < j1; ++j) {
@@ -359,9 +466,9 @@ __global__ void deform_conv2d_col2im_coord_planes(
       const I offset_y_at = 2 * (bg * s.kernel_h * s.kernel_w + k) * P + p;
       const A m = use_mask ? load(mask + first + j) : A(1);
       const A* a = acc + (j - j0) * 3;
-      store(grad_offset + offset_y_at, m * a[0]);
-      store(grad_offset + offset_y_at + P, m * a[1]);
-      if (want_grad_mask) store(grad_mask + first + j, a[2]);
+      store(grad_offset + offset_y_at, m * load(a));
+      store(grad_offset + offset_y_at + P, m * load(a + 1));
+      if (want_grad_mask) store(grad_mask + first + j, load(a + 2));
     }
   }
 }

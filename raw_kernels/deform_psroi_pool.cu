@@ -10,12 +10,15 @@
 // (k, ctop, ph, pw), pw fastest (coalesced output writes, nearby input
 // reads). The per-bin count of kept samples that the backward needs is
 // recomputed there from the same geometry, so no hidden state passes from
-// forward to backward. Grad offset: one thread per offset cell (k, class,
-// part_h, part_w) looping over the bins and channels that read it, so each
-// offset entry has one writer and needs no atomics. Grad-input by planes (the
-// CPU's default, and deterministic mode): one thread per input plane (n, c),
-// which only the bins of one (ctop, gi, gj) read, walks the RoIs of image n
-// in order and accumulates into its own plane only.
+// forward to backward. Grad-input scatters with atomics (the GPU's default);
+// by planes (the CPU's default) one thread per input plane (n, c), which only
+// the bins of one (ctop, gi, gj) read, walks the RoIs of image n in order and
+// accumulates into its own plane only; sorted (deterministic mode on the GPU)
+// lists every sample corner as an entry for segmented_sum.cu. Grad offset:
+// one thread per output element computes its bin's derivative
+// (backward_offset_partial), then one thread per offset cell adds, in a
+// fixed order, those of the bins and channels that read it
+// (backward_offset_reduce): each offset entry has one writer.
 #include "cudcn_common.cuh"
 
 namespace cudcn {
@@ -54,13 +57,13 @@ CUDCN_DEVICE PSRoIBin<acc_t<T>> psroi_bin(const acc_t<T>* rois, const T* offset,
   using A = acc_t<T>;
   const A* roi = rois + k * 5;
   PSRoIBin<A> bin;
-  const int b = roi_batch_index(roi[0], s.batch);
+  const int b = roi_batch_index(load(roi), s.batch);
   bin.valid = b >= 0;
   bin.batch = bin.valid ? b : 0;
-  const A start_w = round(roi[1]) * spatial_scale - A(0.5);
-  const A start_h = round(roi[2]) * spatial_scale - A(0.5);
-  const A roi_w = (round(roi[3]) + A(1)) * spatial_scale - A(0.5) - start_w;
-  const A roi_h = (round(roi[4]) + A(1)) * spatial_scale - A(0.5) - start_h;
+  const A start_w = round(load(roi + 1)) * spatial_scale - A(0.5);
+  const A start_h = round(load(roi + 2)) * spatial_scale - A(0.5);
+  const A roi_w = (round(load(roi + 3)) + A(1)) * spatial_scale - A(0.5) - start_w;
+  const A roi_h = (round(load(roi + 4)) + A(1)) * spatial_scale - A(0.5) - start_h;
   bin.roi_w = roi_w > A(0.1) ? roi_w : A(0.1);  // NaN becomes 0.1 too; its samples stay NaN
   bin.roi_h = roi_h > A(0.1) ? roi_h : A(0.1);
   const A bin_w = bin.roi_w / A(s.pooled_size), bin_h = bin.roi_h / A(s.pooled_size);
@@ -140,9 +143,8 @@ __global__ void deform_psroi_pool_forward(const T* __restrict__ input,
   using A = acc_t<T>;
   CUDCN_KERNEL_LOOP(i, I, n) {
     const PSRoIPoolOutput<I> o = psroi_pool_output(i, s);
-    const I k = o.k;
     const PSRoIBin<A> bin = psroi_bin<T, I>(rois, offset, use_offset, spatial_scale, trans_std,
-                                            k, o.ctop, o.ph, o.pw, s);
+                                            o.k, o.ctop, o.ph, o.pw, s);
     const T* plane = input + (I(bin.batch) * s.channels + bin.channel) * s.height * s.width;
     A sum = A(0);
     int kept = 0;
@@ -163,15 +165,14 @@ __global__ void deform_psroi_pool_backward_input(
   using A = acc_t<T>;
   CUDCN_KERNEL_LOOP(i, I, n) {
     const PSRoIPoolOutput<I> o = psroi_pool_output(i, s);
-    const I k = o.k;
     const PSRoIBin<A> bin = psroi_bin<T, I>(rois, offset, use_offset, spatial_scale, trans_std,
-                                            k, o.ctop, o.ph, o.pw, s);
+                                            o.k, o.ctop, o.ph, o.pw, s);
     const int kept = psroi_kept(bin, s);
     if (!kept) continue;
     const A g = load(grad_output + i) / A(kept);
     A* plane = grad_input + (I(bin.batch) * s.channels + bin.channel) * s.height * s.width;
     for_each_kept_sample<A, I>(bin, s, [&](const ClampedCorners<A, I>& q) {
-      for (int j = 0; j < 4; ++j) atomicAdd(plane + q.index[j], q.weight[j] * g);
+      for (int j = 0; j < 4; ++j) atomic_add(plane + q.index[j], q.weight[j] * g);
     });
   }
 }
@@ -192,7 +193,7 @@ __global__ void deform_psroi_pool_backward_input_planes(
     const int gi = (c / s.group_size) % s.group_size, gj = c % s.group_size;
     A* plane = grad_input + i * s.height * s.width;
     for (I k = 0; k < num_rois; ++k) {
-      if (roi_batch_index(rois[k * 5], s.batch) != b) continue;
+      if (roi_batch_index(load(rois + k * 5), s.batch) != b) continue;
       for (int ph = 0; ph < s.pooled_size; ++ph) {
         if (min(ph * s.group_size / s.pooled_size, s.group_size - 1) != gi) continue;
         for (int pw = 0; pw < s.pooled_size; ++pw) {
@@ -204,7 +205,9 @@ __global__ void deform_psroi_pool_backward_input_planes(
           const A g = load(grad_output + (k * s.output_dim + ctop) * bins + ph * s.pooled_size +
                            pw) / A(kept);
           for_each_kept_sample<A, I>(bin, s, [&](const ClampedCorners<A, I>& q) {
-            for (int j = 0; j < 4; ++j) plane[q.index[j]] += q.weight[j] * g;
+            for (int j = 0; j < 4; ++j) {
+              store(plane + q.index[j], load(plane + q.index[j]) + q.weight[j] * g);
+            }
           });
         }
       }
@@ -212,11 +215,81 @@ __global__ void deform_psroi_pool_backward_input_planes(
   }
 }
 
+// Deterministic grad-input, first step: output element i's sample corners
+// as entries for segmented_sum.cu, sample_per_part^2 * 4 slots per element:
+// key = the grad_input index of the corner (-1 for a sample not kept),
+// source = i, weight = bilinear weight / kept samples.
 template <typename T, typename I>
-__global__ void deform_psroi_pool_backward_offset(
+__global__ void deform_psroi_pool_scatter_entries(
+    const acc_t<T>* __restrict__ rois, const T* __restrict__ offset, I* __restrict__ keys,
+    I* __restrict__ sources, acc_t<T>* __restrict__ weights, I n, int use_offset,
+    acc_t<T> spatial_scale, acc_t<T> trans_std, CUDCN_PSROI_POOL_GEOMETRY_PARAMS) {
+  CUDCN_PSROI_POOL_GEOMETRY;
+  using A = acc_t<T>;
+  const I slots = I(s.sample_per_part) * s.sample_per_part * 4;
+  CUDCN_KERNEL_LOOP(i, I, n) {
+    const PSRoIPoolOutput<I> o = psroi_pool_output(i, s);
+    const PSRoIBin<A> bin = psroi_bin<T, I>(rois, offset, use_offset, spatial_scale, trans_std,
+                                            o.k, o.ctop, o.ph, o.pw, s);
+    const int kept = psroi_kept(bin, s);
+    const I plane = (I(bin.batch) * s.channels + bin.channel) * s.height * s.width;
+    I e = i * slots;
+    for_each_kept_sample<A, I>(bin, s, [&](const ClampedCorners<A, I>& q) {
+      for (int j = 0; j < 4; ++j, ++e) {
+        store(keys + e, plane + q.index[j]);
+        store(sources + e, i);
+        store(weights + e, q.weight[j] / A(kept));
+      }
+    });
+    for (; e < (i + 1) * slots; ++e) {
+      store(keys + e, I(-1));
+      store(sources + e, i);
+      store(weights + e, A(0));
+    }
+  }
+}
+
+// The offset gradient's share of output element i = (k, ctop, ph, pw):
+// partials (2, K * output_dim * P * P) holds grad_output / kept times the sum
+// over the bin's kept samples of d(sample)/dx (0) and d(sample)/dy (1).
+template <typename T, typename I>
+__global__ void deform_psroi_pool_backward_offset_partial(
     const T* __restrict__ grad_output, const T* __restrict__ input,
-    const acc_t<T>* __restrict__ rois, const T* __restrict__ offset, T* __restrict__ grad_offset,
-    I n, acc_t<T> spatial_scale, acc_t<T> trans_std, CUDCN_PSROI_POOL_GEOMETRY_PARAMS) {
+    const acc_t<T>* __restrict__ rois, const T* __restrict__ offset,
+    acc_t<T>* __restrict__ partials, I n, acc_t<T> spatial_scale, acc_t<T> trans_std,
+    CUDCN_PSROI_POOL_GEOMETRY_PARAMS) {
+  CUDCN_PSROI_POOL_GEOMETRY;
+  using A = acc_t<T>;
+  CUDCN_KERNEL_LOOP(i, I, n) {
+    const PSRoIPoolOutput<I> o = psroi_pool_output(i, s);
+    const PSRoIBin<A> bin = psroi_bin<T, I>(rois, offset, 1, spatial_scale, trans_std, o.k,
+                                            o.ctop, o.ph, o.pw, s);
+    const int kept = psroi_kept(bin, s);
+    A grad_x = A(0), grad_y = A(0);
+    if (kept) {
+      const A g = load(grad_output + i) / A(kept);
+      const T* plane = input + (I(bin.batch) * s.channels + bin.channel) * s.height * s.width;
+      for_each_kept_sample<A, I>(bin, s, [&](const ClampedCorners<A, I>& q) {
+        for (int j = 0; j < 4; ++j) {
+          const A v = load(plane + q.index[j]);
+          grad_x += g * q.dweight_x[j] * v;
+          grad_y += g * q.dweight_y[j] * v;
+        }
+      });
+    }
+    store(partials + i, grad_x);
+    store(partials + n + i, grad_y);
+  }
+}
+
+// Thread per offset entry (k, class, axis, part_h, part_w): adds the partials
+// of the class's output channels and of the bins in its part cell, in order,
+// times d(sample)/d(offset) = trans_std * roi size.
+template <typename T, typename I>
+__global__ void deform_psroi_pool_backward_offset_reduce(
+    const acc_t<T>* __restrict__ partials, const acc_t<T>* __restrict__ rois,
+    const T* __restrict__ offset, T* __restrict__ grad_offset, I n, I outputs,
+    acc_t<T> spatial_scale, acc_t<T> trans_std, CUDCN_PSROI_POOL_GEOMETRY_PARAMS) {
   CUDCN_PSROI_POOL_GEOMETRY;
   using A = acc_t<T>;
   const int class_channels = s.output_dim / s.num_classes;
@@ -224,42 +297,26 @@ __global__ void deform_psroi_pool_backward_offset(
   CUDCN_KERNEL_LOOP(i, I, n) {
     const int part_w = static_cast<int>(i % s.part_size);
     const int part_h = static_cast<int>((i / s.part_size) % s.part_size);
-    const int class_id = static_cast<int>((i / s.part_size / s.part_size) % s.num_classes);
-    const I k = i / s.part_size / s.part_size / s.num_classes;
-    A grad_x = A(0), grad_y = A(0);
-    A roi_w = A(0), roi_h = A(0);
-    for (int ph = 0; ph < s.pooled_size; ++ph) {
-      if (ph * s.part_size / s.pooled_size != part_h) continue;
-      for (int pw = 0; pw < s.pooled_size; ++pw) {
-        if (pw * s.part_size / s.pooled_size != part_w) continue;
-        for (int ctop = class_id * class_channels; ctop < (class_id + 1) * class_channels;
-             ++ctop) {
-          const PSRoIBin<A> bin = psroi_bin<T, I>(rois, offset, 1, spatial_scale, trans_std, k,
-                                                  ctop, ph, pw, s);
-          const int kept = psroi_kept(bin, s);
-          if (!kept) continue;
-          roi_w = bin.roi_w;
-          roi_h = bin.roi_h;
-          const A g = load(grad_output + (k * s.output_dim + ctop) * bins + ph * s.pooled_size +
-                           pw) / A(kept);
-          const T* plane = input + (I(bin.batch) * s.channels + bin.channel) * s.height * s.width;
-          for_each_kept_sample<A, I>(bin, s, [&](const ClampedCorners<A, I>& q) {
-            for (int j = 0; j < 4; ++j) {
-              const A v = load(plane + q.index[j]);
-              grad_x += g * q.dweight_x[j] * v;
-              grad_y += g * q.dweight_y[j] * v;
-            }
-          });
+    const int axis = static_cast<int>((i / s.part_size / s.part_size) % 2);  // 0: x, 1: y
+    const int class_id = static_cast<int>((i / s.part_size / s.part_size / 2) % s.num_classes);
+    const I k = i / s.part_size / s.part_size / 2 / s.num_classes;
+    A sum = A(0);
+    for (int ctop = class_id * class_channels; ctop < (class_id + 1) * class_channels; ++ctop) {
+      for (int ph = 0; ph < s.pooled_size; ++ph) {
+        if (ph * s.part_size / s.pooled_size != part_h) continue;
+        for (int pw = 0; pw < s.pooled_size; ++pw) {
+          if (pw * s.part_size / s.pooled_size != part_w) continue;
+          const I output = (k * s.output_dim + ctop) * bins + ph * s.pooled_size + pw;
+          sum += load(partials + I(axis) * outputs + output);
         }
       }
     }
-    // d(sample)/d(offset) = trans_std * roi size.
-    const I plane = I(s.part_size) * s.part_size;
-    const I cell = I(part_h) * s.part_size + part_w;
-    store(grad_offset + (k * s.num_classes + class_id) * 2 * plane + cell,
-          grad_x * trans_std * roi_w);
-    store(grad_offset + ((k * s.num_classes + class_id) * 2 + 1) * plane + cell,
-          grad_y * trans_std * roi_h);
+    // A bin that keeps a sample has a finite RoI; one without (sum 0) may not
+    // (an infinite box), and its gradient is exactly zero.
+    const PSRoIBin<A> bin =
+        psroi_bin<T, I>(rois, offset, 1, spatial_scale, trans_std, k, 0, 0, 0, s);
+    const A size = axis == 0 ? bin.roi_w : bin.roi_h;
+    store(grad_offset + i, sum == A(0) ? A(0) : sum * trans_std * size);
   }
 }
 

@@ -8,11 +8,14 @@
 // Thread mapping. Forward and grad-input: one thread per output element
 // (k, c, ph, pw), pw fastest, so neighbouring threads write neighbouring
 // outputs and read nearby points of one input plane; the bin geometry is a
-// few flops, cheaper to recompute than to share. Grad offset/mask: one thread
-// per bin (k, ph, pw) looping over the channels, so each offset and mask
-// entry has one writer and needs no atomics. Grad-input by planes (the CPU's
-// default, and deterministic mode): one thread per input plane (n, c) walks
-// the RoIs of image n in order and accumulates into its own plane only.
+// few flops, cheaper to recompute than to share. Grad-input scatters with
+// atomics (the GPU's default); by planes (the CPU's default) one thread per
+// input plane (n, c) walks the RoIs of image n in order and accumulates into
+// its own plane only; sorted (deterministic mode on the GPU) lists every
+// sample corner as an entry for segmented_sum.cu. Grad offset/mask: one
+// thread per (bin, block of channels) sums its channels
+// (backward_offset_partial), a second kernel adds the blocks in order
+// (backward_offset_reduce): each offset and mask entry has one writer.
 #include "cudcn_common.cuh"
 
 namespace cudcn {
@@ -86,13 +89,13 @@ CUDCN_DEVICE RoIBin<acc_t<T>> roi_bin(const acc_t<T>* rois, const T* offset, int
   using A = acc_t<T>;
   const A* roi = rois + k * 5;
   RoIBin<A> bin;
-  const int b = roi_batch_index(roi[0], s.batch);
+  const int b = roi_batch_index(load(roi), s.batch);
   bin.valid = b >= 0;
   bin.batch = bin.valid ? b : 0;
-  const A start_x = roi[1] * spatial_scale - A(0.5);
-  const A start_y = roi[2] * spatial_scale - A(0.5);
-  bin.roi_w = roi[3] * spatial_scale - A(0.5) - start_x;
-  bin.roi_h = roi[4] * spatial_scale - A(0.5) - start_y;
+  const A start_x = load(roi + 1) * spatial_scale - A(0.5);
+  const A start_y = load(roi + 2) * spatial_scale - A(0.5);
+  bin.roi_w = load(roi + 3) * spatial_scale - A(0.5) - start_x;
+  bin.roi_h = load(roi + 4) * spatial_scale - A(0.5) - start_y;
   // Finite sizes imply finite corners (inf - inf is NaN).
   bin.valid = bin.valid && bin.roi_w - bin.roi_w == A(0) && bin.roi_h - bin.roi_h == A(0);
   bin.bin_h = bin.roi_h / A(s.pooled_h);
@@ -163,15 +166,14 @@ __global__ void deform_roi_pool_forward(const T* __restrict__ input,
   using A = acc_t<T>;
   CUDCN_KERNEL_LOOP(i, I, n) {
     const RoIPoolOutput<I> o = roi_pool_output(i, s);
-    const I k = o.k, c = o.c;
-    const int ph = o.ph, pw = o.pw;
-    const RoIBin<A> bin = roi_bin<T, I>(rois, offset, use_offset, spatial_scale, gamma, k, ph, pw, s);
-    const T* plane = input + (I(bin.batch) * s.channels + c) * s.height * s.width;
+    const RoIBin<A> bin =
+        roi_bin<T, I>(rois, offset, use_offset, spatial_scale, gamma, o.k, o.ph, o.pw, s);
+    const T* plane = input + (I(bin.batch) * s.channels + o.c) * s.height * s.width;
     A sum = A(0);
     for_each_kept_sample<A, I>(bin, s.height, s.width, [&](const ClampedCorners<A, I>& q) {
       for (int j = 0; j < 4; ++j) sum += q.weight[j] * load(plane + q.index[j]);
     });
-    const A m = use_mask ? load(mask + (k * s.pooled_h + ph) * s.pooled_w + pw) : A(1);
+    const A m = use_mask ? load(mask + (o.k * s.pooled_h + o.ph) * s.pooled_w + o.pw) : A(1);
     store(output + i, m * (sum / bin.count));
   }
 }
@@ -188,14 +190,13 @@ __global__ void deform_roi_pool_backward_input(
   using A = acc_t<T>;
   CUDCN_KERNEL_LOOP(i, I, n) {
     const RoIPoolOutput<I> o = roi_pool_output(i, s);
-    const I k = o.k, c = o.c;
-    const int ph = o.ph, pw = o.pw;
-    const RoIBin<A> bin = roi_bin<T, I>(rois, offset, use_offset, spatial_scale, gamma, k, ph, pw, s);
-    const A m = use_mask ? load(mask + (k * s.pooled_h + ph) * s.pooled_w + pw) : A(1);
+    const RoIBin<A> bin =
+        roi_bin<T, I>(rois, offset, use_offset, spatial_scale, gamma, o.k, o.ph, o.pw, s);
+    const A m = use_mask ? load(mask + (o.k * s.pooled_h + o.ph) * s.pooled_w + o.pw) : A(1);
     const A g = m * load(grad_output + i) / bin.count;
-    A* plane = grad_input + (I(bin.batch) * s.channels + c) * s.height * s.width;
+    A* plane = grad_input + (I(bin.batch) * s.channels + o.c) * s.height * s.width;
     for_each_kept_sample<A, I>(bin, s.height, s.width, [&](const ClampedCorners<A, I>& q) {
-      for (int j = 0; j < 4; ++j) atomicAdd(plane + q.index[j], q.weight[j] * g);
+      for (int j = 0; j < 4; ++j) atomic_add(plane + q.index[j], q.weight[j] * g);
     });
   }
 }
@@ -213,7 +214,7 @@ __global__ void deform_roi_pool_backward_input_planes(
     const I c = i % s.channels;
     A* plane = grad_input + i * s.height * s.width;
     for (I k = 0; k < num_rois; ++k) {
-      if (roi_batch_index(rois[k * 5], s.batch) != b) continue;
+      if (roi_batch_index(load(rois + k * 5), s.batch) != b) continue;
       for (int ph = 0; ph < s.pooled_h; ++ph) {
         for (int pw = 0; pw < s.pooled_w; ++pw) {
           const RoIBin<A> bin =
@@ -223,7 +224,9 @@ __global__ void deform_roi_pool_backward_input_planes(
           const A g = m * load(grad_output + (k * s.channels + c) * s.pooled_h * s.pooled_w +
                                ph * s.pooled_w + pw) / bin.count;
           for_each_kept_sample<A, I>(bin, s.height, s.width, [&](const ClampedCorners<A, I>& q) {
-            for (int j = 0; j < 4; ++j) plane[q.index[j]] += q.weight[j] * g;
+            for (int j = 0; j < 4; ++j) {
+              store(plane + q.index[j], load(plane + q.index[j]) + q.weight[j] * g);
+            }
           });
         }
       }
@@ -231,23 +234,73 @@ __global__ void deform_roi_pool_backward_input_planes(
   }
 }
 
+// Deterministic grad-input, first step: the entries of every kept sample's
+// corners of bin i = (k, ph, pw), for segmented_sum.cu: key = b * H * W +
+// y * W + x, source = the grad_output index of (k, channel 0, ph, pw), weight
+// = mask * bilinear weight / count. Run twice: with fill = 0 it stores each
+// bin's number of entries in entry_first[i]; with fill = 1, entry_first[i] is
+// where the bin's entries start (the exclusive sum of those counts).
 template <typename T, typename I>
-__global__ void deform_roi_pool_backward_offset(
-    const T* __restrict__ grad_output, const T* __restrict__ input,
+__global__ void deform_roi_pool_scatter_entries(
     const acc_t<T>* __restrict__ rois, const T* __restrict__ offset, const T* __restrict__ mask,
-    T* __restrict__ grad_offset, T* __restrict__ grad_mask, I n, int use_offset, int use_mask,
-    int want_grad_offset, int want_grad_mask, acc_t<T> spatial_scale, acc_t<T> gamma,
-    CUDCN_ROI_POOL_GEOMETRY_PARAMS) {
+    I* __restrict__ entry_first, I* __restrict__ keys, I* __restrict__ sources,
+    acc_t<T>* __restrict__ weights, I n, int fill, int use_offset, int use_mask,
+    acc_t<T> spatial_scale, acc_t<T> gamma, CUDCN_ROI_POOL_GEOMETRY_PARAMS) {
   CUDCN_ROI_POOL_GEOMETRY;
   using A = acc_t<T>;
   const I bins = I(s.pooled_h) * s.pooled_w;
+  const I plane = I(s.height) * s.width;
   CUDCN_KERNEL_LOOP(i, I, n) {
     const int pw = static_cast<int>(i % s.pooled_w);
     const int ph = static_cast<int>((i / s.pooled_w) % s.pooled_h);
     const I k = i / bins;
-    const RoIBin<A> bin = roi_bin<T, I>(rois, offset, use_offset, spatial_scale, gamma, k, ph, pw, s);
+    const RoIBin<A> bin =
+        roi_bin<T, I>(rois, offset, use_offset, spatial_scale, gamma, k, ph, pw, s);
+    if (!fill) {
+      I count = 0;
+      for_each_kept_sample<A, I>(bin, s.height, s.width,
+                                 [&](const ClampedCorners<A, I>&) { count += 4; });
+      store(entry_first + i, count);
+      continue;
+    }
+    const A m = use_mask ? load(mask + i) : A(1);
+    const I source = k * s.channels * bins + ph * s.pooled_w + pw;
+    I e = load(entry_first + i);
+    for_each_kept_sample<A, I>(bin, s.height, s.width, [&](const ClampedCorners<A, I>& q) {
+      for (int j = 0; j < 4; ++j, ++e) {
+        store(keys + e, I(bin.batch) * plane + q.index[j]);
+        store(sources + e, source);
+        store(weights + e, m * q.weight[j] / bin.count);
+      }
+    });
+  }
+}
+
+// The offset and mask gradients' sums over one block of channels of bin
+// (k, ph, pw), before the factors of the bin: partials (blocks, 3, K * PH * PW)
+// holds the sums of grad_output * d(sample sum)/dy, * d/dx, and * sample sum.
+template <typename T, typename I>
+__global__ void deform_roi_pool_backward_offset_partial(
+    const T* __restrict__ grad_output, const T* __restrict__ input,
+    const acc_t<T>* __restrict__ rois, const T* __restrict__ offset,
+    acc_t<T>* __restrict__ partials, I n, int use_offset, int channel_block,
+    acc_t<T> spatial_scale, acc_t<T> gamma, CUDCN_ROI_POOL_GEOMETRY_PARAMS) {
+  CUDCN_ROI_POOL_GEOMETRY;
+  using A = acc_t<T>;
+  const I bins = I(s.pooled_h) * s.pooled_w;
+  const int blocks = (s.channels + channel_block - 1) / channel_block;
+  const I all_bins = n / blocks;
+  CUDCN_KERNEL_LOOP(i, I, n) {
+    const I bin_index = i % all_bins;
+    const int block = static_cast<int>(i / all_bins);
+    const int pw = static_cast<int>(bin_index % s.pooled_w);
+    const int ph = static_cast<int>((bin_index / s.pooled_w) % s.pooled_h);
+    const I k = bin_index / bins;
+    const RoIBin<A> bin =
+        roi_bin<T, I>(rois, offset, use_offset, spatial_scale, gamma, k, ph, pw, s);
     A grad_y = A(0), grad_x = A(0), grad_m = A(0);
-    for (int c = 0; c < s.channels; ++c) {
+    const int c_end = min(s.channels, (block + 1) * channel_block);
+    for (int c = block * channel_block; c < c_end; ++c) {
       const A g = load(grad_output + (k * s.channels + c) * bins + ph * s.pooled_w + pw);
       const T* plane = input + (I(bin.batch) * s.channels + c) * s.height * s.width;
       A value = A(0), dy = A(0), dx = A(0);
@@ -263,16 +316,49 @@ __global__ void deform_roi_pool_backward_offset(
       grad_x += g * dx;
       grad_m += g * value;
     }
-    const A m = use_mask ? load(mask + k * bins + ph * s.pooled_w + pw) : A(1);
-    // d(sample)/d(offset) = gamma * roi size: the offset moves the whole bin.
-    // An invalid RoI may have NaN sizes; its gradients are exactly zero.
-    if (want_grad_offset) {
-      store(grad_offset + k * 2 * bins + ph * s.pooled_w + pw,
-            bin.valid ? m * gamma * bin.roi_w * grad_x / bin.count : A(0));
-      store(grad_offset + (k * 2 + 1) * bins + ph * s.pooled_w + pw,
-            bin.valid ? m * gamma * bin.roi_h * grad_y / bin.count : A(0));
+    A* out = partials + I(block) * 3 * all_bins + bin_index;
+    store(out, grad_y);
+    store(out + all_bins, grad_x);
+    store(out + 2 * all_bins, grad_m);
+  }
+}
+
+// Adds the blocks' partials in block order: thread (component, bin) writes
+// the x offset gradient (component 0), the y one (1) or the mask's (2).
+// d(sample)/d(offset) = gamma * roi size: the offset moves the whole bin. An
+// invalid RoI may have NaN sizes; its gradients are exactly zero.
+template <typename T, typename I>
+__global__ void deform_roi_pool_backward_offset_reduce(
+    const acc_t<T>* __restrict__ partials, const acc_t<T>* __restrict__ rois,
+    const T* __restrict__ offset, const T* __restrict__ mask, T* __restrict__ grad_offset,
+    T* __restrict__ grad_mask, I n, int blocks, int use_offset, int use_mask,
+    int want_grad_offset, int want_grad_mask, acc_t<T> spatial_scale, acc_t<T> gamma,
+    CUDCN_ROI_POOL_GEOMETRY_PARAMS) {
+  CUDCN_ROI_POOL_GEOMETRY;
+  using A = acc_t<T>;
+  const I bins = I(s.pooled_h) * s.pooled_w;
+  const I all_bins = n / 3;
+  CUDCN_KERNEL_LOOP(i, I, n) {
+    const int component = static_cast<int>(i / all_bins);
+    const I bin_index = i % all_bins;
+    if (component == 2 ? !want_grad_mask : !want_grad_offset) continue;
+    const int pw = static_cast<int>(bin_index % s.pooled_w);
+    const int ph = static_cast<int>((bin_index / s.pooled_w) % s.pooled_h);
+    const I k = bin_index / bins;
+    const RoIBin<A> bin =
+        roi_bin<T, I>(rois, offset, use_offset, spatial_scale, gamma, k, ph, pw, s);
+    // partials hold y, x, mask; the offset's channel 0 is x.
+    const int part = component == 0 ? 1 : (component == 1 ? 0 : 2);
+    A sum = A(0);
+    for (int b = 0; b < blocks; ++b) sum += load(partials + (I(b) * 3 + part) * all_bins + bin_index);
+    if (component == 2) {
+      store(grad_mask + bin_index, sum / bin.count);
+      continue;
     }
-    if (want_grad_mask) store(grad_mask + k * bins + ph * s.pooled_w + pw, grad_m / bin.count);
+    const A m = use_mask ? load(mask + bin_index) : A(1);
+    const A size = component == 0 ? bin.roi_w : bin.roi_h;
+    store(grad_offset + (k * 2 + component) * bins + ph * s.pooled_w + pw,
+          bin.valid ? m * gamma * size * sum / bin.count : A(0));
   }
 }
 

@@ -66,11 +66,15 @@ def assert_close(actual, expected, rtol, atol, what=""):
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
 
 
-@pytest.fixture(params=["planes", "items"])
+@pytest.fixture(params=["planes", "items", "sorted"])
 def strategy(request, monkeypatch):
-    """Run a test under each strategy: 'items' is the GPU's default, so this
-    is how its kernels run here."""
+    """Run a test under each strategy: 'items' is the GPU's default and
+    'sorted' its deterministic mode, so this is how their kernels run here.
+    'items' takes blocks of 3 channels (several blocks, the last one short),
+    'sorted' the whole group at once, as on the CPU."""
     monkeypatch.setattr(cudcn._launch, "_force_strategy", request.param)
+    if request.param == "items":
+        monkeypatch.setattr(cudcn._launch, "_force_channel_block", 3)
     return request.param
 
 

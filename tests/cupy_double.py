@@ -43,6 +43,12 @@ INT32_MAX = 2**31 - 1
 MAX_GRID = (2**31 - 1, 65535, 65535)
 MAX_BLOCK = (1024, 1024, 64)
 MAX_THREADS_PER_BLOCK = 1024
+REGISTERS = 48
+# What cupy.cuda.runtime.getDeviceProperties gives of an H100 (SXM), as far as
+# cudcn reads it.
+DEVICE_PROPERTIES = {"name": b"NVIDIA H100 80GB HBM3 (double)", "major": 9, "minor": 0,
+                     "multiProcessorCount": 132, "maxThreadsPerMultiProcessor": 2048,
+                     "maxBlocksPerMultiProcessor": 32, "regsPerMultiprocessor": 65536}
 
 
 class LaunchError(TypeError):
@@ -348,6 +354,12 @@ class RawKernel:
         self.code, self.name, self.options = code, name, options
         self._module = None
 
+    @property
+    def num_regs(self):
+        """A stand-in for the compiled kernel's registers per thread (CuPy reads
+        CU_FUNC_ATTRIBUTE_NUM_REGS); the default path's are 23 to 56 on sm_90."""
+        return REGISTERS
+
     def __call__(self, grid, block, args, *, shared_mem=0):
         if self._module is None:
             raise NotImplementedError("the double launches kernels of a RawModule only")
@@ -462,6 +474,18 @@ def _numpy_attribute(name):
     return _on_device(value, f"cupy.{name}")
 
 
+def planned_target():
+    """The target cudcn's CuPy executor plans for on the double's device, for
+    planning the same launches on the CPU backend (cudcn._launch.planning_for)."""
+    from cudcn import _device
+
+    props = DEVICE_PROPERTIES
+    device = _device.Device(props["name"].decode(), props["multiProcessorCount"],
+                            props["maxThreadsPerMultiProcessor"],
+                            props["maxBlocksPerMultiProcessor"], props["regsPerMultiprocessor"])
+    return _cudcn_launch.Target("gpu", device, lambda kernel, scalar, index: REGISTERS)
+
+
 def install(monkeypatch, nvrtc_version=(13, 0)):
     """Make ``import cupy`` give the double (fresh state) until the test ends;
     cudcn's CuPy executor is imported anew against it. Returns the module."""
@@ -475,7 +499,8 @@ def install(monkeypatch, nvrtc_version=(13, 0)):
     module.cuda = types.SimpleNamespace(
         Device=Device, ExternalStream=ExternalStream,
         nvrtc=types.SimpleNamespace(getVersion=lambda: STATE.nvrtc_version),
-        runtime=types.SimpleNamespace(runtimeGetVersion=lambda: STATE.nvrtc_version[0] * 1000),
+        runtime=types.SimpleNamespace(runtimeGetVersion=lambda: STATE.nvrtc_version[0] * 1000,
+                                      getDeviceProperties=lambda device: dict(DEVICE_PROPERTIES)),
     )
     module.__getattr__ = _numpy_attribute
     module.state = lambda: STATE

@@ -18,13 +18,16 @@ MAJORS = tuple(_compile_check.ARCHITECTURES)
 PER_ARCH = len(_kernels.KERNELS) * len(_kernels.GPU_DTYPES) * len(_kernels.INDEX_TYPES)
 
 
+KERNEL_NAMES = {kernel.name.rsplit("::", 1)[-1] for kernel in _kernels.KERNELS}
+
+
 def _table_rows(stdout):
     """(cuda, arch, kernel, dtype, registers, spill stores, spill loads, status)
     per instantiation line of the table."""
     rows = []
     for line in stdout.splitlines():
         words = line.split()
-        if len(words) >= 9 and words[2].startswith("deform"):
+        if len(words) >= 9 and words[2] in KERNEL_NAMES:
             rows.append((*words[:4], *words[-4:]))
     return rows
 

@@ -141,7 +141,7 @@ def _args(cupy, **change):
     values = dict(
         input=cupy.zeros((1, 4, 5, 5), np.float32), offset=cupy.zeros((1, 2, 5, 5), np.float32),
         mask=cupy.zeros((1, 1, 5, 5), np.float32), columns=cupy.zeros((1, 4, 25), np.float32),
-        use_mask=0, channels=4, height=5, width=5, kernel_h=1, kernel_w=1, stride_h=1,
+        use_mask=0, channel_block=4, channels=4, height=5, width=5, kernel_h=1, kernel_w=1, stride_h=1,
         stride_w=1, pad_h=0, pad_w=0, dil_h=1, dil_w=1, offset_groups=1, out_h=5, out_w=5)
     launch = _launch.make_launch(IM2COL, np.float32, 25, "int", **values)
     args = dict(zip(IM2COL.param_names, launch.args), **change)
@@ -157,7 +157,7 @@ def test_a_launch_as_the_executor_makes_it_runs_and_is_recorded(cupy):
     _module(cupy).get_function(NAME)(grid, block, args)
     np.testing.assert_array_equal(args[3].get().ravel(), np.arange(100))
     (launch,) = cupy.state().launches
-    assert launch.name == NAME and launch.grid == (1, 1, 1) and launch.block == (32, 1, 1)
+    assert launch.name == NAME and launch.grid == (1, 1, 1) and launch.block == (256, 1, 1)
     assert launch.arg_types[:6] == ("float*", "float*", "float*", "float*", "int", "int")
 
 

@@ -3,8 +3,9 @@
 tests/cupy_double.py stands in for CuPy with its real RawModule/RawKernel
 signatures; each launch is checked as a GPU needs it and run by the CPU
 executor. The whole op grid runs through it, both GPU strategies ('items' by
-default, 'planes' when deterministic), every dtype, 32- and 64-bit indices:
-results equal the CPU backend's.
+default, 'sorted' when deterministic), every dtype, 32- and 64-bit indices:
+results equal the CPU backend's running the launches planned for the same
+device.
 """
 
 import numpy as np
@@ -75,15 +76,10 @@ GRID = [pytest.param(op, case, id=f"{op}-{name}")
 
 
 def _on_cpu(monkeypatch, op, case, dtype, deterministic, put=lambda a: a):
-    """The CPU backend's results with the strategies the GPU path takes."""
-    run = OPS[op][0]
-    # The forward has one strategy on the GPU ('items'), the backward two.
-    monkeypatch.setattr(_launch, "_force_strategy", "items")
-    forward = run(put, case, dtype, deterministic)["output"]
-    monkeypatch.setattr(_launch, "_force_strategy", "planes" if deterministic else "items")
-    results = run(put, case, dtype, deterministic)
-    monkeypatch.setattr(_launch, "_force_strategy", None)
-    return dict(results, output=forward)
+    """The CPU backend's results with the launches planned for the double's
+    device: the same strategies and channel blocks."""
+    with _launch.planning_for(cupy_double.planned_target()):
+        return OPS[op][0](put, case, dtype, deterministic)
 
 
 def _index(monkeypatch, index):
@@ -110,7 +106,7 @@ def _assert_launches_as_built(state, dtype_name, index):
 
 
 @pytest.mark.parametrize("index", _kernels.INDEX_TYPES)
-@pytest.mark.parametrize("deterministic", [False, True], ids=["items", "planes"])
+@pytest.mark.parametrize("deterministic", [False, True], ids=["items", "sorted"])
 @pytest.mark.parametrize("dtype_name", DTYPES)
 @pytest.mark.parametrize("op, case", GRID)
 def test_gpu_path_equals_the_cpu_backend(gpu, monkeypatch, op, case, dtype_name, deterministic,
@@ -204,9 +200,9 @@ def test_a_launch_with_arrays_on_two_devices_is_refused(gpu):
         columns = gpu.empty((1, 2 * 9, 16), dtype=np.float32)
     launch = _launch.make_launch(
         _kernels.DEFORM_CONV2D_IM2COL, np.float32, 16 * 9, "int", input=args["input"],
-        offset=args["offset"], mask=args["mask"], columns=columns, use_mask=1, channels=2,
-        height=4, width=4, kernel_h=3, kernel_w=3, stride_h=1, stride_w=1, pad_h=1, pad_w=1,
-        dil_h=1, dil_w=1, offset_groups=1, out_h=4, out_w=4)
+        offset=args["offset"], mask=args["mask"], columns=columns, use_mask=1, channel_block=2,
+        channels=2, height=4, width=4, kernel_h=3, kernel_w=3, stride_h=1, stride_w=1, pad_h=1,
+        pad_w=1, dil_h=1, dil_w=1, offset_groups=1, out_h=4, out_w=4)
     with pytest.raises(ValueError, match="one device"):
         _launch.run(launch)
     assert not gpu.state().launches

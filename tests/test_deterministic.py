@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import cudcn
+import cudcn._device
 from conftest import assert_close
 from cudcn.testing import deform_conv2d_inputs, deform_psroi_pool_inputs, deform_roi_pool_inputs
 
@@ -31,7 +32,8 @@ import hashlib, json, sys
 import numpy as np
 import cudcn
 from cudcn.testing import *
-op, backward, build = sys.argv[1], sys.argv[2], sys.argv[3]
+op, backward, build, strategy = sys.argv[1:5]
+cudcn._launch._force_strategy = strategy
 args = eval(build)
 out = getattr(cudcn, op)(**args)
 grad_output = np.random.default_rng(53).standard_normal(out.shape).astype(out.dtype)
@@ -41,18 +43,21 @@ print(json.dumps({k: hashlib.sha256(v.tobytes()).hexdigest() for k, v in grads._
 """
 
 
-def _digests(op, threads):
+def _digests(op, threads, strategy):
     _, backward, build = OPS[op]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    result = subprocess.run([sys.executable, "-c", _CHILD, op, backward.__name__, build],
+    result = subprocess.run([sys.executable, "-c", _CHILD, op, backward.__name__, build, strategy],
                             env=env, capture_output=True, text=True, check=True)
     return json.loads(result.stdout)
 
 
+@pytest.mark.parametrize("deterministic_strategy", ["planes", "sorted"])
 @pytest.mark.parametrize("op", OPS)
-def test_bit_identical_for_any_thread_count_and_run(op):
-    one = _digests(op, 1)
-    assert one == _digests(op, 2) == _digests(op, 3)
+def test_bit_identical_for_any_thread_count_and_run(op, deterministic_strategy):
+    """The CPU's deterministic strategy and the GPU's ('sorted'), each run
+    on 1, 2 and 3 threads."""
+    one = _digests(op, 1, deterministic_strategy)
+    assert one == _digests(op, 2, deterministic_strategy) == _digests(op, 3, deterministic_strategy)
     assert "input" in one and len(one) >= 2
 
 
@@ -70,6 +75,10 @@ def test_deterministic_gradients_equal_the_default_ones(op, strategy):
             assert_close(getattr(exact, name), value, rtol=1e-5, atol=1e-5 * scale, what=name)
 
 
+ATOMIC_KERNELS = {"cudcn::deform_conv2d_col2im", "cudcn::deform_roi_pool_backward_input",
+                  "cudcn::deform_psroi_pool_backward_input"}
+
+
 def test_deterministic_mode_uses_no_atomic_kernels(launches, monkeypatch):
     monkeypatch.setattr(cudcn._launch, "_force_strategy", None)
     for forward, backward, build in OPS.values():
@@ -77,5 +86,23 @@ def test_deterministic_mode_uses_no_atomic_kernels(launches, monkeypatch):
         backward(forward(**args), deterministic=True, **args)
     names = {launch.kernel.name for launch in launches}
     assert "cudcn::deform_conv2d_col2im_planes" in names
-    assert not names & {"cudcn::deform_conv2d_col2im", "cudcn::deform_roi_pool_backward_input",
-                        "cudcn::deform_psroi_pool_backward_input"}
+    assert not names & ATOMIC_KERNELS
+
+
+def test_deterministic_mode_on_a_gpu_sorts_instead_of_atomics(launches):
+    """Planned for a GPU (the H100 reference), deterministic mode runs the
+    sorted gathers, the default the atomic scatters."""
+    target = cudcn._launch.Target("gpu", cudcn._device.REFERENCE["sm_90"], lambda *a: 48)
+    with cudcn._launch.planning_for(target):
+        for forward, backward, build in OPS.values():
+            args = eval(build)  # noqa: S307
+            out = forward(**args)
+            backward(out, **args)
+            default = {launch.kernel.name for launch in launches}
+            del launches[:]
+            backward(out, deterministic=True, **args)
+            deterministic = {launch.kernel.name for launch in launches}
+            del launches[:]
+            assert default & ATOMIC_KERNELS and not deterministic & ATOMIC_KERNELS
+            assert "cudcn::segmented_sum_chunks" in deterministic
+            assert not any(name.endswith("_planes") for name in default | deterministic)

@@ -18,7 +18,7 @@ def _im2col_values(dtype=np.float32):
                     stride_w=1, pad_h=0, pad_w=0, dil_h=1, dil_w=1, offset_groups=1, out_h=5,
                     out_w=5)
     return dict(input=z, offset=np.zeros((1, 2, 5, 5), dtype), mask=np.zeros((1, 2, 5, 5), dtype),
-                columns=np.zeros((1, 4, 25), dtype), use_mask=0, **geometry)
+                columns=np.zeros((1, 4, 25), dtype), use_mask=0, channel_block=4, **geometry)
 
 
 def test_scalars_get_the_exact_c_type_of_the_signature():

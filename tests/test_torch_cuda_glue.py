@@ -19,6 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import cudcn.adapters.torch as ct  # noqa: E402
+from cudcn import _launch  # noqa: E402
 from cudcn.adapters.torch import _bridge  # noqa: E402
 from cudcn.testing import (  # noqa: E402
     deform_conv2d_inputs,
@@ -90,20 +91,22 @@ def _forward_backward(op, dtype=None):
     return [out.detach()] + [t.grad for t in leaves]
 
 
-# The CPU path's backward is 'planes', the GPU's by default 'items': another
-# summation order, float32 accumulations differing in their last bits, and
-# 16-bit results rounded from them by at most one unit in the last place.
+# The GPU's default backward is 'items', with atomics: another summation order
+# each run, float32 accumulations differing in their last bits, and 16-bit
+# results rounded from them by at most one unit in the last place.
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2.0**-10,
        torch.bfloat16: 2.0**-7}
 
 
-@pytest.mark.parametrize("deterministic", [False, True], ids=["items", "planes"])
+@pytest.mark.parametrize("deterministic", [False, True], ids=["items", "sorted"])
 @pytest.mark.parametrize("dtype", TOL, ids=str)
 @pytest.mark.parametrize("op", OPS)
 def test_ops_through_the_cuda_branches_equal_the_cpu_path(request, op, dtype, deterministic):
     torch.use_deterministic_algorithms(deterministic)
     try:
-        expected = _forward_backward(op, dtype)  # the CPU path ('planes' kernels)
+        # The CPU path, with the launches planned for the double's device.
+        with _launch.planning_for(cupy_double.planned_target()):
+            expected = _forward_backward(op, dtype)
         gpu = request.getfixturevalue("cuda")
         results = _forward_backward(op, dtype)
     finally:
@@ -111,7 +114,8 @@ def test_ops_through_the_cuda_branches_equal_the_cpu_path(request, op, dtype, de
     state = gpu.state()
     assert {launch.dtype for launch in state.launches} == {str(dtype).removeprefix("torch.")}
     kernels = {launch.kernel.name for launch in state.launches}
-    assert any(k.endswith("_planes") for k in kernels) == deterministic
+    assert not any(k.endswith("_planes") for k in kernels)
+    assert any(k.endswith("_scatter_entries") for k in kernels) == deterministic
     assert {(launch.device, launch.stream) for launch in state.launches} == {
         (DEVICE, STREAM + DEVICE)}
     assert {m.device for m in state.modules} == {DEVICE}

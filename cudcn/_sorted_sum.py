@@ -1,0 +1,76 @@
+"""Deterministic scatter-add as a sorted gather: the glue around segmented_sum.cu.
+
+An op's scatter_entries kernel lists every contribution to its gradient as
+an entry (key, source, weight): key names the destination (-1: none),
+source the element of the incoming gradient it scales (for channel 0),
+weight the factor. Here the array library sorts the entries by key with a
+stable sort, cuts each key's run into chunks of at most CHUNK entries, and
+the two kernels of segmented_sum.cu add them up: every destination's value
+is the same sum in the same order whatever the thread count or the GPU, and
+no thread waits on another.
+"""
+
+from . import _kernels, _launch
+
+CHUNK = 16  # entries one thread of segmented_sum_chunks adds
+
+
+def scatter_add(xp, dtype, index, keys, sources, weights, source, channels, source_stride,
+                dest, dest_of_keys, dest_stride, peer_threads):
+    """For every key and channel c < ``channels``:
+    ``dest[dest_of_keys(key) + c * dest_stride] = sum of weight *
+    source[source_index + c * source_stride]`` over the key's entries, in
+    entry order. ``dest`` (flat, of the accumulation dtype) is written only
+    where some entry leads; the caller zero-fills it. ``source`` is flat.
+    ``peer_threads`` is the parallelism of the peer's scatter, for gpu-plan.
+    """
+    index_dtype = _kernels.INDEX_DTYPES[index]
+    live = xp.flatnonzero(keys >= 0)
+    if live.size == 0:
+        return
+    order = live[xp.argsort(keys[live], kind="stable")]
+    sorted_keys = keys[order]
+    entries = int(order.size)
+    boundary = xp.ones(entries, dtype=bool)
+    boundary[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    starts = xp.flatnonzero(boundary).astype(index_dtype)
+    segments = int(starts.size)
+    lengths = xp.diff(xp.concatenate([starts, xp.asarray([entries], dtype=index_dtype)]))
+    chunks_per_segment = (lengths + (CHUNK - 1)) // CHUNK
+    segment_first_chunk = xp.concatenate([xp.zeros(1, dtype=index_dtype),
+                                          xp.cumsum(chunks_per_segment, dtype=index_dtype)])
+    chunks = int(segment_first_chunk[-1])
+    chunk_segment = xp.repeat(xp.arange(segments, dtype=index_dtype), chunks_per_segment)
+    within = xp.arange(chunks, dtype=index_dtype) - segment_first_chunk[chunk_segment]
+    chunk_first = xp.concatenate([starts[chunk_segment] + CHUNK * within,
+                                  xp.asarray([entries], dtype=index_dtype)])
+    acc = weights.dtype
+    partials = xp.empty(chunks * channels, dtype=acc)
+    planning = _launch.is_planning()
+    item = source.dtype.itemsize
+    _launch.run(_launch.make_launch(
+        _kernels.SEGMENTED_SUM_CHUNKS, dtype, chunks * channels, index,
+        source=source, entry_source=xp.ascontiguousarray(sources[order], dtype=index_dtype),
+        entry_weight=xp.ascontiguousarray(weights[order]), chunk_first=chunk_first,
+        partials=partials, channels=channels, source_stride=source_stride,
+        work=_launch.Work(serial=CHUNK, peer_threads=peer_threads,
+                          dram_bytes=entries * (2 * index_dtype.itemsize + acc.itemsize)
+                          + entries * channels * item + chunks * channels * acc.itemsize)))
+    _launch.run(_launch.make_launch(
+        _kernels.SEGMENTED_SUM_SEGMENTS, dtype, segments * channels, index, partials=partials,
+        segment_first_chunk=segment_first_chunk,
+        segment_dest=xp.ascontiguousarray(dest_of_keys(sorted_keys[starts]), dtype=index_dtype),
+        dest=dest, channels=channels, dest_stride=dest_stride,
+        work=_launch.Work(serial=int(chunks_per_segment.max()) if planning else 0,
+                          peer_threads=peer_threads,
+                          dram_bytes=(chunks + segments) * channels * acc.itemsize)))
+
+
+def workspace_bytes(entries, segments, channels, index_dtype, acc_dtype):
+    """An upper bound of what scatter_add allocates for ``entries`` entries
+    over at most ``segments`` keys: the sort's index arrays, the sorted
+    entries and the chunk tables, and the chunk sums."""
+    index = index_dtype.itemsize
+    chunks = entries // CHUNK + min(entries, segments) + 1
+    return (entries * (8 * 3 + 3 * index + acc_dtype.itemsize + 1)
+            + chunks * (3 * index + channels * acc_dtype.itemsize))

@@ -345,9 +345,12 @@ def deform_psroi_pool(input, rois, offset=None, *, output_dim, group_size, poole
     p = _PSRoIPool(input, rois, offset, output_dim, group_size, pooled_size, part_size,
                    sample_per_part, trans_std, spatial_scale)
     output = p.xp.empty(p.output_shape, dtype=p.dtype)
+    samples = p.sample_per_part**2
     _launch.run(_launch.make_launch(
         _kernels.DEFORM_PSROI_POOL_FORWARD, p.dtype, output.size, p.index, input=p.input,
-        output=output, **p.values(), **p.offset_values()))
+        output=output, **p.values(), **p.offset_values(),
+        work=_launch.Work(samples, output.size * (1 + 4 * samples) * p.dtype.itemsize,
+                          output.size)))
     return output
 
 
@@ -408,7 +411,7 @@ def deform_psroi_pool_backward(grad_output, input, rois, offset=None, *, output_
             work=_launch.Work(samples, outputs * (2 * item + 4 * samples * item + 2 * acc),
                               outputs)))
         cells = p.offset.size
-        per_cell = (p.output_dim // p.num_classes) * -(-p.pooled_size // p.part_size) ** 2
+        per_cell = (p.output_dim // p.num_classes) * (-(-p.pooled_size // p.part_size)) ** 2
         _launch.run(_launch.make_launch(
             _kernels.DEFORM_PSROI_POOL_BACKWARD_OFFSET_REDUCE, p.dtype, cells, p.index,
             partials=partials, rois=p.rois, offset=p.offset, grad_offset=grad_offset,
@@ -424,17 +427,18 @@ def _sorted_psroi_grad_input(p, grad_input):
     corners as entries, summed per input element in a fixed order."""
     xp = p.xp
     outputs = p.grad_output.size
-    slots = outputs * p.sample_per_part**2 * 4
+    samples = outputs * p.sample_per_part**2
     index_dtype = _kernels.INDEX_DTYPES[p.index]
-    keys = xp.empty(slots, dtype=index_dtype)
-    sources = xp.empty(slots, dtype=index_dtype)
-    weights = xp.empty(slots, dtype=p.acc_dtype)
+    keys = xp.empty(4 * samples, dtype=index_dtype)
+    sources = xp.empty(4 * samples, dtype=index_dtype)
+    weights = xp.empty(4 * samples, dtype=p.acc_dtype)
+    # A thread per sample, which counts its bin's kept samples.
     _launch.run(_launch.make_launch(
-        _kernels.DEFORM_PSROI_POOL_SCATTER_ENTRIES, p.dtype, outputs, p.index, keys=keys,
+        _kernels.DEFORM_PSROI_POOL_SCATTER_ENTRIES, p.dtype, samples, p.index, keys=keys,
         sources=sources, weights=weights, **p.values(), **p.offset_values(),
-        work=_launch.Work(4 * p.sample_per_part**2,
-                          slots * (2 * index_dtype.itemsize + p.acc_dtype.itemsize), outputs,
-                          auxiliary=True)))
+        work=_launch.Work(p.sample_per_part**2,
+                          4 * samples * (2 * index_dtype.itemsize + p.acc_dtype.itemsize),
+                          outputs)))
     # Each key is the grad_input element itself: one channel per entry.
     _sorted_sum.scatter_add(xp, p.dtype, p.index, keys, sources, weights,
                             p.grad_output.reshape(-1), 1, 0, grad_input.reshape(-1),

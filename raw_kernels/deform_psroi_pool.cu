@@ -215,10 +215,10 @@ __global__ void deform_psroi_pool_backward_input_planes(
   }
 }
 
-// Deterministic grad-input, first step: output element i's sample corners
-// as entries for segmented_sum.cu, sample_per_part^2 * 4 slots per element:
-// key = the grad_input index of the corner (-1 for a sample not kept),
-// source = i, weight = bilinear weight / kept samples.
+// Deterministic grad-input, first step: the corners of sample j of output
+// element o (thread i = o * sample_per_part^2 + j) as four entries for
+// segmented_sum.cu: key = the grad_input index of the corner (-1 when the
+// sample is not kept), source = o, weight = bilinear weight / kept samples.
 template <typename T, typename I>
 __global__ void deform_psroi_pool_scatter_entries(
     const acc_t<T>* __restrict__ rois, const T* __restrict__ offset, I* __restrict__ keys,
@@ -226,25 +226,23 @@ __global__ void deform_psroi_pool_scatter_entries(
     acc_t<T> spatial_scale, acc_t<T> trans_std, CUDCN_PSROI_POOL_GEOMETRY_PARAMS) {
   CUDCN_PSROI_POOL_GEOMETRY;
   using A = acc_t<T>;
-  const I slots = I(s.sample_per_part) * s.sample_per_part * 4;
+  const int samples = s.sample_per_part * s.sample_per_part;
   CUDCN_KERNEL_LOOP(i, I, n) {
-    const PSRoIPoolOutput<I> o = psroi_pool_output(i, s);
+    const I output = i / samples;
+    const int sample = static_cast<int>(i % samples);
+    const PSRoIPoolOutput<I> o = psroi_pool_output(output, s);
     const PSRoIBin<A> bin = psroi_bin<T, I>(rois, offset, use_offset, spatial_scale, trans_std,
                                             o.k, o.ctop, o.ph, o.pw, s);
-    const int kept = psroi_kept(bin, s);
+    const A h = bin.h(sample / s.sample_per_part), w = bin.w(sample % s.sample_per_part);
+    const bool kept = bin.valid && psroi_keeps(h, w, s.height, s.width);
+    const int count = kept ? psroi_kept(bin, s) : 1;
     const I plane = (I(bin.batch) * s.channels + bin.channel) * s.height * s.width;
-    I e = i * slots;
-    for_each_kept_sample<A, I>(bin, s, [&](const ClampedCorners<A, I>& q) {
-      for (int j = 0; j < 4; ++j, ++e) {
-        store(keys + e, plane + q.index[j]);
-        store(sources + e, i);
-        store(weights + e, q.weight[j] / A(kept));
-      }
-    });
-    for (; e < (i + 1) * slots; ++e) {
-      store(keys + e, I(-1));
-      store(sources + e, i);
-      store(weights + e, A(0));
+    const ClampedCorners<A, I> q = clamped_corners<A, I>(kept ? h : A(0), kept ? w : A(0),
+                                                         s.height, s.width);
+    for (int j = 0; j < 4; ++j) {
+      store(keys + i * 4 + j, kept ? plane + q.index[j] : I(-1));
+      store(sources + i * 4 + j, output);
+      store(weights + i * 4 + j, kept ? q.weight[j] / A(count) : A(0));
     }
   }
 }

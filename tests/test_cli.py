@@ -46,7 +46,7 @@ def test_check_fails_on_a_wrong_op(monkeypatch, capsys):
     assert "FAIL" in out and "failed" in out
 
 
-@pytest.mark.parametrize("command", ["info", "check", "bench", "demo", "compile-check"])
+@pytest.mark.parametrize("command", ["info", "check", "bench", "demo", "compile-check", "gpu-plan"])
 def test_every_subcommand_has_help(command):
     result = _cudcn(command, "--help")
     assert result.returncode == 0 and "usage: cudcn" in result.stdout

@@ -68,12 +68,29 @@ def _check(args):
     return _check.show(sys.stdout)
 
 
+def _gpu_plan(args):
+    from . import gpu_plan
+
+    shapes = tuple(args.shape) if args.shape else gpu_plan.CONV_SHAPES
+    rows = gpu_plan.run(arch=args.arch, dtype=args.dtype, conv_shapes=shapes)
+    return 0 if all(r.fills for r in rows) else 1
+
+
 def _demo(args):
     from . import demo
 
     demo.run(out=args.out, steps=args.steps, batch=args.batch, seed=args.seed,
              device=args.device)
     return 0
+
+
+def _conv_shape(text):
+    from .gpu_plan import parse_shape
+
+    try:
+        return parse_shape(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser():
@@ -129,6 +146,26 @@ def build_parser():
     check.add_argument("--jobs", type=int, default=None,
                        help="compiles run in parallel (default one per core)")
     check.set_defaults(run=_compile_check)
+
+    plan = commands.add_parser(
+        "gpu-plan", help="every launch of every op counted against a GPU: threads, waves, "
+                         "serial work, DRAM bytes",
+        description="Describe every launch of every op, forward and backward, default and "
+                    "deterministic, as planned for a GPU (a reference A100 or H100 with "
+                    "registers from NVRTC, or the current device), from the same launch "
+                    "descriptions the executors run: threads, block, registers, resident "
+                    "threads, waves, serial iterations per thread, estimated DRAM bytes, and "
+                    "the peer's threads for the same work. Exits 1 if a main launch has "
+                    "fewer threads than min(2 waves, the peer's).")
+    plan.add_argument("--arch", choices=("sm_80", "sm_90", "current"), default="sm_90",
+                      help="sm_80: A100 (108 SMs), sm_90: H100 (132 SMs), current: this "
+                           "machine's GPU (default sm_90)")
+    plan.add_argument("--shape", action="append", type=_conv_shape,
+                      help="deform_conv2d shape N,C,S (3x3, padding 1; repeatable; default "
+                           "the asv shapes)")
+    plan.add_argument("--dtype", choices=("float32", "float16", "bfloat16", "float64"),
+                      default="float32", help="dtype of every op (default float32)")
+    plan.set_defaults(run=_gpu_plan)
 
     bench = commands.add_parser(
         "bench", help="time cudcn against torchvision and F.conv2d on the CPU, side by side",

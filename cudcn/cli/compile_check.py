@@ -72,14 +72,15 @@ def compile_options(cuda_major, arch):
             f"--gpu-architecture={arch}", "--ptxas-options=-v")
 
 
-def compile_source(source, arch, cuda_major):
+def compile_source(source, arch, cuda_major, dtypes=_kernels.GPU_DTYPES):
     """Compile one kernel file for one architecture with the NVRTC of CUDA
-    ``cuda_major``; returns one Row per instantiation."""
+    ``cuda_major``; returns one Row per instantiation (of ``dtypes`` only:
+    the executor's module has them all, gpu-plan needs one)."""
     nvrtc = _nvrtc.load(cuda_major)
     version = "{}.{}".format(*nvrtc.version)
-    insts = _kernels.instantiations(source, _kernels.GPU_DTYPES)
+    insts = _kernels.instantiations(source, dtypes)
     rows = [Row(k.name.rsplit("::", 1)[-1], s.dtype_name, i, arch, version) for k, s, i in insts]
-    expressions = _gpu_build.name_expressions(source)
+    expressions = tuple(_kernels.instantiation(k, s, i) for k, s, i in insts)
     result = nvrtc.compile(_gpu_build.source_text(source), source,
                            compile_options(cuda_major, arch), expressions)
     if not result.ok:

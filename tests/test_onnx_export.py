@@ -176,16 +176,33 @@ def test_opset_below_19_says_how_to_ask(tmp_path, exporter, opset):
     assert "opset_version=19" in message
 
 
-def test_exported_program_exports_through_the_op(tmp_path):
-    """The dynamo translation sits on torch.ops.cudcn.deform_conv2d itself, so
-    an ExportedProgram made beforehand exports too."""
-    model = randomize_offsets(ct.ModulatedDeformConv2dPack(4, 4, 3, padding=1)).eval()
-    x = torch.randn(2, 4, 6, 5)
-    program = torch.export.export(model, (x,))
+def test_exported_program_exports_through_the_ops(tmp_path):
+    """The dynamo translations sit on torch.ops.cudcn.deform_conv2d and
+    deform_roi_pool themselves, so an ExportedProgram made beforehand exports
+    too (DeformConv, and RoiAlign for pooling without offset)."""
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = randomize_offsets(ct.ModulatedDeformConv2dPack(4, 4, 3, padding=1))
+            self.pool = ct.DeformRoIPool(2, spatial_scale=0.5, sampling_ratio=2)
+
+        def forward(self, x, rois):
+            return self.pool(self.conv(x), rois)
+
+    model = Model().eval()
+    args = (torch.randn(2, 4, 6, 5), torch.from_numpy(rois_for(2, 6, 5, 4, 0.5)).float())
+    program = torch.export.export(model, args)
     torch.onnx.export(program, dynamo=True, opset_version=19, f=str(tmp_path / "m.onnx"))
-    graph = onnx.load(str(tmp_path / "m.onnx"))
-    assert [n.op_type for n in graph.graph.node].count("DeformConv") == 1
-    assert_matches(session(tmp_path / "m.onnx"), model, x)
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node]
+    assert ops.count("DeformConv") == 1 and ops.count("RoiAlign") == 1
+    assert_matches(session(tmp_path / "m.onnx"), model, *args)
+
+
+def test_roi_align_needs_opset_16(tmp_path):
+    x, rois = torch.randn(1, 4, 8, 8), torch.tensor([[0, 1.0, 1.0, 6.0, 5.0]])
+    with pytest.raises(ValueError, match="RoiAlign .*needs opset 16.*opset_version=16"):
+        export(ct.DeformRoIPool(2), (x, rois), tmp_path / "p.onnx", "torchscript", opset=15)
 
 
 # --- a converted ResNet-18 ---------------------------------------------------

@@ -43,7 +43,7 @@ def _opset_error(op, onnx_op, needed, target):
     return ValueError(
         f"cudcn's {op} exports to the standard ONNX operator {onnx_op}, which needs opset "
         f"{needed} or later, but this export targets opset {target}; ask for it with "
-        f"torch.onnx.export(..., opset_version={max(needed, DEFORM_CONV_OPSET)})")
+        f"torch.onnx.export(..., opset_version={needed})")
 
 
 def _opaque_error(op, condition=""):
@@ -241,18 +241,19 @@ def _register_dynamo():
     anyway) or where torch's registry has another shape."""
     if importlib.util.find_spec("onnxscript") is None:
         return
+    ops = torch.ops.cudcn
+    entries = ((ops.deform_conv2d.default, _dynamo_deform_conv2d_below_19, 18),
+               (ops.deform_conv2d.default, _dynamo_deform_conv2d, DEFORM_CONV_OPSET),
+               (ops.deform_roi_pool.default, _dynamo_deform_roi_pool, 18),
+               (ops.deform_psroi_pool.default, _dynamo_deform_psroi_pool, 18))
     try:
         from torch.onnx._internal.exporter._torchlib._torchlib_registry import onnx_impl
-    except ImportError:
+
+        for target, function, opset in entries:
+            # The registry keeps, per op, the entries of the highest opset not above the target.
+            onnx_impl(target, no_compile=True, opset_introduced=opset)(function)
+    except (ImportError, TypeError):  # a torch whose registry differs: export raises there
         return
-    ops = torch.ops.cudcn
-    for target, function, opset in (
-            (ops.deform_conv2d.default, _dynamo_deform_conv2d_below_19, 18),
-            (ops.deform_conv2d.default, _dynamo_deform_conv2d, DEFORM_CONV_OPSET),
-            (ops.deform_roi_pool.default, _dynamo_deform_roi_pool, 18),
-            (ops.deform_psroi_pool.default, _dynamo_deform_psroi_pool, 18)):
-        # The registry keeps, per op, the entry of the highest opset not above the target.
-        onnx_impl(target, no_compile=True, opset_introduced=opset)(function)
 
 
 def register():

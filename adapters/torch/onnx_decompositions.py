@@ -57,7 +57,7 @@ def sanitized_rois(rois, batch, output_size, spatial_scale, sampling_ratio):
     """RoIs that RoIAlign may read safely, and which of them pool anything.
 
     An RoI pools zeros when its batch index is not in [0, N), its size is not
-    finite, or (with sampling_ratio 0) its adaptive grid would not fit in an
+    finite, or (with an adaptive sampling_ratio) its grid would not fit in an
     int, as in the kernel; such an RoI is replaced by a zero box of image 0
     (ONNX Runtime's RoiAlign rejects an out-of-range batch index and would
     read out of bounds at a NaN coordinate), and the caller zeroes its output.
@@ -67,7 +67,7 @@ def sanitized_rois(rois, batch, output_size, spatial_scale, sampling_ratio):
         batch: N.
         output_size: (ph, pw).
         spatial_scale: the op's spatial_scale.
-        sampling_ratio: the op's sampling_ratio (0 = adaptive).
+        sampling_ratio: the op's sampling_ratio (<= 0: adaptive).
 
     Returns:
         (boxes, index, valid): (K, 4) boxes, (K,) int64 batch index, (K,) bool.
@@ -78,7 +78,7 @@ def sanitized_rois(rois, batch, output_size, spatial_scale, sampling_ratio):
     roi_w = rois[:, 3] * spatial_scale - 0.5 - start_x
     roi_h = rois[:, 4] * spatial_scale - 0.5 - start_y
     valid = valid & (roi_w - roi_w == 0) & (roi_h - roi_h == 0)
-    if sampling_ratio == 0:
+    if sampling_ratio <= 0:
         limit = 2147483647.0
         valid = valid & (torch.ceil(roi_h / output_size[0]) < limit) \
             & (torch.ceil(roi_w / output_size[1]) < limit)

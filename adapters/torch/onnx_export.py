@@ -11,8 +11,8 @@ What each op becomes (standard ONNX only, no custom domain):
 - ``deform_roi_pool`` with offset and a fixed ``sampling_ratio`` > 0, and
   ``deform_psroi_pool``: standard arithmetic, Gather and reductions written
   by :mod:`.onnx_decompositions`.
-- ``deform_roi_pool`` with offset and ``sampling_ratio`` = 0: an error; the
-  number of samples then depends on each RoI's size at run time.
+- ``deform_roi_pool`` with offset and an adaptive ``sampling_ratio`` (<= 0):
+  an error; the number of samples then depends on each RoI's size at run time.
 
 How. Importing ``cudcn.adapters.torch`` registers, for the TorchScript
 exporter (``dynamo=False``), symbolic functions through the public
@@ -58,10 +58,10 @@ def _opaque_error(op, condition=""):
 
 def _adaptive_sampling_error():
     return ValueError(
-        "cudcn's deform_roi_pool with an offset cannot be exported to ONNX with "
-        "sampling_ratio=0: the number of samples per bin then follows each RoI's size, which "
-        "standard ONNX operators cannot express with offsets. Export the model with a fixed "
-        "sampling_ratio > 0 (e.g. 2; this changes the op's results)")
+        "cudcn's deform_roi_pool with an offset cannot be exported to ONNX with an adaptive "
+        "sampling_ratio (<= 0): the number of samples per bin then follows each RoI's size, "
+        "which standard ONNX operators cannot express with offsets. Export the model with a "
+        "fixed sampling_ratio > 0 (e.g. 2; this changes the op's results)")
 
 
 def _deform_conv_attributes(input_shape, weight_shape, offset_shape, stride, padding, dilation):
@@ -86,7 +86,7 @@ def deform_roi_pool(input, rois, offset, mask, output_size, spatial_scale, sampl
     arguments are the op's, already checked."""
     if offset is None:
         return _roi_align(input, rois, mask, output_size, spatial_scale, sampling_ratio, gamma)
-    if sampling_ratio == 0:
+    if sampling_ratio <= 0:
         raise _adaptive_sampling_error()
     return onnx_decompositions.deform_roi_pool(input, rois, offset, mask, output_size,
                                                spatial_scale, sampling_ratio, gamma)
@@ -122,7 +122,7 @@ def deform_psroi_pool(input, rois, offset, output_dim, group_size, pooled_size, 
 
 def _check_roi_align(has_offset, has_mask, sampling_ratio):
     """The op translation writes RoiAlign: deform_roi_pool without offset or mask."""
-    if has_offset and sampling_ratio == 0:
+    if has_offset and sampling_ratio <= 0:
         raise _adaptive_sampling_error()
     if has_offset or has_mask:
         raise _opaque_error("deform_roi_pool", " with an offset or a mask")
@@ -180,7 +180,7 @@ def _torchscript_deform_roi_pool(g, input, rois, offset, mask, output_size, spat
     return g.op("RoiAlign", input, g.op("CastLike", boxes, input), index,
                 coordinate_transformation_mode_s="half_pixel", mode_s="avg",
                 output_height_i=pooled_h, output_width_i=pooled_w,
-                sampling_ratio_i=sh._maybe_get_const(sampling_ratio, "i"),
+                sampling_ratio_i=max(sh._maybe_get_const(sampling_ratio, "i"), 0),  # 0: adaptive
                 spatial_scale_f=sh._maybe_get_const(spatial_scale, "f"))
 
 
@@ -218,7 +218,7 @@ def _dynamo_deform_roi_pool(input, rois, offset, mask, output_size, spatial_scal
     return op.RoiAlign(input, op.CastLike(boxes, input), index,
                        coordinate_transformation_mode="half_pixel", mode="avg",
                        output_height=output_size[0], output_width=output_size[1],
-                       sampling_ratio=sampling_ratio, spatial_scale=spatial_scale)
+                       sampling_ratio=max(sampling_ratio, 0), spatial_scale=spatial_scale)
 
 
 def _dynamo_deform_psroi_pool(*args, **kwargs):

@@ -210,7 +210,8 @@ def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0,
     input, offset, mask = _autocast(input, offset, mask)
     params = (list(_checks.int_pair("output_size", output_size, 1)),
               _checks.real("spatial_scale", spatial_scale, positive=True),
-              _checks.integer("sampling_ratio", sampling_ratio, None), _checks.real("gamma", gamma))
+              _checks.integer("sampling_ratio", sampling_ratio, None),
+              _checks.real("gamma", gamma))
     if torch.onnx.is_in_onnx_export():  # standard ONNX operators instead of the kernel
         from . import onnx_export
         return onnx_export.deform_roi_pool(input, rois, offset, mask, *params)

@@ -292,7 +292,8 @@ class Pools(torch.nn.Module):
         super().__init__()
         torch.manual_seed(1)
         self.adaptive = ct.DeformRoIPool((3, 2), spatial_scale=0.5, sampling_ratio=0)
-        self.adaptive_torchvision = ct.DeformRoIPool((3, 2), spatial_scale=0.5, sampling_ratio=-1)
+        self.adaptive_minus_one = ct.DeformRoIPool((3, 2), spatial_scale=0.5,
+                                                 sampling_ratio=-1)  # torchvision's
         self.fixed = ct.DeformRoIPool(3, spatial_scale=0.5, sampling_ratio=2)
         self.pack = ct.DeformRoIPoolPack((3, 2), 4, deform_fc_channels=16, spatial_scale=0.5,
                                          sampling_ratio=2)
@@ -305,9 +306,9 @@ class Pools(torch.nn.Module):
                 p.normal_(0, 0.3)  # offsets and masks far from their zero start
 
     def forward(self, x, rois, mask, ps_offset):
-        return (self.adaptive(x, rois), self.fixed(x, rois), self.adaptive_torchvision(x, rois, None, mask),
-                self.pack(x, rois), self.modulated(x, rois), self.ps(x, rois),
-                self.ps(x, rois, ps_offset))
+        return (self.adaptive(x, rois), self.fixed(x, rois),
+                self.adaptive_minus_one(x, rois, None, mask), self.pack(x, rois),
+                self.modulated(x, rois), self.ps(x, rois), self.ps(x, rois, ps_offset))
 
 
 def pool_inputs(count, seed):

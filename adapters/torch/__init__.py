@@ -1,5 +1,6 @@
 """cudcn for PyTorch: differentiable functions, torch.compile-ready ops
-(``torch.ops.cudcn.*``), drop-in modules and model conversion.
+(``torch.ops.cudcn.*``), drop-in modules and model conversion. Models holding them export to
+standard ONNX with plain ``torch.onnx.export`` (see :mod:`.onnx_export`).
 
 CPU tensors run on cudcn's CPU backend and CUDA tensors on its GPU backend,
 sharing memory with the tensors through DLPack (no copies). Argument errors
@@ -19,6 +20,9 @@ from .modules import (
     ModulatedDeformRoIPoolPack,
 )
 from .ops import deform_conv2d, deform_psroi_pool, deform_roi_pool
+from . import onnx_export as _onnx_export
+
+_onnx_export.register()  # torch.onnx.export writes cudcn's ops as standard ONNX
 
 __all__ = [
     "ArgumentTypeError",

@@ -208,11 +208,14 @@ def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0,
     differentiable in input, offset and mask. See :func:`cudcn.deform_roi_pool`."""
     _bridge.check_tensors(input=input, rois=rois, offset=offset, mask=mask)
     input, offset, mask = _autocast(input, offset, mask)
-    return _deform_roi_pool(input, rois, offset, mask,
-                            list(_checks.int_pair("output_size", output_size, 1)),
-                            _checks.real("spatial_scale", spatial_scale, positive=True),
-                            _checks.integer("sampling_ratio", sampling_ratio, None),
-                            _checks.real("gamma", gamma))
+    params = (list(_checks.int_pair("output_size", output_size, 1)),
+              _checks.real("spatial_scale", spatial_scale, positive=True),
+              _checks.integer("sampling_ratio", sampling_ratio, None),
+              _checks.real("gamma", gamma))
+    if torch.onnx.is_in_onnx_export():  # standard ONNX operators instead of the kernel
+        from . import onnx_export
+        return onnx_export.deform_roi_pool(input, rois, offset, mask, *params)
+    return _deform_roi_pool(input, rois, offset, mask, *params)
 
 
 # --- deform_psroi_pool ---------------------------------------------------
@@ -265,13 +268,16 @@ def deform_psroi_pool(input, rois, offset=None, *, output_dim, group_size, poole
     _bridge.check_tensors(input=input, rois=rois, offset=offset)
     input, offset = _autocast(input, offset)
     pooled_size = _checks.integer("pooled_size", pooled_size, 1)
-    return _deform_psroi_pool(
-        input, rois, offset, _checks.integer("output_dim", output_dim, 1),
-        _checks.integer("group_size", group_size, 1), pooled_size,
-        _checks.integer("part_size", pooled_size if part_size is None else part_size, 1),
-        _checks.integer("sample_per_part", sample_per_part, 1),
-        _checks.real("trans_std", trans_std),
-        _checks.real("spatial_scale", spatial_scale, positive=True))
+    params = (_checks.integer("output_dim", output_dim, 1),
+              _checks.integer("group_size", group_size, 1), pooled_size,
+              _checks.integer("part_size", pooled_size if part_size is None else part_size, 1),
+              _checks.integer("sample_per_part", sample_per_part, 1),
+              _checks.real("trans_std", trans_std),
+              _checks.real("spatial_scale", spatial_scale, positive=True))
+    if torch.onnx.is_in_onnx_export():  # standard ONNX operators instead of the kernel
+        from . import onnx_export
+        return onnx_export.deform_psroi_pool(input, rois, offset, *params)
+    return _deform_psroi_pool(input, rois, offset, *params)
 
 
 # FX leaves also through this module's globals (what torchvision does).

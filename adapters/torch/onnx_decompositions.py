@@ -1,0 +1,257 @@
+"""cudcn's RoI pooling written with plain tensor operations, for ONNX export.
+
+Both of ``torch.onnx.export``'s exporters translate these operations
+(arithmetic, Floor, Where, Gather) into standard ONNX, so a model exported
+while they run computes what the cudcn kernels compute (SPEC.md sections 2
+and 3): the same sample points in the same arithmetic order, RoIAlign's
+clamping rule, the zero-outside rules, and zeros for an RoI whose batch index
+is not in [0, N) or whose box is not finite. They need a number of samples per
+bin fixed at export time: deform_roi_pool's sampling_ratio > 0 and
+deform_psroi_pool's sample_per_part.
+
+They are never used to compute in eager mode: the kernels are faster and use
+far less memory (these gather every sample of every bin at once).
+"""
+
+import warnings
+
+import torch
+
+
+def _accumulation_dtype(dtype):
+    """The kernels compute half types in float32 (SPEC.md section 4)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _as(t, dtype):
+    """t in dtype, without a graph node when it already is."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def _constant(values, dtype):
+    """A constant of the exported graph (index tables, sample steps), built in
+    Python so that no node computes it. (The TorchScript tracer warns that
+    such tensors become constants: that is the intent.)"""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return torch.tensor(values, dtype=dtype)
+
+
+def batch_indices(first_column, batch):
+    """An RoI's image (SPEC.md section 4): the batch-index column truncated,
+    valid only when 0 <= value < N.
+
+    Args:
+        first_column: the rois' batch-index column, floating, any shape.
+        batch: N, the input's batch size (an int or a symbolic size).
+
+    Returns:
+        (index, valid): int64 in [0, N) (0 for an invalid RoI) and bool, of
+        first_column's shape.
+    """
+    valid = (first_column >= 0) & (first_column < batch)  # False for NaN
+    return first_column.masked_fill(~valid, 0).to(torch.int64), valid
+
+
+def sanitized_rois(rois, batch, output_size, spatial_scale, sampling_ratio):
+    """RoIs that RoIAlign may read safely, and which of them pool anything.
+
+    An RoI pools zeros when its batch index is not in [0, N), its size is not
+    finite, or (with an adaptive sampling_ratio) its grid would not fit in an
+    int, as in the kernel; such an RoI is replaced by a zero box of image 0
+    (ONNX Runtime's RoiAlign rejects an out-of-range batch index and would
+    read out of bounds at a NaN coordinate), and the caller zeroes its output.
+
+    Args:
+        rois: (K, 5) batch index, x1, y1, x2, y2, in the accumulation dtype.
+        batch: N.
+        output_size: (ph, pw).
+        spatial_scale: the op's spatial_scale.
+        sampling_ratio: the op's sampling_ratio (<= 0: adaptive).
+
+    Returns:
+        (boxes, index, valid): (K, 4) boxes, (K,) int64 batch index, (K,) bool.
+    """
+    index, valid = batch_indices(rois[:, 0], batch)
+    start_x = rois[:, 1] * spatial_scale - 0.5
+    start_y = rois[:, 2] * spatial_scale - 0.5
+    roi_w = rois[:, 3] * spatial_scale - 0.5 - start_x
+    roi_h = rois[:, 4] * spatial_scale - 0.5 - start_y
+    valid = valid & (roi_w - roi_w == 0) & (roi_h - roi_h == 0)
+    if sampling_ratio <= 0:
+        limit = 2147483647.0
+        valid = valid & (torch.ceil(roi_h / output_size[0]) < limit) \
+            & (torch.ceil(roi_w / output_size[1]) < limit)
+    boxes = rois[:, 1:5].masked_fill(~valid[:, None], 0)
+    return boxes, index.masked_fill(~valid, 0), valid
+
+
+def _clamped_corners(y, size):
+    """RoIAlign's sampling along one axis at points already kept: clamp into
+    [0, size-1]; the low and high corners and the weight of the high one."""
+    y = y.clamp(0, size - 1)
+    low = torch.floor(y)
+    high = (low + 1).clamp(max=size - 1)
+    return low.to(torch.int64), high.to(torch.int64), y - low
+
+
+def _bilinear(gather, y, x, keep_y, keep_x, height, width, channels_last):
+    """Sum over the kept (y, x) sample pairs of the clamped bilinear value.
+
+    y, keep_y: (..., Sy); x, keep_x: (..., Sx), leading shapes broadcastable.
+    gather(row, column) reads the input at the broadcast (..., Sy, Sx)
+    positions, with a trailing channel axis when ``channels_last``. Returns
+    the sum over (Sy, Sx): (..., C) or (...).
+    """
+    y = y.masked_fill(~keep_y, 0)  # finite coordinates: no index out of bounds
+    x = x.masked_fill(~keep_x, 0)
+    y0, y1, ly = _clamped_corners(y, height)
+    x0, x1, lx = _clamped_corners(x, width)
+    ly, lx = ly[..., :, None], lx[..., None, :]
+    hy, hx = 1 - ly, 1 - lx
+    y0, y1, x0, x1 = y0[..., :, None], y1[..., :, None], x0[..., None, :], x1[..., None, :]
+    keep = keep_y[..., :, None] & keep_x[..., None, :]
+    per_value = (lambda t: t[..., None]) if channels_last else (lambda t: t)
+    sample = 0
+    for row, column, weight in ((y0, x0, hy * hx), (y0, x1, hy * lx), (y1, x0, ly * hx),
+                                (y1, x1, ly * lx)):
+        sample = sample + per_value(weight) * gather(row, column)
+    sample_axes = (keep_y.dim() - 1, keep_y.dim())
+    return sample.masked_fill(~per_value(keep), 0).sum(dim=sample_axes)
+
+
+def deform_roi_pool(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio, gamma):
+    """SPEC.md section 2 with a fixed sub-grid (sampling_ratio > 0).
+
+    Args:
+        input: (N, C, H, W).
+        rois: (K, 5) batch index, x1, y1, x2, y2.
+        offset: (K, 2, ph, pw), channel 0 = x, 1 = y, or None.
+        mask: (K, 1, ph, pw) or None.
+        output_size: (ph, pw); spatial_scale, gamma: floats; sampling_ratio: int > 0.
+
+    Returns:
+        (K, C, ph, pw) in input's dtype.
+    """
+    n, c, height, width = input.shape
+    ph, pw = output_size
+    grid = sampling_ratio
+    acc = _accumulation_dtype(input.dtype)
+    box = _as(rois, acc).reshape(-1, 5, 1, 1, 1)  # each coordinate (K, 1, 1, 1)
+    index, valid = batch_indices(box[:, 0], n)
+    start_x = box[:, 1] * spatial_scale - 0.5
+    start_y = box[:, 2] * spatial_scale - 0.5
+    roi_w = box[:, 3] * spatial_scale - 0.5 - start_x
+    roi_h = box[:, 4] * spatial_scale - 0.5 - start_y
+    valid = valid & (roi_w - roi_w == 0) & (roi_h - roi_h == 0)
+    bin_h, bin_w = roi_h / ph, roi_w / pw
+    shift_x = shift_y = 0
+    if offset is not None:
+        offset = _as(offset, acc)[..., None]  # (K, 2, ph, pw, 1)
+        shift_x = gamma * roi_w * offset[:, 0]
+        shift_y = gamma * roi_h * offset[:, 1]
+    bin_row = _constant([[[i]] for i in range(ph)], acc)  # (ph, 1, 1)
+    bin_column = _constant([[j] for j in range(pw)], acc)  # (pw, 1)
+    steps = _constant([i + 0.5 for i in range(grid)], acc)
+    # The kernel's order: start + shift + bin * bin_size, then + (i + 0.5) * bin_size / grid.
+    y = start_y + shift_y + bin_row * bin_h + steps * bin_h / grid  # (K, ph, pw|1, grid)
+    x = start_x + shift_x + bin_column * bin_w + steps * bin_w / grid  # (K, ph|1, pw, grid)
+    keep_y = (y >= -1) & (y <= height)
+    keep_x = (x >= -1) & (x <= width)
+
+    rows = _as(input, acc).permute(0, 2, 3, 1).reshape(-1, c)  # (N*H*W, C)
+    image = index[..., None]  # (K, 1, 1, 1, 1)
+
+    def gather(row, column):
+        at = (image * height + row) * width + column  # (K, ph, pw, grid, grid)
+        return rows.index_select(0, at.reshape(-1)).reshape(-1, ph, pw, grid, grid, c)
+
+    total = _bilinear(gather, y, x, keep_y, keep_x, height, width, True)  # (K, ph, pw, C)
+    pooled = (total / float(grid * grid)).masked_fill(~valid, 0)
+    if mask is not None:
+        pooled = _as(mask, acc).reshape(-1, ph, pw, 1) * pooled
+    return _as(pooled.permute(0, 3, 1, 2), input.dtype)
+
+
+def _round_half_away(v):
+    """C's round(): halves away from zero; |v| - floor(|v|) is exact, unlike
+    floor(|v| + 0.5) just below a half."""
+    magnitude = v.abs()
+    whole = torch.floor(magnitude)
+    rounded = whole + (magnitude - whole >= 0.5).to(v.dtype)
+    return torch.where(v < 0, -rounded, rounded)
+
+
+def _psroi_tables(output_dim, group_size, pooled_size, part_size, num_classes):
+    """Per (ctop, i, j), as nested lists of (output_dim, P, P): the input
+    channel, and the flat index of its x offset in one RoI's
+    (2 * num_classes * part * part) offsets (the y offset is part * part on)."""
+    group = [min(i * group_size // pooled_size, group_size - 1) for i in range(pooled_size)]
+    part = [i * part_size // pooled_size for i in range(pooled_size)]
+    per_class = output_dim // num_classes
+    channel = [[[(ctop * group_size + gi) * group_size + gj for gj in group] for gi in group]
+               for ctop in range(output_dim)]
+    offset_x = [[[(ctop // per_class) * 2 * part_size * part_size + pi * part_size + pj
+                  for pj in part] for pi in part] for ctop in range(output_dim)]
+    return channel, offset_x
+
+
+def deform_psroi_pool(input, rois, offset, output_dim, group_size, pooled_size, part_size,
+                      sample_per_part, trans_std, spatial_scale):
+    """SPEC.md section 3.
+
+    Args:
+        input: (N, output_dim * group_size**2, H, W).
+        rois: (K, 5) batch index, x1, y1, x2, y2.
+        offset: (K, 2 * num_classes, part_size, part_size) or None.
+        output_dim, group_size, pooled_size, part_size, sample_per_part: ints;
+        trans_std, spatial_scale: floats.
+
+    Returns:
+        (K, output_dim, pooled_size, pooled_size) in input's dtype.
+    """
+    n, channels, height, width = input.shape
+    size, samples = pooled_size, sample_per_part
+    acc = _accumulation_dtype(input.dtype)
+    box = _as(rois, acc).reshape(-1, 5, 1, 1, 1, 1)  # each coordinate (K, 1, 1, 1, 1)
+    index, valid = batch_indices(box[:, 0], n)
+    start_w = _round_half_away(box[:, 1]) * spatial_scale - 0.5
+    start_h = _round_half_away(box[:, 2]) * spatial_scale - 0.5
+    roi_w = (_round_half_away(box[:, 3]) + 1) * spatial_scale - 0.5 - start_w
+    roi_h = (_round_half_away(box[:, 4]) + 1) * spatial_scale - 0.5 - start_h
+    roi_w = roi_w.masked_fill(~(roi_w > 0.1), 0.1)  # NaN becomes 0.1 too, as in the kernel
+    roi_h = roi_h.masked_fill(~(roi_h > 0.1), 0.1)
+    bin_w, bin_h = roi_w / size, roi_h / size
+    sub_w, sub_h = bin_w / samples, bin_h / samples
+    num_classes = 1 if offset is None else offset.shape[1] // 2
+    channel, offset_x = _psroi_tables(output_dim, group_size, size, part_size, num_classes)
+    trans_x = trans_y = _constant(0.0, acc)
+    if offset is not None:
+        cells = _as(offset, acc).reshape(offset.shape[0], -1)
+        at = _constant(offset_x, torch.int64).reshape(-1)
+        plane = part_size * part_size
+        trans_x = cells.index_select(1, at).reshape(-1, output_dim, size, size, 1) * trans_std
+        trans_y = cells.index_select(1, at + plane).reshape(-1, output_dim, size, size,
+                                                            1) * trans_std
+    bin_column = _constant([[j] for j in range(size)], acc)  # (P, 1)
+    bin_row = _constant([[[i]] for i in range(size)], acc)  # (P, 1, 1)
+    steps = _constant([float(i) for i in range(samples)], acc)
+    # The kernel's order: bin * bin_size + start + trans * roi_size (trans is 0 without
+    # offset), then + i * sub.
+    w = bin_column * bin_w + start_w + trans_x * roi_w + steps * sub_w  # (K, D|1, P|1, P, S)
+    h = bin_row * bin_h + start_h + trans_y * roi_h + steps * sub_h
+    keep_h = (h >= -0.5) & (h <= height - 0.5)
+    keep_w = (w >= -0.5) & (w <= width - 0.5)
+    kept = keep_h.sum(-1, dtype=acc) * keep_w.sum(-1, dtype=acc)  # (K, D|1, P, P)
+
+    flat = _as(input, acc).reshape(-1)
+    plane = (index[..., 0] * channels + _constant(channel, torch.int64))[..., None, None]
+
+    def gather(row, column):  # plane: (K, D, P, P, 1, 1)
+        at = (plane * height + row) * width + column  # (K, D, P, P, S, S)
+        return flat.index_select(0, at.reshape(-1)).reshape(-1, output_dim, size, size,
+                                                               samples, samples)
+
+    total = _bilinear(gather, h, w, keep_h, keep_w, height, width, False)  # (K, D, P, P)
+    pooled = (total / kept.clamp(min=1)).masked_fill(~valid[..., 0], 0)  # 0 when none kept
+    return _as(pooled, input.dtype)

@@ -350,6 +350,23 @@ def test_cpu_buffers_are_used_in_place(monkeypatch):
     assert seen["outs"] == [out.unsafe_buffer_pointer()]
 
 
+def test_workspace_limit_where_traced_applies_where_run(monkeypatch):
+    """cudcn.workspace_limit around the tracing holds when XLA runs the call."""
+    seen = []
+    real = cudcn._workspace.images_per_chunk
+
+    def spy(batch, bytes_per_image):
+        seen.append(cudcn.get_workspace_limit())
+        return real(batch, bytes_per_image)
+
+    monkeypatch.setattr(cudcn._workspace, "images_per_chunk", spy)
+    names, arrays, params = OPS["deform_conv2d"].split(OPS["deform_conv2d"].make())
+    with cudcn.workspace_limit(12345):
+        f = jax.jit(OPS["deform_conv2d"].function(names, params)).lower(*arrays).compile()
+    f(*arrays).block_until_ready()
+    assert seen == [12345]
+
+
 @op_params
 def test_empty_batch_or_no_rois(op):
     args = op.make()

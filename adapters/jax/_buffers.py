@@ -23,6 +23,7 @@ import jax
 import numpy as np
 from jax.experimental.buffer_callback import buffer_callback
 
+import cudcn
 from cudcn import _backend
 
 _DLPACK_CPU = 1
@@ -42,6 +43,9 @@ class Call:
         for operations that never fold (RoI pooling: rois index into N).
     outputs_per_image: every result's axis 0 is N.
     static: (name, value) pairs of the non-array arguments.
+    workspace_limit: cudcn's workspace limit where the call was traced; the
+        custom call runs on one of XLA's threads, which does not see the
+        tracing thread's ``cudcn.workspace_limit``.
     """
 
     fn: Callable
@@ -50,6 +54,7 @@ class Call:
     per_image: frozenset
     outputs_per_image: bool
     static: tuple
+    workspace_limit: int
 
     def __call__(self, ctx, outputs, *buffers):
         with _as_arrays(ctx, (*outputs, *buffers)) as arrays:
@@ -67,7 +72,8 @@ class Call:
                     self._run(views, [o[index] for o in outs])
 
     def _run(self, args, outs):
-        results = self.fn(**dict(zip(self.names, args)), **dict(self.static))
+        with cudcn.workspace_limit(self.workspace_limit):
+            results = self.fn(**dict(zip(self.names, args)), **dict(self.static))
         for out, result in zip(outs, results):
             out[...] = result
 

@@ -234,6 +234,22 @@ def test_nested_vmap_of_per_example_gradients():
         np.testing.assert_allclose(np.asarray(grads[i, j]), expected, **EXACT)
 
 
+def test_jacrev_batches_the_cotangents():
+    """jax.jacrev vmaps the backward over one-hot cotangents: each row is the
+    NumPy API's backward of that cotangent."""
+    args = deform_conv2d_inputs(batch=1, in_channels=2, out_channels=2, size=(3, 4), seed=9)
+    rest = {k: v for k, v in args.items() if k not in ("input", "offset")}
+    jac = jax.jacrev(lambda x, o: cj.deform_conv2d(x, o, **rest), argnums=(0, 1))(
+        jnp.asarray(args["input"]), jnp.asarray(args["offset"]))
+    out_shape = cudcn.deform_conv2d(**args).shape
+    for index in np.ndindex(*out_shape):
+        one_hot = np.zeros(out_shape)
+        one_hot[index] = 1
+        expected = cudcn.deform_conv2d_backward(one_hot, **args)
+        np.testing.assert_allclose(np.asarray(jac[0][index]), expected.input, **EXACT)
+        np.testing.assert_allclose(np.asarray(jac[1][index]), expected.offset, **EXACT)
+
+
 @pytest.mark.parametrize("op", [pytest.param(OPS[n], id=n) for n in
                                 ("deform_roi_pool", "deform_psroi_pool")])
 def test_vmap_of_pooling_equals_a_loop(op):

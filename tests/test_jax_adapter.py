@@ -1,5 +1,6 @@
 """cudcn.adapters.jax: jit, grad, vjp and vmap against the NumPy API, finite
-differences of the float64 reference, trace-time errors, buffers in place."""
+differences of the float64 reference, trace-time errors, buffers in place, half
+types, and the GPU branch on the CuPy double."""
 
 import types
 
@@ -20,6 +21,7 @@ from cudcn.testing import (  # noqa: E402
 )
 from conftest import assert_directional_gradients  # noqa: E402
 
+import cupy_double  # noqa: E402
 import test_bad_input  # noqa: E402  (the NumPy API's own bad-input cases)
 import test_psroi_pool  # noqa: E402
 import test_roi_pool  # noqa: E402
@@ -282,25 +284,23 @@ def test_float32_matches_numpy_api(op):
         np.testing.assert_allclose(g, getattr(expected, name), rtol=1e-6, atol=1e-6)
 
 
+@op_params
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_half_types_as_the_cpu_backend_has_them(dtype):
-    """Where the CPU backend runs a half type, the adapter gives its results;
-    where it does not, the adapter raises its TypeError, at trace time."""
-    op = OPS["deform_conv2d"]
-    args = {k: v.astype(jnp.dtype(dtype)) if isinstance(v, np.ndarray) else v
-            for k, v in op.make().items()}
-    names, arrays, params = op.split(args)
-    f = op.function(names, params)
-    if dtype in _kernels.CPU_DTYPES:
-        out = jax.jit(f)(*map(jnp.asarray, arrays))
-        assert out.dtype == jnp.dtype(dtype)
-        np.testing.assert_array_equal(np.asarray(out), op.numpy(**args))
-        return
-    with pytest.raises(TypeError) as numpy_error:
-        op.numpy(**args)
-    with pytest.raises(TypeError) as jax_error:
-        jax.eval_shape(f, *(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in arrays))
-    assert str(jax_error.value) == str(numpy_error.value)
+def test_half_types_equal_numpy_api(op, dtype):
+    """The NumPy API's own results, bit for bit: the same kernels on XLA's buffers."""
+    with jax.enable_x64(False):
+        args = {k: v.astype(jnp.dtype(dtype)) if isinstance(v, np.ndarray) and k != "rois" else v
+                for k, v in op.make().items()}
+        grad_output = _grad_output(op, args).astype(jnp.dtype(dtype))
+        names, arrays, params = op.split(args)
+        out, vjp = jax.vjp(jax.jit(op.function(names, params)), *map(jnp.asarray, arrays))
+        grads = dict(zip(names, vjp(jnp.asarray(grad_output))))
+    assert out.dtype == jnp.dtype(dtype)
+    np.testing.assert_array_equal(np.asarray(out), op.numpy(**args))
+    expected = op.numpy_backward(grad_output, **args)
+    for name in op.differentiable:
+        assert grads[name].dtype == jnp.dtype(dtype)
+        np.testing.assert_array_equal(np.asarray(grads[name]), getattr(expected, name))
 
 
 def _bad_cases():
@@ -399,6 +399,110 @@ def test_empty_batch_or_no_rois(op):
     assert grads.shape == arrays[0].shape and not np.asarray(grads).any()
 
 
+def test_xla_deterministic_flag_selects_deterministic_kernels(monkeypatch):
+    seen = []
+    real = cudcn.deform_conv2d_backward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["deterministic"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cudcn, "deform_conv2d_backward", spy)
+    args = OPS["deform_conv2d"].make()
+    names, arrays, params = OPS["deform_conv2d"].split(args)
+    f = OPS["deform_conv2d"].function(names, params)
+    for flags in ("", "--xla_gpu_deterministic_ops=true"):
+        monkeypatch.setenv("XLA_FLAGS", flags)
+        jax.grad(lambda *a: jnp.sum(f(*a)))(*map(jnp.asarray, arrays))
+    assert seen == [False, True]
+
+
+# --- the GPU branch, without a GPU ---------------------------------------
+# No machine of this project has one. The GPU branch of _buffers runs on the
+# CuPy double (tests/cupy_double.py): CPU buffers are sent down it, XLA's
+# stream is a fixed pointer, and the double's arrays view XLA's memory. What
+# it does not cover: a real device buffer's pointer, which cupy_view turns
+# into a CuPy array (checked below against the installed CuPy), and CuPy's
+# kernels and cuBLAS on XLA's stream (the gpu-marked test).
+
+GPU_DEVICE = 1  # not CuPy's default device, so that a missed switch shows
+XLA_STREAM = 0x7000
+
+
+@pytest.fixture
+def gpu_branch(monkeypatch):
+    from cudcn import _gpu_build
+
+    _gpu_build.cuda_include_dirs.cache_clear()
+    double = cupy_double.install(monkeypatch)
+    monkeypatch.setattr(_buffers, "gpu_device", lambda buffer: GPU_DEVICE)
+    monkeypatch.setattr(_buffers, "xla_stream", lambda ctx: XLA_STREAM)
+    monkeypatch.setattr(_buffers, "cupy_view",
+                        lambda cupy, buffer, device: cupy.ndarray(np.asarray(buffer), device))
+    yield double
+    _gpu_build.cuda_include_dirs.cache_clear()
+
+
+@op_params
+@pytest.mark.parametrize("dtype", ["float64", "bfloat16"])
+def test_gpu_branch_on_a_cupy_double(op, dtype, gpu_branch):
+    args = {k: v.astype(jnp.dtype(dtype)) if isinstance(v, np.ndarray) and k != "rois" else v
+            for k, v in op.make().items()}
+    grad_output = _grad_output(op, args).astype(jnp.dtype(dtype))
+    names, arrays, params = op.split(args)
+    f = op.function(names, params)
+    wrt = tuple(i for i, n in enumerate(names) if n in op.differentiable)
+    out, vjp = jax.vjp(f, *map(jnp.asarray, arrays))
+    grads = vjp(jnp.asarray(grad_output))
+    launches = gpu_branch.state().launches
+    assert launches and {(r.device, r.stream) for r in launches} == {(GPU_DEVICE, XLA_STREAM)}
+    expected = op.numpy_backward(grad_output, **args)
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == "float64" else dict(rtol=2**-7, atol=2**-7)
+    np.testing.assert_allclose(np.asarray(out, np.float64),
+                               np.asarray(op.numpy(**args), np.float64), **tol)
+    for i in wrt:
+        np.testing.assert_allclose(np.asarray(grads[i], np.float64),
+                                   np.asarray(getattr(expected, names[i]), np.float64), **tol)
+
+
+def test_gpu_branch_vmap_folds_and_loops_on_a_cupy_double(gpu_branch):
+    op = OPS["deform_conv2d"]
+    args = op.make()
+    rest = {k: v for k, v in args.items() if k not in ("input", "weight")}
+    inputs = np.stack([args["input"] + i for i in range(2)])
+    weights = np.stack([args["weight"] * (i + 1) for i in range(2)])
+    out = jax.vmap(lambda x, w: cj.deform_conv2d(x, weight=w, **rest))(
+        jnp.asarray(inputs), jnp.asarray(weights))
+    folded = jax.vmap(lambda x: cj.deform_conv2d(x, weight=args["weight"], **rest))(
+        jnp.asarray(inputs))
+    for i in range(2):
+        one = dict(args, input=inputs[i])
+        np.testing.assert_allclose(np.asarray(folded[i]), cudcn.deform_conv2d(**one), **EXACT)
+        np.testing.assert_allclose(np.asarray(out[i]),
+                                   cudcn.deform_conv2d(**dict(one, weight=weights[i])), **EXACT)
+
+
+class _DeviceBuffer:
+    """What cupy_view reads of an XLA GPU buffer, over host memory."""
+
+    def __init__(self, host):
+        self.host, self.shape, self.dtype = host, host.shape, host.dtype
+        self.__cuda_array_interface__ = dict(shape=host.shape, version=2,
+                                             data=(host.__array_interface__["data"][0], False))
+
+
+@pytest.mark.parametrize("dtype", list(_kernels.GPU_DTYPES))
+def test_cupy_view_is_a_cupy_array_over_the_buffer(dtype, monkeypatch):
+    """Against the installed CuPy (an array over a pointer needs no device)."""
+    cupy = pytest.importorskip("cupy")
+    buffer = _DeviceBuffer(np.zeros((2, 3, 4, 5), jnp.dtype(dtype)))
+    view = _buffers.cupy_view(cupy, buffer, GPU_DEVICE)
+    assert isinstance(view, cupy.ndarray) and view.flags.c_contiguous
+    assert (view.shape, view.dtype, view.device.id) == (buffer.shape, buffer.dtype, GPU_DEVICE)
+    assert view.data.ptr == buffer.__cuda_array_interface__["data"][0]
+    assert view.nbytes == buffer.host.nbytes
+
+
 @pytest.mark.gpu
 def test_gpu_matches_numpy_api():
     """On a GPU: device buffers and XLA's stream through CuPy."""
@@ -421,21 +525,3 @@ def test_gpu_matches_numpy_api():
         for i, g in zip(wrt, grads):
             np.testing.assert_allclose(np.asarray(g), getattr(expected, names[i]), rtol=1e-9,
                                        atol=1e-11)
-
-
-def test_xla_deterministic_flag_selects_deterministic_kernels(monkeypatch):
-    seen = []
-    real = cudcn.deform_conv2d_backward
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs["deterministic"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(cudcn, "deform_conv2d_backward", spy)
-    args = OPS["deform_conv2d"].make()
-    names, arrays, params = OPS["deform_conv2d"].split(args)
-    f = OPS["deform_conv2d"].function(names, params)
-    for flags in ("", "--xla_gpu_deterministic_ops=true"):
-        monkeypatch.setenv("XLA_FLAGS", flags)
-        jax.grad(lambda *a: jnp.sum(f(*a)))(*map(jnp.asarray, arrays))
-    assert seen == [False, True]

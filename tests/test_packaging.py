@@ -27,6 +27,7 @@ def test_wheel_contains_kernel_sources_and_adapters(wheel):
     for name in kernel_files:
         assert f"cudcn/raw_kernels/{name}" in names
     assert "cudcn/adapters/__init__.py" in names
+    assert {"cudcn/adapters/torch/ops.py", "cudcn/adapters/jax/ops.py"} <= names
     assert "cudcn/__main__.py" in names and "cudcn/cli/__init__.py" in names
 
 

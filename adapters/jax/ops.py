@@ -1,0 +1,287 @@
+"""cudcn's operations as differentiable JAX functions.
+
+Each is a ``jax.custom_vjp`` whose forward and backward rules run cudcn's
+forward and backward functions as XLA custom calls (see ``_buffers``). The
+forward rule is told which inputs JAX differentiates (``symbolic_zeros=True``
+hands it each input's ``perturbed`` flag); it passes their names on to the
+backward rule, which asks cudcn for those gradients only: under
+``jax.grad(loss)(params)`` a first layer's data input gets no input gradient
+and no col2im runs for it. rois never get a gradient (a zero cotangent).
+Forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``) is not defined,
+as for every ``custom_vjp``; neither is a second derivative (cudcn has no
+double backward).
+"""
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
+
+import cudcn
+from cudcn import deform_conv as _conv
+from cudcn import roi_pool as _pool
+
+from . import _buffers, _checks
+
+_stand_in = _checks.stand_in
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class _Needs:
+    """The inputs JAX differentiates, carried from the forward rule to the
+    backward rule as a static part of the residuals."""
+
+    names: tuple
+
+
+def _deterministic():
+    """XLA's own switch for reproducible GPU results also selects cudcn's
+    deterministic backward kernels (on the CPU they always are)."""
+    return "--xla_gpu_deterministic_ops=true" in os.environ.get("XLA_FLAGS", "")
+
+
+def _call(fn, arrays, static, results, per_image=frozenset(), outputs_per_image=False):
+    """Run ``fn(**arrays, **static)`` as a custom call; None arrays are left out."""
+    present = {name: a for name, a in arrays.items() if a is not None}
+    call = _buffers.Call(fn, tuple(present), tuple(a.ndim for a in present.values()),
+                         frozenset(per_image), outputs_per_image, tuple(static),
+                         cudcn.get_workspace_limit())
+    return _buffers.run(call, results, list(present.values()))
+
+
+def _split(primals):
+    """custom_vjp primals (symbolic_zeros=True) -> (values, names of perturbed ones)."""
+    values = {name: None if p is None else p.value for name, p in primals.items()}
+    needs = tuple(name for name, p in primals.items() if p is not None and p.perturbed)
+    return values, needs
+
+
+def _gradients(rule_inputs, needs, grads):
+    """The backward rule's output: a gradient where one was computed, else None (zero)."""
+    by_name = dict(zip(needs, grads))
+    return tuple(by_name.get(name) for name in rule_inputs)
+
+
+def _cotangent(g, like):
+    return jnp.asarray(g, dtype=like.dtype)
+
+
+# --- deform_conv2d ---------------------------------------------------------
+
+_CONV_INPUTS = ("input", "offset", "weight", "bias", "mask")
+_CONV_PER_IMAGE = frozenset({"input", "offset", "mask", "grad_output"})
+
+
+def _conv_forward(*, input, offset, weight, bias=None, mask=None, stride, padding, dilation):
+    return (cudcn.deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask),)
+
+
+def _conv_backward(*, grad_output, input, offset, weight, bias=None, mask=None, stride, padding,
+                   dilation, needs, deterministic):
+    grads = cudcn.deform_conv2d_backward(grad_output, input, offset, weight, bias, stride,
+                                         padding, dilation, mask, needs=needs,
+                                         deterministic=deterministic)
+    return tuple(getattr(grads, name) for name in needs)
+
+
+def _conv_primal(params, input, offset, weight, bias, mask):
+    p = dict(params)
+    size = [(s + 2 * pad - (d * (k - 1) + 1)) // st + 1 for s, pad, d, k, st in
+            zip(input.shape[2:], p["padding"], p["dilation"], weight.shape[2:], p["stride"])]
+    shape = (input.shape[0], weight.shape[0], *size)
+    arrays = dict(input=input, offset=offset, weight=weight, bias=bias, mask=mask)
+    (out,) = _call(_conv_forward, arrays, params, [(shape, input.dtype)], _CONV_PER_IMAGE,
+                   outputs_per_image=True)
+    return out
+
+
+_conv_primal = jax.custom_vjp(_conv_primal, nondiff_argnums=(0,))
+
+
+def _conv_fwd(params, input, offset, weight, bias, mask):
+    values, needs = _split(dict(input=input, offset=offset, weight=weight, bias=bias, mask=mask))
+    return _conv_primal(params, *values.values()), (values, _Needs(needs))
+
+
+def _conv_bwd(params, residuals, g):
+    values, needs = residuals
+    if isinstance(g, SymbolicZero) or not needs.names:
+        return (None,) * len(_CONV_INPUTS)
+    static = (*params, ("needs", needs.names), ("deterministic", _deterministic()))
+    grads = _call(_conv_backward, dict(grad_output=_cotangent(g, values["input"]), **values),
+                  static, [(values[n].shape, values[n].dtype) for n in needs.names],
+                  _CONV_PER_IMAGE, outputs_per_image=set(needs.names) <= _CONV_PER_IMAGE)
+    return _gradients(_CONV_INPUTS, needs.names, grads)
+
+
+_conv_primal.defvjp(_conv_fwd, _conv_bwd, symbolic_zeros=True)
+
+
+def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
+    """Deformable 2-D convolution (torchvision.ops.deform_conv2d semantics) on jax arrays.
+
+    Args:
+        input: (N, C_in, H, W).
+        offset: (N, 2 * offset_groups * kh * kw, H_out, W_out); channel
+            2 * (g * kh * kw + k) is the y offset of kernel point k (row-major)
+            of offset group g, the next channel its x offset.
+        weight: (C_out, C_in / groups, kh, kw).
+        bias: (C_out,) or None.
+        stride, padding, dilation: int or (h, w) pair.
+        mask: (N, offset_groups * kh * kw, H_out, W_out) modulation (DCN v2),
+            or None (DCN v1).
+
+    Returns:
+        (N, C_out, H_out, W_out) in the inputs' dtype. Differentiable in input,
+        offset, weight, bias and mask (``jax.grad``, ``jax.vjp``); works under
+        ``jax.jit`` and ``jax.vmap``. Bad arguments raise cudcn's TypeError or
+        ValueError when the call is traced.
+    """
+    arrays = _checks.as_jax(input=input, offset=offset, weight=weight, bias=bias, mask=mask)
+    g = _conv._geometry(*map(_stand_in, arrays), stride, padding, dilation)
+    params = (("stride", g.stride), ("padding", g.padding), ("dilation", g.dilation))
+    return _conv_primal(params, *arrays)
+
+
+# --- deform_roi_pool -------------------------------------------------------
+
+_ROI_INPUTS = ("input", "rois", "offset", "mask")
+
+
+def _roi_forward(*, input, rois, offset=None, mask=None, **params):
+    return (cudcn.deform_roi_pool(input, rois, offset, mask=mask, **params),)
+
+
+def _roi_backward(*, grad_output, input, rois, offset=None, mask=None, needs, deterministic,
+                  **params):
+    grads = cudcn.deform_roi_pool_backward(grad_output, input, rois, offset, mask=mask,
+                                           needs=needs, deterministic=deterministic, **params)
+    return tuple(getattr(grads, name) for name in needs)
+
+
+def _roi_primal(params, input, rois, offset, mask):
+    shape = (rois.shape[0], input.shape[1], *dict(params)["output_size"])
+    arrays = dict(input=input, rois=rois, offset=offset, mask=mask)
+    (out,) = _call(_roi_forward, arrays, params, [(shape, input.dtype)])
+    return out
+
+
+_roi_primal = jax.custom_vjp(_roi_primal, nondiff_argnums=(0,))
+
+
+def _roi_fwd(params, input, rois, offset, mask):
+    values, needs = _split(dict(input=input, rois=rois, offset=offset, mask=mask))
+    needs = tuple(n for n in needs if n != "rois")
+    return _roi_primal(params, *values.values()), (values, _Needs(needs))
+
+
+def _roi_bwd(params, residuals, g):
+    values, needs = residuals
+    if isinstance(g, SymbolicZero) or not needs.names:
+        return (None,) * len(_ROI_INPUTS)
+    static = (*params, ("needs", needs.names), ("deterministic", _deterministic()))
+    grads = _call(_roi_backward, dict(grad_output=_cotangent(g, values["input"]), **values),
+                  static, [(values[n].shape, values[n].dtype) for n in needs.names])
+    return _gradients(_ROI_INPUTS, needs.names, grads)
+
+
+_roi_primal.defvjp(_roi_fwd, _roi_bwd, symbolic_zeros=True)
+
+
+def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0,
+                    sampling_ratio=0, gamma=0.1, mask=None):
+    """Deformable RoI pooling, mmcv's ``deform_roi_pool`` (modulated with ``mask``), on jax arrays.
+
+    Args:
+        input: (N, C, H, W).
+        rois: (K, 5) boxes ``(batch index, x1, y1, x2, y2)`` in input-image
+            coordinates, any floating dtype; they get no gradient.
+        offset: (K, 2, PH, PW) normalised bin offsets (channel 0 = x, 1 = y),
+            or None (RoIAlign).
+        output_size: PH = PW, or a pair (PH, PW).
+        spatial_scale, sampling_ratio, gamma: as :func:`cudcn.deform_roi_pool`.
+        mask: (K, 1, PH, PW) or None.
+
+    Returns:
+        (K, C, PH, PW), differentiable in input, offset and mask.
+    """
+    input, rois, offset, mask = _checks.as_jax(input=input, rois=rois, offset=offset, mask=mask)
+    p = _pool._RoIPool(_stand_in(input), _stand_in(rois), _stand_in(offset), _stand_in(mask),
+                       output_size, spatial_scale, sampling_ratio, gamma)
+    params = (("output_size", p.pooled), ("spatial_scale", p.spatial_scale),
+              ("sampling_ratio", p.sampling_ratio), ("gamma", p.gamma))
+    return _roi_primal(params, input, rois, offset, mask)
+
+
+# --- deform_psroi_pool -----------------------------------------------------
+
+_PSROI_INPUTS = ("input", "rois", "offset")
+
+
+def _psroi_forward(*, input, rois, offset=None, **params):
+    return (cudcn.deform_psroi_pool(input, rois, offset, **params),)
+
+
+def _psroi_backward(*, grad_output, input, rois, offset=None, needs, deterministic, **params):
+    grads = cudcn.deform_psroi_pool_backward(grad_output, input, rois, offset, needs=needs,
+                                             deterministic=deterministic, **params)
+    return tuple(getattr(grads, name) for name in needs)
+
+
+def _psroi_primal(params, input, rois, offset):
+    p = dict(params)
+    shape = (rois.shape[0], p["output_dim"], p["pooled_size"], p["pooled_size"])
+    (out,) = _call(_psroi_forward, dict(input=input, rois=rois, offset=offset), params,
+                   [(shape, input.dtype)])
+    return out
+
+
+_psroi_primal = jax.custom_vjp(_psroi_primal, nondiff_argnums=(0,))
+
+
+def _psroi_fwd(params, input, rois, offset):
+    values, needs = _split(dict(input=input, rois=rois, offset=offset))
+    needs = tuple(n for n in needs if n != "rois")
+    return _psroi_primal(params, *values.values()), (values, _Needs(needs))
+
+
+def _psroi_bwd(params, residuals, g):
+    values, needs = residuals
+    if isinstance(g, SymbolicZero) or not needs.names:
+        return (None,) * len(_PSROI_INPUTS)
+    static = (*params, ("needs", needs.names), ("deterministic", _deterministic()))
+    grads = _call(_psroi_backward, dict(grad_output=_cotangent(g, values["input"]), **values),
+                  static, [(values[n].shape, values[n].dtype) for n in needs.names])
+    return _gradients(_PSROI_INPUTS, needs.names, grads)
+
+
+_psroi_primal.defvjp(_psroi_fwd, _psroi_bwd, symbolic_zeros=True)
+
+
+def deform_psroi_pool(input, rois, offset=None, *, output_dim, group_size, pooled_size,
+                      part_size=None, sample_per_part=4, trans_std=0.0, spatial_scale=0.0625):
+    """Deformable position-sensitive RoI pooling (R-FCN; Deformable-ConvNets) on jax arrays.
+
+    Args:
+        input: (N, output_dim * group_size**2, H, W).
+        rois: (K, 5) boxes ``(batch index, x1, y1, x2, y2)``, any floating
+            dtype; they get no gradient.
+        offset: (K, 2 * num_classes, part_size, part_size) or None.
+        output_dim, group_size, pooled_size, part_size, sample_per_part,
+        trans_std, spatial_scale: as :func:`cudcn.deform_psroi_pool`.
+
+    Returns:
+        (K, output_dim, pooled_size, pooled_size), differentiable in input and offset.
+    """
+    input, rois, offset = _checks.as_jax(input=input, rois=rois, offset=offset)
+    p = _pool._PSRoIPool(_stand_in(input), _stand_in(rois), _stand_in(offset), output_dim,
+                         group_size, pooled_size, part_size, sample_per_part, trans_std,
+                         spatial_scale)
+    params = (("output_dim", p.output_dim), ("group_size", p.group_size),
+              ("pooled_size", p.pooled_size), ("part_size", p.part_size),
+              ("sample_per_part", p.sample_per_part), ("trans_std", p.trans_std),
+              ("spatial_scale", p.spatial_scale))
+    return _psroi_primal(params, input, rois, offset)

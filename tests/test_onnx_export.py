@@ -3,6 +3,8 @@ CPU provider and compared with the PyTorch model (float32, 1e-5)."""
 
 import pathlib
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -406,3 +408,14 @@ def test_readme_deploy_example(tmp_path, monkeypatch):
     with torch.no_grad():
         expected = namespace["model"](namespace["x"]).numpy()
     np.testing.assert_allclose(namespace["y"], expected, **TOLERANCE)
+
+
+def test_importing_the_adapter_does_not_load_the_exporter():
+    """The dynamo exporter's registry (and onnxscript, over half a second)
+    load only when an export does; the translations are added then."""
+    code = ("import sys, torch, cudcn.adapters.torch; "
+            "assert 'onnxscript' not in sys.modules, 'onnxscript imported'; "
+            "from torch.onnx._internal.exporter._torchlib import _torchlib_registry as r; "
+            "names = {str(m.fx_target) for m in r.get_torchlib_ops()}; "
+            "assert any('cudcn.deform_conv2d' in n for n in names), sorted(names)[:5]")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -29,7 +29,9 @@ TorchDynamo's strict capture reads ``is_in_onnx_export()`` as False, and the
 translations of the ops then raise an error that says so).
 """
 
+import importlib.abc
 import importlib.util
+import sys
 
 import torch
 
@@ -235,12 +237,67 @@ def _register_torchscript():
         torch.onnx.register_custom_op_symbolic(f"cudcn::{name}", symbolic, 1)
 
 
+# The dynamo exporter's registries: each imports the other, so translations
+# are added once both have finished loading.
+_REGISTRIES = ("torch.onnx._internal.exporter._registration",
+               "torch.onnx._internal.exporter._torchlib._torchlib_registry")
+
+
+class _AfterImports(importlib.abc.MetaPathFinder):
+    """Runs a callback once all of some modules have been imported: the
+    dynamo exporter's registry imports onnxscript (over half a second), which
+    an import of cudcn.adapters.torch should not pay for when nobody exports."""
+
+    def __init__(self, names, callback):
+        self.pending = {n for n in names if n not in sys.modules}
+        self.callback = callback
+        if not self.pending:
+            callback()
+        else:
+            sys.meta_path.insert(0, self)
+
+    def _loaded(self, name):
+        self.pending.discard(name)
+        if not self.pending:
+            sys.meta_path.remove(self)
+            self.callback()
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname not in self.pending:
+            return None
+        sys.meta_path.remove(self)  # find the real spec without us
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            sys.meta_path.insert(0, self)
+        if spec is None or spec.loader is None:
+            return spec
+        loader, loaded = spec.loader, self._loaded
+
+        class Loader(importlib.abc.Loader):
+            def create_module(self, spec):
+                return loader.create_module(spec)
+
+            def exec_module(self, module):
+                loader.exec_module(module)
+                loaded(fullname)
+
+        spec.loader = Loader()
+        return spec
+
+
 def _register_dynamo():
     """Adds cudcn's translations to the registry the dynamo exporter builds
-    for each export. Skipped without onnxscript (the dynamo exporter needs it
-    anyway) or where torch's registry has another shape."""
+    for each export, once that registry is imported. Skipped without
+    onnxscript (the dynamo exporter needs it anyway)."""
     if importlib.util.find_spec("onnxscript") is None:
         return
+    _AfterImports(_REGISTRIES, _add_dynamo_translations)
+
+
+def _add_dynamo_translations():
+    """Where torch's registry has another shape, nothing is added: export
+    then raises there."""
     ops = torch.ops.cudcn
     entries = ((ops.deform_conv2d.default, _dynamo_deform_conv2d_below_19, 18),
                (ops.deform_conv2d.default, _dynamo_deform_conv2d, DEFORM_CONV_OPSET),

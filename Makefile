@@ -4,6 +4,8 @@
 #                      for every architecture each supports (no GPU needed)
 # make bench  - asv: run the benchmark suite for the current commit
 # make sanitize - kernel tests and fuzzers on CPU kernels built with ASan + UBSan
+# make racecheck - kernel tests, fuzzers and the GPU path's glue on CPU kernels that check
+#                  every launch for races among its threads
 # make coverage - share of kernel source lines the test suite executes
 
 PYTHON ?= python3
@@ -11,7 +13,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cudcn-installed
 
-.PHONY: demo test check-kernels bench sanitize coverage clean
+.PHONY: demo test check-kernels bench sanitize racecheck coverage clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +47,11 @@ sanitize: $(STAMP)
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 \
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	$(PY) -m pytest -p no:cacheprovider --capture=sys -m "not torchvision and not gpu" $(KERNEL_TESTS)
+
+racecheck: $(STAMP)
+	CUDCN_CXXFLAGS="-DCUDCN_RACECHECK" CUDCN_CACHE_DIR="$(CURDIR)/.cache/racecheck" \
+	$(PY) -m pytest -p no:cacheprovider -q -m "not gpu" $(KERNEL_TESTS) tests/test_cupy_glue.py \
+	    tests/test_racecheck.py
 
 coverage: $(STAMP)
 	rm -rf "$(CURDIR)/.cache/coverage"

@@ -2,6 +2,14 @@
 // a kernel launch as CUDA would: every (block, thread) of the grid calls the
 // kernel once, blocks spread over OpenMP threads. Kernels must not use shared
 // memory, __syncthreads or warp intrinsics, which this cannot emulate.
+//
+// Built with CUDCN_RACECHECK, it checks each launch for what would be a race
+// among a GPU's threads, which run at once in any order: it runs the threads
+// one by one, records which thread read, stored or atomically updated each
+// address (the kernels' load, store and atomic_add), and after the launch
+// reports an address two threads store to, one stored or atomically updated
+// by a thread and read by another, or one both stored and atomically updated
+// (cudcn_racecheck_report, called by the CPU executor after each launch).
 #pragma once
 
 #include <cmath>
@@ -10,6 +18,9 @@
 #include <cstring>
 #include <type_traits>
 #include <utility>
+#ifdef CUDCN_RACECHECK
+#include <unordered_map>
+#endif
 
 using std::ceil;
 using std::floor;
@@ -119,6 +130,86 @@ inline T atomicAdd(T* address, T value) {
   return old;
 }
 
+#ifdef CUDCN_RACECHECK
+namespace cudcn_cpu {
+namespace race {
+
+enum Kind { kRead = 0, kStore = 1, kAtomic = 2 };
+
+// The first two distinct threads (flattened block * blockDim + thread) that
+// accessed an address, per kind of access; -1 for none.
+struct Record {
+  long long threads[3][2] = {{-1, -1}, {-1, -1}, {-1, -1}};
+};
+
+struct Conflict {
+  int kind = 0;  // 0 none, 1 two stores, 2 a read of what another thread writes, 3 store and atomic
+  const void* address = nullptr;
+  long long first = -1, second = -1;
+};
+
+inline std::unordered_map<const void*, Record>& records() {
+  static std::unordered_map<const void*, Record> table;
+  return table;
+}
+inline long long& current_thread() {
+  static long long thread = -1;
+  return thread;
+}
+inline Conflict& last_conflict() {
+  static Conflict conflict;
+  return conflict;
+}
+
+inline void record(const void* address, Kind kind) {
+  long long* seen = records()[address].threads[kind];
+  const long long thread = current_thread();
+  if (seen[0] == -1) {
+    seen[0] = thread;
+  } else if (seen[0] != thread && seen[1] == -1) {
+    seen[1] = thread;
+  }
+}
+
+// The conflict of one address, if any: a read by a thread other than one of
+// its writers (stores and atomic updates), two storing threads, or stores
+// and atomic updates of one address.
+inline Conflict conflict_at(const void* address, const Record& r) {
+  const long long* reads = r.threads[kRead];
+  const long long* stores = r.threads[kStore];
+  const long long* atomics = r.threads[kAtomic];
+  if (stores[1] != -1) return {1, address, stores[0], stores[1]};
+  if (stores[0] != -1 && atomics[0] != -1) return {3, address, stores[0], atomics[0]};
+  const long long writers[4] = {stores[0], stores[1], atomics[0], atomics[1]};
+  for (int i = 0; i < 2; ++i) {
+    if (reads[i] == -1) continue;
+    for (int j = 0; j < 4; ++j) {
+      if (writers[j] != -1 && writers[j] != reads[i]) return {2, address, reads[i], writers[j]};
+    }
+  }
+  return {};
+}
+
+// The conflict at the lowest address, so that reports do not depend on the
+// table's order.
+inline void check() {
+  Conflict found;
+  for (const auto& entry : records()) {
+    const Conflict c = conflict_at(entry.first, entry.second);
+    if (c.kind && (!found.kind || c.address < found.address)) found = c;
+  }
+  last_conflict() = found;
+  records().clear();
+}
+
+}  // namespace race
+}  // namespace cudcn_cpu
+
+#define CUDCN_RECORD_READ(p) ::cudcn_cpu::race::record((p), ::cudcn_cpu::race::kRead)
+#define CUDCN_RECORD_WRITE(p) ::cudcn_cpu::race::record((p), ::cudcn_cpu::race::kStore)
+#define CUDCN_RECORD_ATOMIC(p) ::cudcn_cpu::race::record((p), ::cudcn_cpu::race::kAtomic)
+#endif
+
 namespace cudcn_cpu {
 
 // `params` follows cuLaunchKernel's convention: params[i] points at the value
@@ -130,6 +221,18 @@ template <typename... Args, std::size_t... Is>
 void launch(void (*kernel)(Args...), unsigned int grid, unsigned int block, void** params,
             std::index_sequence<Is...>) {
   const long long total = static_cast<long long>(grid) * block;
+#ifdef CUDCN_RACECHECK
+  gridDim = dim3(grid);
+  blockDim = dim3(block);
+  for (long long t = 0; t < total; ++t) {
+    blockIdx.x = static_cast<unsigned int>(t / block);
+    threadIdx.x = static_cast<unsigned int>(t % block);
+    race::current_thread() = t;
+    kernel(*static_cast<std::remove_reference_t<Args>*>(params[Is])...);
+  }
+  race::check();
+  return;
+#endif
 #pragma omp parallel
   {
     gridDim = dim3(grid);

@@ -60,7 +60,7 @@ def test_deform_conv2d_forward_matches_reference(cfg, dtype):
     assert_close(cudcn.deform_conv2d(**args), reference.deform_conv2d(**args), **TOL[dtype])
 
 
-@given(cfg=conv_configs(), strategy=st.sampled_from(["planes", "items"]))
+@given(cfg=conv_configs(), strategy=st.sampled_from(["planes", "items", "sorted"]))
 def test_deform_conv2d_gradients_match_finite_differences(cfg, strategy, monkeypatch):
     monkeypatch.setattr(cudcn._launch, "_force_strategy", strategy)
     args = _conv_args(cfg, np.float64, away_from_kinks=True)
@@ -164,7 +164,7 @@ def roi_pool_cases(draw):
     )
 
 
-@given(case=roi_pool_cases(), strategy=st.sampled_from(["planes", "items"]))
+@given(case=roi_pool_cases(), strategy=st.sampled_from(["planes", "items", "sorted"]))
 def test_deform_roi_pool_matches_reference_and_finite_differences(case, strategy, monkeypatch):
     monkeypatch.setattr(cudcn._launch, "_force_strategy", strategy)
     out = cudcn.deform_roi_pool(**case)
@@ -204,7 +204,7 @@ def psroi_cases(draw):
     )
 
 
-@given(case=psroi_cases(), strategy=st.sampled_from(["planes", "items"]))
+@given(case=psroi_cases(), strategy=st.sampled_from(["planes", "items", "sorted"]))
 def test_deform_psroi_pool_matches_reference_and_its_input_gradient(case, strategy, monkeypatch):
     monkeypatch.setattr(cudcn._launch, "_force_strategy", strategy)
     if case["offset"] is None:

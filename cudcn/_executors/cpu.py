@@ -32,6 +32,10 @@ class CompileError(RuntimeError):
     """The host compiler rejected a kernel file."""
 
 
+class RaceError(RuntimeError):
+    """A launch whose threads would race on a GPU (race-checking builds only)."""
+
+
 def symbol(kernel, scalar, index):
     short = kernel.name.rsplit("::", 1)[-1]
     return f"cudcn_cpu_{short}_{scalar.dtype_name}_{'i64' if index == 'long long' else 'i32'}"
@@ -50,6 +54,18 @@ def wrapper_source(source):
             "  cudcn_cpu::launch(kernel, grid, block, params);",
             "}",
         ]
+    lines += [
+        "#ifdef CUDCN_RACECHECK",
+        'extern "C" int cudcn_racecheck_report(const void** address, long long* first, '
+        "long long* second) {",
+        "  const cudcn_cpu::race::Conflict& c = cudcn_cpu::race::last_conflict();",
+        "  *address = c.address;",
+        "  *first = c.first;",
+        "  *second = c.second;",
+        "  return c.kind;",
+        "}",
+        "#endif",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -153,13 +169,18 @@ def library(source):
         fn = getattr(lib, symbol(kernel, scalar, index))
         fn.argtypes = (ctypes.c_uint, ctypes.c_uint, ctypes.POINTER(ctypes.c_void_p))
         fn.restype = None
+    # Only a race-checking build (-DCUDCN_RACECHECK) exports the report.
+    lib.race_report = getattr(lib, "cudcn_racecheck_report", None)
+    if lib.race_report is not None:
+        lib.race_report.restype = ctypes.c_int
     return lib
 
 
 def run(launch):
     if launch.scalar.dtype_name not in _kernels.CPU_DTYPES:
         raise TypeError(f"the CPU backend does not run {launch.scalar.dtype_name}")
-    fn = getattr(library(launch.kernel.source), symbol(launch.kernel, launch.scalar, launch.index))
+    lib = library(launch.kernel.source)
+    fn = getattr(lib, symbol(launch.kernel, launch.scalar, launch.index))
     # Scalars go through 0-d arrays, which keep their exact C type in memory.
     holders = [a if isinstance(a, np.ndarray) else np.array(a) for a in launch.args]
     pointers = [ctypes.c_void_p(h.ctypes.data) for h in holders]
@@ -168,3 +189,33 @@ def run(launch):
           for a, p, h in zip(launch.args, pointers, holders))
     )
     fn(launch.grid, launch.block, params)
+    if lib.race_report is not None:
+        _raise_on_race(launch, lib.race_report)
+
+
+_RACES = {1: "is stored by {a} and by {b}",
+          2: "is read by {a} and written by {b} in the same launch",
+          3: "is stored by {a} and atomically updated by {b}"}
+
+
+def _raise_on_race(launch, report):
+    """After a launch of a race-checking build (-DCUDCN_RACECHECK): the
+    conflict the shim found, named by array, element and (block, thread)."""
+    address, first, second = ctypes.c_void_p(), ctypes.c_longlong(), ctypes.c_longlong()
+    kind = report(ctypes.byref(address), ctypes.byref(first), ctypes.byref(second))
+    if not kind:
+        return
+    where = f"address {address.value:#x}"
+    for name, arg in zip(launch.kernel.param_names, launch.args):
+        if isinstance(arg, np.ndarray) and arg.size:
+            offset = address.value - arg.ctypes.data
+            if 0 <= offset < arg.nbytes:
+                where = f"{name}[{offset // arg.itemsize}]"
+                break
+
+    def thread(t):
+        return f"thread (block {t // launch.block}, thread {t % launch.block})"
+
+    name = _kernels.instantiation(launch.kernel, launch.scalar, launch.index)
+    raise RaceError(f"{name}: {where} " + _RACES[kind].format(a=thread(first.value),
+                                                              b=thread(second.value)))

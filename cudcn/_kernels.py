@@ -89,36 +89,39 @@ DEFORM_CONV2D_SCATTER_ENTRIES = Kernel(
 DEFORM_CONV2D_CORNERS = Kernel(
     "cudcn::deform_conv2d_corners",
     "deform_conv2d.cu",
-    (("offset", "const T*"), ("corner_index", "I*"), ("corner_weight", "A*"), ("n", "I"))
+    (("offset", "const T*"), ("corner_base", "I*"), ("corner_weight", "A*"), ("n", "I"))
     + _DEFORM_CONV_GEOMETRY,
 )
 DEFORM_CONV2D_IM2COL_PLANES = Kernel(
     "cudcn::deform_conv2d_im2col_planes",
     "deform_conv2d.cu",
-    (("input", "const T*"), ("mask", "const T*"), ("corner_index", "const I*"),
+    (("padded_input", "const T*"), ("mask", "const T*"), ("corner_base", "const I*"),
      ("corner_weight", "const A*"), ("columns", "T*"), ("n", "I"), ("use_mask", "int"))
     + _DEFORM_CONV_GEOMETRY,
 )
 DEFORM_CONV2D_COL2IM_PLANES = Kernel(
     "cudcn::deform_conv2d_col2im_planes",
     "deform_conv2d.cu",
-    (("grad_columns", "const T*"), ("mask", "const T*"), ("corner_index", "const I*"),
-     ("corner_weight", "const A*"), ("grad_input", "A*"), ("n", "I"), ("use_mask", "int"))
-    + _DEFORM_CONV_GEOMETRY,
+    (("grad_columns", "const T*"), ("mask", "const T*"), ("corner_base", "const I*"),
+     ("corner_weight", "const A*"), ("padded_grad_input", "A*"), ("n", "I"),
+     ("use_mask", "int")) + _DEFORM_CONV_GEOMETRY,
 )
 
 DEFORM_CONV2D_COL2IM_COORD_PLANES = Kernel(
     "cudcn::deform_conv2d_col2im_coord_planes",
     "deform_conv2d.cu",
-    (("grad_columns", "const T*"), ("input", "const T*"), ("mask", "const T*"),
-     ("corner_index", "const I*"), ("corner_weight", "const A*"), ("coord_acc", "A*"),
-     ("grad_offset", "T*"), ("grad_mask", "T*"), ("n", "I"), ("use_mask", "int"),
-     ("want_grad_mask", "int")) + _DEFORM_CONV_GEOMETRY,
+    (("grad_columns", "const T*"), ("padded_input", "const T*"), ("mask", "const T*"),
+     ("corner_base", "const I*"), ("corner_weight", "const A*"), ("grad_offset", "T*"),
+     ("grad_mask", "T*"), ("n", "I"), ("use_mask", "int"), ("want_grad_mask", "int"))
+    + _DEFORM_CONV_GEOMETRY,
 )
-# Items per thread of DEFORM_CONV2D_COL2IM_COORD_PLANES (kCoordBlock in the .cu),
-# and planes per thread of the im2col/col2im plane kernels (kPlaneChannels).
+# The plane kernels' constants in the .cu: items per coordinate thread
+# (kCoordBlock), planes per gather/scatter thread (kPlaneChannels), items per
+# gather thread (kPlaneItems); padded planes are (H + 3) x (W + 3).
 COORD_BLOCK = 64
-PLANE_CHANNELS = 4
+PLANE_CHANNELS = 8
+PLANE_ITEMS = 2048
+PLANE_PADDING = 3
 
 _ROI_POOL_GEOMETRY = tuple(
     (name, "int")

@@ -150,9 +150,12 @@ class _Plan:
         if _gemm.compute_dtype(g.dtype) != g.dtype:
             per_image += ((g.column_rows + g.out_channels) * g.out_pixels
                           * _gemm.WIDENED_ITEMSIZE)
+        padded_plane = (g.height + _kernels.PLANE_PADDING) * (g.width + _kernels.PLANE_PADDING)
         if self.strategy == "planes":
-            # corner indices and weights, and the coordinate kernel's partial sums
-            per_image += self.items_per_image * (4 * (8 + 8) + 3 * 8)
+            # the cells (2 indices, 6 weights an item), the padded input and grad input
+            per_image += self.items_per_image * (2 * 8 + 6 * 8)
+            per_image += g.channels * padded_plane * (g.dtype.itemsize
+                                                      + (self.acc.itemsize if col2im else 0))
         elif coord:  # partial sums of at most MAX_SERIAL channel blocks
             per_image += (min(self.group_channels, _launch.MAX_SERIAL) * 3
                           * self.items_per_image * self.acc.itemsize)
@@ -170,30 +173,38 @@ class _Plan:
             self.size * 2 * self.items_per_image,
             self.size * self.items_per_image * 3 * self.group_channels,
         )
-        self.corner_index = self.corner_weight = self.coord_acc = None
+        self.corner_base = self.corner_weight = None
+        self.padded_input = self.padded_grad_input = None
         if self.strategy == "planes":
-            self.corner_index = xp.empty((self.size * self.items_per_image, 4),
-                                         dtype=_kernels.INDEX_DTYPES[self.index])
-            self.corner_weight = xp.empty((self.size * self.items_per_image, 4), dtype=self.acc)
-            self.coord_acc = xp.empty((self.size * self.items_per_image, 3), dtype=self.acc)
+            items = self.size * self.items_per_image
+            self.corner_base = xp.empty((items, 2), dtype=_kernels.INDEX_DTYPES[self.index])
+            self.corner_weight = xp.empty((items, 6), dtype=self.acc)
+            padded = (self.size, g.channels, g.height + _kernels.PLANE_PADDING,
+                      g.width + _kernels.PLANE_PADDING)
+            # Zeros around each plane, written once; chunks fill the interior.
+            self.padded_input = xp.zeros(padded, dtype=g.dtype)
+            if col2im:
+                self.padded_grad_input = xp.empty(padded, dtype=self.acc)
 
     def launch(self, kernel, n, work=None, **arrays):
         _launch.run(_launch.make_launch(kernel, self.g.dtype, n, self.index, work=work,
                                         **arrays, **self.g.kernel_values()))
 
-    def corners(self, offset):
-        """Fill the corner buffers for a chunk (plane strategy only)."""
-        n = offset.shape[0] * self.items_per_image
-        self.launch(_kernels.DEFORM_CONV2D_CORNERS, n, offset=offset,
-                    corner_index=self.corner_index[:n], corner_weight=self.corner_weight[:n])
+    def corners(self, offset, x):
+        """Plane strategy only: fill the cell buffers and the padded input for a chunk."""
+        g, images = self.g, offset.shape[0]
+        self.padded_input[:images, :, 1:g.height + 1, 1:g.width + 1] = x
+        rows = images * g.offset_groups * g.kernel_points * g.out_size[0]
+        self.launch(_kernels.DEFORM_CONV2D_CORNERS, rows, offset=offset,
+                    **self._corner_args(images))
 
-    def _plane_threads(self, images):
+    def _plane_blocks(self, images):
         blocks = -(-self.group_channels // _kernels.PLANE_CHANNELS)
         return images * self.g.offset_groups * blocks
 
     def _corner_args(self, images):
         n = images * self.items_per_image
-        return dict(corner_index=self.corner_index[:n], corner_weight=self.corner_weight[:n])
+        return dict(corner_base=self.corner_base[:n], corner_weight=self.corner_weight[:n])
 
     def _sampling_threads(self, kernel, images, **limits):
         """(channel block, threads) of an items launch over a chunk; the
@@ -210,9 +221,11 @@ class _Plan:
         # Kernels read mask only when use_mask; offset stands in for the pointer.
         mask_arg = offset if mask is None else mask
         if self.strategy == "planes":
-            self.launch(_kernels.DEFORM_CONV2D_IM2COL_PLANES, self._plane_threads(images), input=x,
-                        mask=mask_arg, columns=columns, use_mask=int(mask is not None),
-                        **self._corner_args(images))
+            items = self.g.kernel_points * self.g.out_pixels
+            runs = -(-items // _kernels.PLANE_ITEMS)
+            self.launch(_kernels.DEFORM_CONV2D_IM2COL_PLANES, self._plane_blocks(images) * runs,
+                        padded_input=self.padded_input[:images], mask=mask_arg, columns=columns,
+                        use_mask=int(mask is not None), **self._corner_args(images))
             return
         kernel = _kernels.DEFORM_CONV2D_IM2COL
         block, threads, peer = self._sampling_threads(kernel, images)
@@ -233,8 +246,8 @@ class _Plan:
             blocks = -(-items // _kernels.COORD_BLOCK)
             self.launch(_kernels.DEFORM_CONV2D_COL2IM_COORD_PLANES,
                         images * self.g.offset_groups * blocks,
-                        coord_acc=self.coord_acc[: images * self.items_per_image],
-                        grad_columns=grad_columns, input=x, mask=mask_arg,
+                        grad_columns=grad_columns, padded_input=self.padded_input[:images],
+                        mask=mask_arg,
                         grad_offset=grad_offset,
                         grad_mask=grad_offset if grad_mask is None else grad_mask,
                         use_mask=int(mask is not None), want_grad_mask=int(grad_mask is not None),
@@ -265,9 +278,13 @@ class _Plan:
         images = offset.shape[0]
         mask_arg = offset if mask is None else mask
         if self.strategy == "planes":
-            self.launch(_kernels.DEFORM_CONV2D_COL2IM_PLANES, self._plane_threads(images),
-                        grad_columns=grad_columns, mask=mask_arg, grad_input=grad_input,
+            g = self.g
+            padded = self.padded_grad_input[:images]
+            padded[...] = 0
+            self.launch(_kernels.DEFORM_CONV2D_COL2IM_PLANES, self._plane_blocks(images),
+                        grad_columns=grad_columns, mask=mask_arg, padded_grad_input=padded,
                         use_mask=int(mask is not None), **self._corner_args(images))
+            grad_input[...] = padded[:, :, 1:g.height + 1, 1:g.width + 1]
         elif self.strategy == "items":
             kernel = _kernels.DEFORM_CONV2D_COL2IM
             block, threads, peer = self._sampling_threads(kernel, images)
@@ -345,7 +362,7 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
         cols = columns[: stop - start]
         off_c, mask_c = offset[start:stop], None if mask is None else mask[start:stop]
         if plan.strategy == "planes":
-            plan.corners(off_c)
+            plan.corners(off_c, x[start:stop])
         plan.im2col(x[start:stop], off_c, mask_c, cols)
         _gemm.matmul(xp, weight_grouped, cols.reshape(stop - start, g.groups, -1, g.out_pixels),
                      out=out_grouped[start:stop], addend=bias_grouped)
@@ -413,7 +430,7 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
         x_c, off_c = x[start:stop], offset[start:stop]
         mask_c = None if mask is None else mask[start:stop]
         if plan.strategy == "planes":
-            plan.corners(off_c)
+            plan.corners(off_c, x_c)
         if want_weight:
             cols = columns[:images]
             plan.im2col(x_c, off_c, mask_c, cols)

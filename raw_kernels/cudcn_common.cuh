@@ -80,6 +80,7 @@ struct BilinearCorners {
   bool valid[4];  // (y0, x0), (y0, x0+1), (y0+1, x0), (y0+1, x0+1)
   I index[4];     // y * W + x of each corner
   A weight[4];
+  int y0, x0;        // floor(y), floor(x)
   A frac_y, frac_x;  // y - y0, x - x0
 };
 
@@ -90,6 +91,7 @@ CUDCN_DEVICE BilinearCorners<A, I> bilinear_corners(A y, A x, int height, int wi
   c.differentiable = y >= A(-1) && y < A(height) && x >= A(-1) && x < A(width);
   if (!c.differentiable) {
     for (int q = 0; q < 4; ++q) { c.valid[q] = false; c.index[q] = 0; c.weight[q] = A(0); }
+    c.y0 = c.x0 = 0;
     c.frac_y = A(0);
     c.frac_x = A(0);
     return c;
@@ -99,6 +101,8 @@ CUDCN_DEVICE BilinearCorners<A, I> bilinear_corners(A y, A x, int height, int wi
   const A xf = floor(x);
   const int y0 = static_cast<int>(yf);
   const int x0 = static_cast<int>(xf);
+  c.y0 = y0;
+  c.x0 = x0;
   c.frac_y = y - yf;
   c.frac_x = x - xf;
   const bool y0_in = y0 >= 0, y1_in = y0 + 1 < height;

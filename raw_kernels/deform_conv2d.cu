@@ -30,12 +30,13 @@
 // destination (a stable sort), and segmented_sum.cu sums each pixel's
 // entries in that fixed order, in parallel, without atomics.
 //
-// Planes (the CPU's default): deform_conv2d_corners stores each item's four
-// corners and weights; then one thread per (image, channel) plane walks the
-// items of its group in order, reading or accumulating into its own plane
-// only. No atomics, a fixed summation order whatever the thread count,
-// sequential column rows, and a plane small enough to stay in a CPU core's
-// cache.
+// Planes (the CPU's default): deform_conv2d_corners stores each item's cell
+// of a zero-padded input plane and its weights; then each thread walks the
+// items of its group in order for a block of (image, channel) planes,
+// reading or accumulating into its own planes only, without a test per
+// corner (the padding reads zeros). No atomics, a fixed summation order
+// whatever the thread count, sequential column rows, and planes small enough
+// to stay in a CPU core's cache.
 #include "cudcn_common.cuh"
 
 namespace cudcn {
@@ -278,91 +279,128 @@ __global__ void deform_conv2d_scatter_entries(const T* __restrict__ offset,
   }
 }
 
-// Corners of every item, for the plane kernels: corner_index (n, 4) holds
-// y * W + x of a corner the sample reads, -1 for a corner that reads 0, and
-// gradient_only(y * W + x) <= -2 for a corner of a point that samples 0 but
-// has an offset gradient (on y = -1 or x = -1: see bilinear_corners);
-// corner_weight (n, 4) the bilinear weights of all four corners (the
-// coordinate kernel recovers the fractional parts from them: x - x0 =
-// w1 + w3, y - y0 = w2 + w3). The mask is applied by the plane kernels,
-// mask[i] being item i's entry.
+// The plane strategy reads a padded copy of the input (and accumulates into
+// a padded grad_input): each H x W plane becomes (H + 3) x (W + 3), with one
+// row and column of zeros before it and two after. Every corner of a point in
+// (-1, H) x (-1, W) is then inside the padded plane, a point's four corners
+// are base, base + 1, base + W + 3 and base + W + 4 with base the padded index
+// of (y0, x0), and the four zeros at padded (H + 1, W + 1) stand in for the
+// corners of a point that reads nothing: no test per corner.
 template <typename I>
-CUDCN_DEVICE I gradient_only(I index) { return -2 - index; }
+struct PaddedPlanes {
+  I width, size, zeros;
+};
 
-// The plane index a corner's value is read from for the offset gradient, or -1.
 template <typename I>
-CUDCN_DEVICE I gradient_corner(I code) { return code >= 0 ? code : (code <= -2 ? -2 - code : I(-1)); }
+CUDCN_DEVICE PaddedPlanes<I> padded_planes(const DeformConvGeometry& s) {
+  PaddedPlanes<I> p;
+  p.width = I(s.width) + 3;
+  p.size = (I(s.height) + 3) * p.width;
+  p.zeros = (I(s.height) + 1) * p.width + s.width + 1;
+  return p;
+}
 
+// Every item's sampling cell, for the plane kernels: corner_base (n, 2) holds
+// the padded base of the corners the sample reads (the zeros when it reads
+// none) and of those its offset gradient reads (the same, but for a point on
+// y = -1 or x = -1, which samples 0 and has a gradient: see
+// bilinear_corners); corner_weight (n, 6) the bilinear weights of the four
+// corners (0 when the sample reads none) and the fractions y - y0, x - x0 of
+// the gradient (0 when it has none). One thread per output row of one
+// (image, group, kernel point): the items of a row are consecutive.
 template <typename T, typename I>
-__global__ void deform_conv2d_corners(const T* __restrict__ offset, I* __restrict__ corner_index,
+__global__ void deform_conv2d_corners(const T* __restrict__ offset, I* __restrict__ corner_base,
                                       acc_t<T>* __restrict__ corner_weight, I n,
                                       CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
   CUDCN_DEFORM_CONV_GEOMETRY;
   using A = acc_t<T>;
-  CUDCN_KERNEL_LOOP(i, I, n) {
-    const DeformConvItem<A, I> it = deform_conv_item<T, I>(i, offset, s);
-    const BilinearCorners<A, I> c = bilinear_corners<A, I>(it.y, it.x, s.height, s.width);
-    const A wy[2] = {A(1) - c.frac_y, c.frac_y};
-    const A wx[2] = {A(1) - c.frac_x, c.frac_x};
-    for (int q = 0; q < 4; ++q) {
-      store(corner_index + i * 4 + q,
-            !c.valid[q] ? I(-1) : (c.inside ? c.index[q] : gradient_only(c.index[q])));
-      store(corner_weight + i * 4 + q, wy[q >> 1] * wx[q & 1]);
+  const PaddedPlanes<I> padded = padded_planes<I>(s);
+  const I P = I(s.out_h) * s.out_w;
+  CUDCN_KERNEL_LOOP(row, I, n) {
+    const int oh = static_cast<int>(row % s.out_h);
+    const I group_kernel_point = row / s.out_h;  // (b * G + g) * KK + k
+    const int k = static_cast<int>(group_kernel_point % (s.kernel_h * s.kernel_w));
+    const int ki = k / s.kernel_w, kj = k % s.kernel_w;
+    const A y_base = A(oh * s.stride_h - s.pad_h + ki * s.dil_h);
+    const I first = group_kernel_point * P + I(oh) * s.out_w;  // the row's first item
+    const T* dy = offset + 2 * group_kernel_point * P + I(oh) * s.out_w;
+    for (int ow = 0; ow < s.out_w; ++ow) {
+      const A y = y_base + load(dy + ow);
+      const A x = A(ow * s.stride_w - s.pad_w + kj * s.dil_w) + load(dy + P + ow);
+      const BilinearCorners<A, I> c = bilinear_corners<A, I>(y, x, s.height, s.width);
+      const I cell = c.differentiable ? I(c.y0 + 1) * padded.width + (c.x0 + 1) : padded.zeros;
+      const I item = first + ow;
+      store(corner_base + item * 2, c.inside ? cell : padded.zeros);
+      store(corner_base + item * 2 + 1, cell);
+      const A wy[2] = {A(1) - c.frac_y, c.frac_y};
+      const A wx[2] = {A(1) - c.frac_x, c.frac_x};
+      for (int q = 0; q < 4; ++q) {
+        store(corner_weight + item * 6 + q, c.inside ? wy[q >> 1] * wx[q & 1] : A(0));
+      }
+      store(corner_weight + item * 6 + 4, c.frac_y);
+      store(corner_weight + item * 6 + 5, c.frac_x);
     }
   }
 }
 
-// The plane kernels give each thread kPlaneChannels planes of one offset
-// group (fewer at the group's end), so that each item's corners are read
-// once for several planes. Thread i covers group b * G + g and channels
-// c0 .. c0 + count - 1; returns the index of the group's first item.
-constexpr int kPlaneChannels = 4;
+// The gather and scatter plane kernels give each thread kPlaneChannels planes
+// of one offset group (fewer at the group's end), so that each item's cell is
+// read once for several planes; the gather also splits the items into runs of
+// kPlaneItems (a thread per (image * group, plane block, run)).
+constexpr int kPlaneChannels = 8;
+constexpr int kPlaneItems = 2048;
 
 template <typename I>
-CUDCN_DEVICE I plane_block(I i, const DeformConvGeometry& s, I& first_plane, int& count) {
+struct PlaneBlock {
+  I group;        // b * G + g
+  I first_plane;  // b * C + the block's first channel
+  int count;      // planes in the block
+};
+
+template <typename I>
+CUDCN_DEVICE PlaneBlock<I> plane_block(I block, const DeformConvGeometry& s) {
   const int group_channels = s.group_channels();
   const I blocks = (group_channels + kPlaneChannels - 1) / kPlaneChannels;
-  const I bg = i / blocks;
-  const int c_in_group = static_cast<int>(i % blocks) * kPlaneChannels;
-  count = min(kPlaneChannels, group_channels - c_in_group);
-  first_plane = bg * group_channels + c_in_group;
-  return bg * (I(s.kernel_h) * s.kernel_w * s.out_h * s.out_w);
+  PlaneBlock<I> p;
+  p.group = block / blocks;
+  const int c_in_group = static_cast<int>(block % blocks) * kPlaneChannels;
+  p.count = min(kPlaneChannels, group_channels - c_in_group);
+  p.first_plane = p.group * group_channels + c_in_group;
+  return p;
 }
 
 template <typename T, typename I>
-__global__ void deform_conv2d_im2col_planes(const T* __restrict__ input,
+__global__ void deform_conv2d_im2col_planes(const T* __restrict__ padded_input,
                                             const T* __restrict__ mask,
-                                            const I* __restrict__ corner_index,
+                                            const I* __restrict__ corner_base,
                                             const acc_t<T>* __restrict__ corner_weight,
                                             T* __restrict__ columns, I n, int use_mask,
                                             CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
   CUDCN_DEFORM_CONV_GEOMETRY;
   using A = acc_t<T>;
+  const PaddedPlanes<I> padded = padded_planes<I>(s);
   const I items = I(s.kernel_h) * s.kernel_w * s.out_h * s.out_w;
-  const I plane_size = I(s.height) * s.width;
+  const I runs = (items + kPlaneItems - 1) / kPlaneItems;
   CUDCN_KERNEL_LOOP(i, I, n) {
-    I plane;
-    int count;
-    const I first = plane_block(i, s, plane, count);
+    const PlaneBlock<I> b = plane_block(i / runs, s);
+    const I j0 = (i % runs) * kPlaneItems;
+    const I j1 = min(items, j0 + kPlaneItems);
+    const I first = b.group * items;  // the group's first item
     const T* in[kPlaneChannels];
     T* col[kPlaneChannels];  // rows c * KK .. c * KK + KK - 1 of image b
-    for (int t = 0; t < count; ++t) {
-      in[t] = input + (plane + t) * plane_size;
-      col[t] = columns + (plane + t) * items;
+    for (int t = 0; t < b.count; ++t) {
+      in[t] = padded_input + (b.first_plane + t) * padded.size;
+      col[t] = columns + (b.first_plane + t) * items;
     }
-    for (I j = 0; j < items; ++j) {
-      I idx[4];
-      A w[4];
-      for (int q = 0; q < 4; ++q) {
-        idx[q] = load(corner_index + (first + j) * 4 + q);
-        w[q] = load(corner_weight + (first + j) * 4 + q);
-      }
+    for (I j = j0; j < j1; ++j) {
+      const I base = load(corner_base + (first + j) * 2);
+      const A* w = corner_weight + (first + j) * 6;
+      const A w0 = load(w), w1 = load(w + 1), w2 = load(w + 2), w3 = load(w + 3);
       const A m = use_mask ? load(mask + first + j) : A(1);
-      for (int t = 0; t < count; ++t) {
-        A v = A(0);
-        for (int q = 0; q < 4; ++q) {
-          if (idx[q] >= 0) v += w[q] * load(in[t] + idx[q]);
-        }
+      for (int t = 0; t < b.count; ++t) {
+        const T* p = in[t] + base;
+        const A v = w0 * load(p) + w1 * load(p + 1) + w2 * load(p + padded.width) +
+                    w3 * load(p + padded.width + 1);
         store(col[t] + j, m * v);
       }
     }
@@ -372,103 +410,92 @@ __global__ void deform_conv2d_im2col_planes(const T* __restrict__ input,
 template <typename T, typename I>
 __global__ void deform_conv2d_col2im_planes(const T* __restrict__ grad_columns,
                                             const T* __restrict__ mask,
-                                            const I* __restrict__ corner_index,
+                                            const I* __restrict__ corner_base,
                                             const acc_t<T>* __restrict__ corner_weight,
-                                            acc_t<T>* __restrict__ grad_input, I n, int use_mask,
-                                            CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
+                                            acc_t<T>* __restrict__ padded_grad_input, I n,
+                                            int use_mask, CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
   CUDCN_DEFORM_CONV_GEOMETRY;
   using A = acc_t<T>;
+  const PaddedPlanes<I> padded = padded_planes<I>(s);
   const I items = I(s.kernel_h) * s.kernel_w * s.out_h * s.out_w;
-  const I plane_size = I(s.height) * s.width;
   CUDCN_KERNEL_LOOP(i, I, n) {
-    I plane;
-    int count;
-    const I first = plane_block(i, s, plane, count);
+    const PlaneBlock<I> b = plane_block(i, s);
+    const I first = b.group * items;
     const T* gcol[kPlaneChannels];
     A* gin[kPlaneChannels];
-    for (int t = 0; t < count; ++t) {
-      gcol[t] = grad_columns + (plane + t) * items;
-      gin[t] = grad_input + (plane + t) * plane_size;
+    for (int t = 0; t < b.count; ++t) {
+      gcol[t] = grad_columns + (b.first_plane + t) * items;
+      gin[t] = padded_grad_input + (b.first_plane + t) * padded.size;
     }
     for (I j = 0; j < items; ++j) {
-      I idx[4];
-      A w[4];
-      for (int q = 0; q < 4; ++q) {
-        idx[q] = load(corner_index + (first + j) * 4 + q);
-        w[q] = load(corner_weight + (first + j) * 4 + q);
-      }
+      const I base = load(corner_base + (first + j) * 2);
+      const A* w = corner_weight + (first + j) * 6;
+      const A w0 = load(w), w1 = load(w + 1), w2 = load(w + 2), w3 = load(w + 3);
       const A m = use_mask ? load(mask + first + j) : A(1);
-      for (int t = 0; t < count; ++t) {
+      for (int t = 0; t < b.count; ++t) {
         const A gc = m * load(gcol[t] + j);
-        for (int q = 0; q < 4; ++q) {
-          if (idx[q] >= 0) store(gin[t] + idx[q], load(gin[t] + idx[q]) + w[q] * gc);
-        }
+        A* p = gin[t] + base;
+        store(p, load(p) + w0 * gc);
+        store(p + 1, load(p + 1) + w1 * gc);
+        store(p + padded.width, load(p + padded.width) + w2 * gc);
+        store(p + padded.width + 1, load(p + padded.width + 1) + w3 * gc);
       }
     }
   }
 }
 
 // Offset and mask gradients by blocks of items, for the plane strategy: one
-// thread per (image b, offset group g, block of kCoordBlock items) walks the
-// group's channels; each is a contiguous run of grad_columns and one input
-// plane, and the block's partial sums (coord_acc, 3 per item: y, x, mask)
-// stay in cache. The thread owns its items' outputs: no atomics, and the
-// channel order fixes the summation order.
+// thread per (image b, offset group g, block of kCoordBlock items) sums each
+// item over the group's channels in order, in registers, and owns its items'
+// outputs: no atomics, and the channel order fixes the summation order.
 constexpr int kCoordBlock = 64;
 
 template <typename T, typename I>
 __global__ void deform_conv2d_col2im_coord_planes(
-    const T* __restrict__ grad_columns, const T* __restrict__ input, const T* __restrict__ mask,
-    const I* __restrict__ corner_index, const acc_t<T>* __restrict__ corner_weight,
-    acc_t<T>* __restrict__ coord_acc, T* __restrict__ grad_offset, T* __restrict__ grad_mask, I n,
-    int use_mask, int want_grad_mask, CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
+    const T* __restrict__ grad_columns, const T* __restrict__ padded_input,
+    const T* __restrict__ mask, const I* __restrict__ corner_base,
+    const acc_t<T>* __restrict__ corner_weight, T* __restrict__ grad_offset,
+    T* __restrict__ grad_mask, I n, int use_mask, int want_grad_mask,
+    CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
   CUDCN_DEFORM_CONV_GEOMETRY;
   using A = acc_t<T>;
+  const PaddedPlanes<I> padded = padded_planes<I>(s);
   const I P = I(s.out_h) * s.out_w;
   const I items = I(s.kernel_h) * s.kernel_w * P;
   const I blocks = (items + kCoordBlock - 1) / kCoordBlock;
-  const I plane_size = I(s.height) * s.width;
   const int group_channels = s.group_channels();
   CUDCN_KERNEL_LOOP(i, I, n) {
     const I bg = i / blocks;  // b * G + g
     const I j0 = (i % blocks) * kCoordBlock;
-    const I j1 = j0 + kCoordBlock < items ? j0 + kCoordBlock : items;
+    const I j1 = min(items, j0 + kCoordBlock);
     const I first = bg * items;
-    A* acc = coord_acc + (first + j0) * 3;
-    for (I j = 0; j < (j1 - j0) * 3; ++j) store(acc + j, A(0));
-    for (int cc = 0; cc < group_channels; ++cc) {
-      const I plane = bg * group_channels + cc;
-      const T* gcol = grad_columns + plane * items;
-      const T* in = input + plane * plane_size;
-      for (I j = j0; j < j1; ++j) {
-        A v[4], w[4];
-        bool sampled = true;  // false on y = -1 or x = -1: value 0, gradient taken
-        for (int q = 0; q < 4; ++q) {
-          const I code = load(corner_index + (first + j) * 4 + q);
-          const I at = gradient_corner(code);
-          v[q] = at >= 0 ? load(in + at) : A(0);
-          w[q] = load(corner_weight + (first + j) * 4 + q);
-          sampled = sampled && code >= -1;
-        }
-        const A gc = load(gcol + j);
-        const A lx = w[1] + w[3], ly = w[2] + w[3];
-        A* a = acc + (j - j0) * 3;
-        store(a, load(a) + gc * ((A(1) - lx) * (v[2] - v[0]) + lx * (v[3] - v[1])));
-        store(a + 1, load(a + 1) + gc * ((A(1) - ly) * (v[1] - v[0]) + ly * (v[3] - v[2])));
-        if (sampled) {
-          store(a + 2, load(a + 2) +
-                           gc * (w[0] * v[0] + w[1] * v[1] + w[2] * v[2] + w[3] * v[3]));
-        }
-      }
-    }
+    const T* gcol = grad_columns + bg * group_channels * items;
+    const T* in = padded_input + bg * group_channels * padded.size;
     for (I j = j0; j < j1; ++j) {
+      const I value_base = load(corner_base + (first + j) * 2);
+      const I base = load(corner_base + (first + j) * 2 + 1);
+      const A* w = corner_weight + (first + j) * 6;
+      const A w0 = load(w), w1 = load(w + 1), w2 = load(w + 2), w3 = load(w + 3);
+      const A ly = load(w + 4), lx = load(w + 5);
+      // A point on y = -1 or x = -1 samples 0: no mask gradient, though an
+      // offset gradient (its gradient cell is not the zeros it samples).
+      const bool sampled = value_base == base;
+      A grad_y = A(0), grad_x = A(0), grad_m = A(0);
+      for (int cc = 0; cc < group_channels; ++cc) {
+        const A gc = load(gcol + cc * items + j);
+        const T* p = in + cc * padded.size + base;
+        const A v0 = load(p), v1 = load(p + 1), v2 = load(p + padded.width),
+                v3 = load(p + padded.width + 1);
+        grad_y += gc * ((A(1) - lx) * (v2 - v0) + lx * (v3 - v1));
+        grad_x += gc * ((A(1) - ly) * (v1 - v0) + ly * (v3 - v2));
+        if (sampled) grad_m += gc * (w0 * v0 + w1 * v1 + w2 * v2 + w3 * v3);
+      }
       const I k = j / P, p = j % P;
       const I offset_y_at = 2 * (bg * s.kernel_h * s.kernel_w + k) * P + p;
       const A m = use_mask ? load(mask + first + j) : A(1);
-      const A* a = acc + (j - j0) * 3;
-      store(grad_offset + offset_y_at, m * load(a));
-      store(grad_offset + offset_y_at + P, m * load(a + 1));
-      if (want_grad_mask) store(grad_mask + first + j, load(a + 2));
+      store(grad_offset + offset_y_at, m * grad_y);
+      store(grad_offset + offset_y_at + P, m * grad_x);
+      if (want_grad_mask) store(grad_mask + first + j, grad_m);
     }
   }
 }

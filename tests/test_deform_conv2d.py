@@ -75,7 +75,8 @@ def test_batch_zero():
     assert not grads.weight.any() and not grads.bias.any()
 
 
-WORKSPACE_ARGS = ("columns", "grad_columns", "corner_index", "corner_weight")
+WORKSPACE_ARGS = ("columns", "grad_columns", "corner_base", "corner_weight", "padded_input",
+                  "padded_grad_input")
 
 
 def test_batch_33_runs_in_chunks_under_the_workspace_limit(launches, strategy):
@@ -140,7 +141,7 @@ def test_64bit_index_path_matches_32bit(force_index64, launches, strategy):
     grads64 = cudcn.deform_conv2d_backward(out64, **args)
     assert launches and all(launch.index == "long long" for launch in launches)
     assert all(a.dtype == np.int64 for launch in launches for name, a in
-               zip(launch.kernel.param_names, launch.args) if name in ("n", "corner_index"))
+               zip(launch.kernel.param_names, launch.args) if name in ("n", "corner_base"))
     cudcn._launch._force_index64 = False
     del launches[:]
     out32 = cudcn.deform_conv2d(**args)

@@ -136,6 +136,15 @@ DEFORM_ROI_POOL_FORWARD = Kernel(
      ("output", "T*"), ("n", "I"), ("use_offset", "int"), ("use_mask", "int"))
     + _ROI_POOL_SCALARS + _ROI_POOL_GEOMETRY,
 )
+DEFORM_ROI_POOL_FORWARD_PLANES = Kernel(
+    "cudcn::deform_roi_pool_forward_planes",
+    "deform_roi_pool.cu",
+    (("input", "const T*"), ("rois", "const A*"), ("offset", "const T*"), ("mask", "const T*"),
+     ("output", "T*"), ("n", "I"), ("use_offset", "int"), ("use_mask", "int"))
+    + _ROI_POOL_SCALARS + _ROI_POOL_GEOMETRY,
+)
+# Channels per thread of the RoI pooling's plane kernels (kRoIChannels in the .cu).
+ROI_CHANNELS = 16
 DEFORM_ROI_POOL_BACKWARD_INPUT = Kernel(
     "cudcn::deform_roi_pool_backward_input",
     "deform_roi_pool.cu",
@@ -241,7 +250,7 @@ KERNELS = (
     DEFORM_CONV2D_COORD_REDUCE, DEFORM_CONV2D_SCATTER_ENTRIES,
     DEFORM_CONV2D_CORNERS, DEFORM_CONV2D_IM2COL_PLANES, DEFORM_CONV2D_COL2IM_PLANES,
     DEFORM_CONV2D_COL2IM_COORD_PLANES,
-    DEFORM_ROI_POOL_FORWARD, DEFORM_ROI_POOL_BACKWARD_INPUT,
+    DEFORM_ROI_POOL_FORWARD, DEFORM_ROI_POOL_FORWARD_PLANES, DEFORM_ROI_POOL_BACKWARD_INPUT,
     DEFORM_ROI_POOL_BACKWARD_INPUT_PLANES, DEFORM_ROI_POOL_SCATTER_ENTRIES,
     DEFORM_ROI_POOL_BACKWARD_OFFSET_PARTIAL, DEFORM_ROI_POOL_BACKWARD_OFFSET_REDUCE,
     DEFORM_PSROI_POOL_FORWARD, DEFORM_PSROI_POOL_BACKWARD_INPUT,

@@ -126,6 +126,13 @@ def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0,
     output = p.xp.empty(p.output_shape, dtype=p.dtype)
     samples = p.samples_per_bin()
     item = p.dtype.itemsize
+    if _launch.strategy(p.xp, deterministic=False) == "planes":
+        k, c, ph, pw = p.output_shape
+        blocks = -(-c // _kernels.ROI_CHANNELS)
+        _launch.run(_launch.make_launch(
+            _kernels.DEFORM_ROI_POOL_FORWARD_PLANES, p.dtype, k * ph * pw * blocks, p.index,
+            input=p.input, output=output, **p.values()))
+        return output
     _launch.run(_launch.make_launch(
         _kernels.DEFORM_ROI_POOL_FORWARD, p.dtype, output.size, p.index, input=p.input,
         output=output, **p.values(),
@@ -167,9 +174,10 @@ def deform_roi_pool_backward(grad_output, input, rois, offset=None, output_size=
         grad_input = xp.zeros(p.input.shape, dtype=p.acc_dtype)
         strategy = _launch.strategy(xp, deterministic)
         if strategy == "planes":
+            blocks = -(-c // _kernels.ROI_CHANNELS)
             _launch.run(_launch.make_launch(
                 _kernels.DEFORM_ROI_POOL_BACKWARD_INPUT_PLANES, p.dtype,
-                p.input.shape[0] * p.input.shape[1], p.index, grad_output=p.grad_output,
+                p.input.shape[0] * blocks, p.index, grad_output=p.grad_output,
                 grad_input=grad_input, num_rois=k, **values))
         elif strategy == "items":
             outputs = p.grad_output.size

@@ -178,6 +178,45 @@ __global__ void deform_roi_pool_forward(const T* __restrict__ input,
   }
 }
 
+// The CPU's forward (the plane strategy): a thread per (bin, block of
+// kRoIChannels channels) finds each kept sample's corners once for the
+// block's channels, as RoIAlign's CPU implementations do.
+constexpr int kRoIChannels = 16;
+
+template <typename T, typename I>
+__global__ void deform_roi_pool_forward_planes(
+    const T* __restrict__ input, const acc_t<T>* __restrict__ rois, const T* __restrict__ offset,
+    const T* __restrict__ mask, T* __restrict__ output, I n, int use_offset, int use_mask,
+    acc_t<T> spatial_scale, acc_t<T> gamma, CUDCN_ROI_POOL_GEOMETRY_PARAMS) {
+  CUDCN_ROI_POOL_GEOMETRY;
+  using A = acc_t<T>;
+  const I bins = I(s.pooled_h) * s.pooled_w;
+  const int blocks = (s.channels + kRoIChannels - 1) / kRoIChannels;
+  const I plane_size = I(s.height) * s.width;
+  CUDCN_KERNEL_LOOP(i, I, n) {
+    const I bin_index = i / blocks;  // k * PH * PW + ph * PW + pw
+    const int c0 = static_cast<int>(i % blocks) * kRoIChannels;
+    const int count = min(kRoIChannels, s.channels - c0);
+    const int pw = static_cast<int>(bin_index % s.pooled_w);
+    const int ph = static_cast<int>((bin_index / s.pooled_w) % s.pooled_h);
+    const I k = bin_index / bins;
+    const RoIBin<A> bin = roi_bin<T, I>(rois, offset, use_offset, spatial_scale, gamma, k, ph, pw, s);
+    const T* planes = input + (I(bin.batch) * s.channels + c0) * plane_size;
+    A sums[kRoIChannels];
+    for (int t = 0; t < count; ++t) sums[t] = A(0);
+    for_each_kept_sample<A, I>(bin, s.height, s.width, [&](const ClampedCorners<A, I>& q) {
+      for (int t = 0; t < count; ++t) {
+        const T* plane = planes + t * plane_size;
+        sums[t] += q.weight[0] * load(plane + q.index[0]) + q.weight[1] * load(plane + q.index[1]) +
+                   q.weight[2] * load(plane + q.index[2]) + q.weight[3] * load(plane + q.index[3]);
+      }
+    });
+    const A m = use_mask ? load(mask + bin_index) : A(1);
+    T* out = output + (k * s.channels + c0) * bins + ph * s.pooled_w + pw;
+    for (int t = 0; t < count; ++t) store(out + t * bins, m * (sums[t] / bin.count));
+  }
+}
+
 // grad_input, in the accumulation type, receives every sample's share by
 // atomics: samples of different bins and RoIs may share input points.
 template <typename T, typename I>
@@ -201,6 +240,9 @@ __global__ void deform_roi_pool_backward_input(
   }
 }
 
+// The CPU's grad-input: a thread per (image, block of kRoIChannels channels)
+// walks the image's RoIs, bins and kept samples in order, finding each
+// sample's corners once for the block, and accumulates into its own planes.
 template <typename T, typename I>
 __global__ void deform_roi_pool_backward_input_planes(
     const T* __restrict__ grad_output, const acc_t<T>* __restrict__ rois,
@@ -209,10 +251,14 @@ __global__ void deform_roi_pool_backward_input_planes(
     CUDCN_ROI_POOL_GEOMETRY_PARAMS) {
   CUDCN_ROI_POOL_GEOMETRY;
   using A = acc_t<T>;
+  const I bins = I(s.pooled_h) * s.pooled_w;
+  const int blocks = (s.channels + kRoIChannels - 1) / kRoIChannels;
+  const I plane_size = I(s.height) * s.width;
   CUDCN_KERNEL_LOOP(i, I, n) {
-    const int b = static_cast<int>(i / s.channels);
-    const I c = i % s.channels;
-    A* plane = grad_input + i * s.height * s.width;
+    const int b = static_cast<int>(i / blocks);
+    const int c0 = static_cast<int>(i % blocks) * kRoIChannels;
+    const int count = min(kRoIChannels, s.channels - c0);
+    A* planes = grad_input + (I(b) * s.channels + c0) * plane_size;
     for (I k = 0; k < num_rois; ++k) {
       if (roi_batch_index(load(rois + k * 5), s.batch) != b) continue;
       for (int ph = 0; ph < s.pooled_h; ++ph) {
@@ -221,11 +267,15 @@ __global__ void deform_roi_pool_backward_input_planes(
               roi_bin<T, I>(rois, offset, use_offset, spatial_scale, gamma, k, ph, pw, s);
           const I at = (k * s.pooled_h + ph) * s.pooled_w + pw;
           const A m = use_mask ? load(mask + at) : A(1);
-          const A g = m * load(grad_output + (k * s.channels + c) * s.pooled_h * s.pooled_w +
-                               ph * s.pooled_w + pw) / bin.count;
+          const T* gout = grad_output + (k * s.channels + c0) * bins + ph * s.pooled_w + pw;
+          A g[kRoIChannels];
+          for (int t = 0; t < count; ++t) g[t] = m * load(gout + t * bins) / bin.count;
           for_each_kept_sample<A, I>(bin, s.height, s.width, [&](const ClampedCorners<A, I>& q) {
-            for (int j = 0; j < 4; ++j) {
-              store(plane + q.index[j], load(plane + q.index[j]) + q.weight[j] * g);
+            for (int t = 0; t < count; ++t) {
+              A* plane = planes + t * plane_size;
+              for (int j = 0; j < 4; ++j) {
+                store(plane + q.index[j], load(plane + q.index[j]) + q.weight[j] * g[t]);
+              }
             }
           });
         }
@@ -298,24 +348,28 @@ __global__ void deform_roi_pool_backward_offset_partial(
     const I k = bin_index / bins;
     const RoIBin<A> bin =
         roi_bin<T, I>(rois, offset, use_offset, spatial_scale, gamma, k, ph, pw, s);
+    // Each kept sample's corners once, for the block's channels.
     A grad_y = A(0), grad_x = A(0), grad_m = A(0);
-    const int c_end = min(s.channels, (block + 1) * channel_block);
-    for (int c = block * channel_block; c < c_end; ++c) {
-      const A g = load(grad_output + (k * s.channels + c) * bins + ph * s.pooled_w + pw);
-      const T* plane = input + (I(bin.batch) * s.channels + c) * s.height * s.width;
-      A value = A(0), dy = A(0), dx = A(0);
-      for_each_kept_sample<A, I>(bin, s.height, s.width, [&](const ClampedCorners<A, I>& q) {
+    const int c0 = block * channel_block, c_end = min(s.channels, c0 + channel_block);
+    const I plane_size = I(s.height) * s.width;
+    const T* gout = grad_output + k * s.channels * bins + ph * s.pooled_w + pw;
+    const T* planes = input + I(bin.batch) * s.channels * plane_size;
+    for_each_kept_sample<A, I>(bin, s.height, s.width, [&](const ClampedCorners<A, I>& q) {
+      for (int c = c0; c < c_end; ++c) {
+        const A g = load(gout + c * bins);
+        const T* plane = planes + c * plane_size;
+        A value = A(0), dy = A(0), dx = A(0);
         for (int j = 0; j < 4; ++j) {
           const A v = load(plane + q.index[j]);
           value += q.weight[j] * v;
           dy += q.dweight_y[j] * v;
           dx += q.dweight_x[j] * v;
         }
-      });
-      grad_y += g * dy;
-      grad_x += g * dx;
-      grad_m += g * value;
-    }
+        grad_y += g * dy;
+        grad_x += g * dx;
+        grad_m += g * value;
+      }
+    });
     A* out = partials + I(block) * 3 * all_bins + bin_index;
     store(out, grad_y);
     store(out + all_bins, grad_x);

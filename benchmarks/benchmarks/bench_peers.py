@@ -1,8 +1,8 @@
 """cudcn against its peers, as ratios measured side by side in one process.
 
-Each track_* returns cudcn's median time over the peer's, from interleaved
-rounds (see interleave.py): 0.125 means 8x faster than the peer, and, as for
-time_* benchmarks, a rise is a regression. cudcn runs through the torch
+Each track_* returns cudcn's median time over the peer's (its unit reads
+"cudcn / peer"), from interleaved rounds (see interleave.py): 0.125 means 8x
+faster than the peer, and, as for time_* benchmarks, a rise is a regression. cudcn runs through the torch
 adapter on the same float32 tensors as the peer (issue 12's measurement).
 Peers: torchvision's deform_conv2d / roi_align / ps_roi_align, a dense
 F.conv2d of the same shape (the floor a deformable conv is compared with), and
@@ -73,16 +73,16 @@ class DeformConv2dVsPeers(_Contest):
                                          stride=t["stride"], padding=t["padding"],
                                          dilation=t["dilation"], mask=t["mask"])
 
-    @unit("cudcn time / torchvision time")
+    @unit("cudcn / torchvision")
     def track_forward_vs_torchvision(self, shape, backend):
         return ratio_of_medians(self.timed(self._cudcn), self.timed(self._torchvision))
 
-    @unit("cudcn time / torchvision time")
+    @unit("cudcn / torchvision")
     def track_forward_backward_vs_torchvision(self, shape, backend):
         return ratio_of_medians(self.timed_with_backward(self._cudcn),
                                 self.timed_with_backward(self._torchvision))
 
-    @unit("cudcn time / F.conv2d time")
+    @unit("cudcn / F.conv2d")
     def track_forward_vs_conv2d(self, shape, backend):
         t = self.inputs
         conv2d = self.torch.nn.functional.conv2d
@@ -93,14 +93,14 @@ class DeformConv2dVsPeers(_Contest):
 
         return ratio_of_medians(self.timed(self._cudcn), self.timed(dense))
 
-    @unit("cudcn time / ONNX Runtime time")
+    @unit("cudcn / ONNX Runtime")
     def track_forward_vs_onnxruntime(self, shape, backend):
         if backend != "cpu":
             raise NotImplementedError("ONNX Runtime is compared on the CPU")
         session, feed = onnxruntime_peer.deform_conv_session(self.args)
         return ratio_of_medians(self.timed(self._cudcn), lambda: session.run(None, feed))
 
-    @unit("torch adapter time / NumPy API time")
+    @unit("adapter / NumPy API")
     def track_forward_adapter_vs_numpy_api(self, shape, backend):
         import cudcn
 
@@ -134,11 +134,11 @@ class DeformRoIPoolVsRoIAlign(_Contest):
                                      spatial_scale=t["spatial_scale"],
                                      sampling_ratio=t["sampling_ratio"], aligned=True)
 
-    @unit("cudcn time / roi_align time")
+    @unit("cudcn / roi_align")
     def track_forward_vs_roi_align(self, backend, variant):
         return ratio_of_medians(self.timed(self._cudcn), self.timed(self._roi_align))
 
-    @unit("cudcn time / roi_align time")
+    @unit("cudcn / roi_align")
     def track_forward_backward_vs_roi_align(self, backend, variant):
         return ratio_of_medians(self.timed_with_backward(self._cudcn),
                                 self.timed_with_backward(self._roi_align))
@@ -164,11 +164,11 @@ class DeformPSRoIPoolVsPSRoIAlign(_Contest):
                                         spatial_scale=t["spatial_scale"],
                                         sampling_ratio=t["sample_per_part"])
 
-    @unit("cudcn time / ps_roi_align time")
+    @unit("cudcn / ps_roi_align")
     def track_forward_vs_ps_roi_align(self, backend):
         return ratio_of_medians(self.timed(self._cudcn), self.timed(self._ps_roi_align))
 
-    @unit("cudcn time / ps_roi_align time")
+    @unit("cudcn / ps_roi_align")
     def track_forward_backward_vs_ps_roi_align(self, backend):
         return ratio_of_medians(self.timed_with_backward(self._cudcn),
                                 self.timed_with_backward(self._ps_roi_align))

@@ -13,8 +13,8 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
-import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -179,12 +179,19 @@ def _setup_and_run(bench, index):
 
 
 @pytest.fixture
-def one_round(monkeypatch):
-    monkeypatch.setattr(interleave, "ROUNDS", 1)
+def small_and_once(monkeypatch):
+    """One interleaved round, and small workloads under the same parameter
+    names: these runs check the benchmarks' mechanics, not speed."""
+    monkeypatch.setattr(interleave, "MIN_ROUNDS", 1)
+    monkeypatch.setattr(interleave, "MAX_ROUNDS", 1)
+    monkeypatch.setitem(workloads.SHAPES, "N1-C128-28", (1, 8, 9))
+    monkeypatch.setattr(workloads, "FEATURE_MAP", (2, 8, 12, 16))
+    monkeypatch.setattr(workloads, "ROIS", 16)
+    monkeypatch.setattr(workloads, "PS_CLASSES", 2)
 
 
 @pytest.mark.parametrize("name", sorted(BENCHMARKS))
-def test_benchmark_runs_once_on_cpu(name, one_round):
+def test_benchmark_runs_once_on_cpu(name, small_and_once):
     bench = BENCHMARKS[name]
     if bench.type == "time":  # one call, not asv's calibrated repeats
         bench.number, bench.repeat, bench.warmup_time, bench.min_run_count = 1, 1, 0, 1
@@ -199,7 +206,7 @@ def test_benchmark_runs_once_on_cpu(name, one_round):
         assert isinstance(result, float) and 0 < result < math.inf
 
 
-def test_gpu_and_missing_dtypes_skip():
+def test_gpu_and_missing_dtypes_skip(small_and_once):
     """Combinations the machine or the build cannot run are asv skips, and a
     dtype the CPU kernels have is run, whatever the build has today."""
     from conftest import gpu_count
@@ -228,4 +235,8 @@ def test_interleaved_rounds_alternate_and_take_medians():
     medians = interleave.interleaved_medians(calls, rounds=4)
     assert order == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]
     assert len(medians) == 2 and all(m >= 0 for m in medians)
-    assert np.isfinite(interleave.ratio_of_medians(lambda: None, lambda: sum(range(1000)), 3))
+
+
+def test_a_ratio_below_one_means_cudcn_is_faster():
+    ratio = interleave.ratio_of_medians(lambda: time.sleep(0.002), lambda: time.sleep(0.006), 3)
+    assert 0.1 < ratio < 0.8

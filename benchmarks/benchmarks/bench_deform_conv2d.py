@@ -4,11 +4,11 @@ gradient) and peak memory, at issue 12's shapes, per backend and dtype."""
 import cudcn
 
 from . import workloads
-from .common import (BACKENDS, DTYPES, array_module, numpy_dtype, require, setup_once,
-                     synchronize)
+from .common import (BACKENDS, DTYPES, Sampling, array_module, numpy_dtype, require,
+                     setup_once, synchronize)
 
 
-class DeformConv2d:
+class DeformConv2d(Sampling):
     params = (list(workloads.SHAPES), list(BACKENDS), list(DTYPES))
     param_names = ("shape", "backend", "dtype")
     timeout = 180

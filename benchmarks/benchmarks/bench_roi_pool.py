@@ -4,11 +4,11 @@ backward and peak memory of 512 RoIs on a stride-16 map, per backend and dtype."
 import cudcn
 
 from . import workloads
-from .common import (BACKENDS, DTYPES, array_module, numpy_dtype, require, setup_once,
-                     synchronize)
+from .common import (BACKENDS, DTYPES, Sampling, array_module, numpy_dtype, require,
+                     setup_once, synchronize)
 
 
-class DeformRoIPool:
+class DeformRoIPool(Sampling):
     params = (list(BACKENDS), list(DTYPES), list(workloads.ROI_VARIANTS))
     param_names = ("backend", "dtype", "variant")
     timeout = 180
@@ -34,7 +34,7 @@ class DeformRoIPool:
         cudcn.deform_roi_pool_backward(cudcn.deform_roi_pool(**self.args), **self.args)
 
 
-class DeformPSRoIPool:
+class DeformPSRoIPool(Sampling):
     params = (list(BACKENDS), list(DTYPES))
     param_names = ("backend", "dtype")
     timeout = 180

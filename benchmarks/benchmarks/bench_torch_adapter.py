@@ -8,10 +8,10 @@ except ImportError:  # setup skips every benchmark here
     pass
 
 from . import torch_side, workloads
-from .common import BACKENDS, DTYPES, setup_once
+from .common import BACKENDS, DTYPES, Sampling, setup_once
 
 
-class _AdapterBenchmark:
+class _AdapterBenchmark(Sampling):
     """Builds the op's tensors and the two timed calls; subclasses name the op."""
 
     timeout = 180

@@ -17,6 +17,17 @@ BACKENDS = ("cpu", "gpu")
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 
+class Sampling:
+    """asv's sampling for every benchmark class of the suite: one process per
+    parameter set, and for time_* 3 to 7 samples, stopping after 6 s. asv's
+    default (2 processes of up to 10 s each) would more than double the whole
+    suite's time on 2 cores; `asv run -a rounds=2 -a repeat=0` restores it."""
+
+    rounds = 1
+    repeat = (3, 7, 6.0)
+    warmup_time = 0.2
+
+
 def supported_dtypes(backend):
     """The dtypes the installed build has kernels for on ``backend``."""
     try:

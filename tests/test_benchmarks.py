@@ -202,8 +202,9 @@ def test_benchmark_runs_once_on_cpu(name, small_and_once):
         assert result is None or (isinstance(result, float) and math.isnan(result))
         return
     assert result != "skipped"
-    if bench.type == "track":
-        assert isinstance(result, float) and 0 < result < math.inf
+    if bench.type == "track":  # per-round ratios, as asv samples
+        assert result["number"] == 1 and len(result["samples"]) == 1
+        assert all(0 < r < math.inf for r in result["samples"])
 
 
 def test_gpu_and_missing_dtypes_skip(small_and_once):
@@ -229,14 +230,20 @@ def test_gpu_and_missing_dtypes_skip(small_and_once):
             assert bool(skipped) != runnable, (name, values)
 
 
-def test_interleaved_rounds_alternate_and_take_medians():
+def test_interleaved_rounds_alternate_after_a_warm_up(monkeypatch):
     order = []
     calls = [lambda: order.append("a"), lambda: order.append("b")]
-    medians = interleave.interleaved_medians(calls, rounds=4)
+    times = interleave.interleaved_times(calls, rounds=4)
     assert order == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]
-    assert len(medians) == 2 and all(m >= 0 for m in medians)
+    assert [len(t) for t in times] == [4, 4] and all(s >= 0 for t in times for s in t)
+    # As many rounds as fit in the budget, within the bounds.
+    monkeypatch.setattr(interleave, "BUDGET_SECONDS", 0.05)
+    assert len(interleave.interleaved_times(calls)[0]) == interleave.MAX_ROUNDS
+    slow = [lambda: time.sleep(0.02)]
+    assert len(interleave.interleaved_times(slow)[0]) == interleave.MIN_ROUNDS
 
 
 def test_a_ratio_below_one_means_cudcn_is_faster():
-    ratio = interleave.ratio_of_medians(lambda: time.sleep(0.002), lambda: time.sleep(0.006), 3)
-    assert 0.1 < ratio < 0.8
+    result = interleave.ratio_samples(lambda: time.sleep(0.002), lambda: time.sleep(0.006), 3)
+    assert result["number"] == 1 and len(result["samples"]) == 3
+    assert all(0.1 < r < 0.8 for r in result["samples"])

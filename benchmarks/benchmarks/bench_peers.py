@@ -1,8 +1,9 @@
 """cudcn against its peers, as ratios measured side by side in one process.
 
-Each track_* returns cudcn's median time over the peer's (its unit reads
-"cudcn / peer"), from interleaved rounds (see interleave.py): 0.125 means 8x
-faster than the peer, and, as for time_* benchmarks, a rise is a regression. cudcn runs through the torch
+Each track_* records cudcn's time over the peer's (its unit reads "cudcn /
+peer"): the median of the ratios of interleaved rounds (see interleave.py).
+0.125 means 8x faster than the peer; as for time_* benchmarks, a rise is a
+regression. cudcn runs through the torch
 adapter on the same float32 tensors as the peer (issue 12's measurement).
 Peers: torchvision's deform_conv2d / roi_align / ps_roi_align, a dense
 F.conv2d of the same shape (the floor a deformable conv is compared with), and
@@ -16,7 +17,7 @@ except ImportError:  # setup skips every benchmark here
 
 from . import onnxruntime_peer, torch_side, workloads
 from .common import BACKENDS, Sampling, array_module, setup_once, synchronize
-from .interleave import ratio_of_medians, unit
+from .interleave import ratio_samples, unit
 
 
 class _Contest(Sampling):
@@ -75,11 +76,11 @@ class DeformConv2dVsPeers(_Contest):
 
     @unit("cudcn / torchvision")
     def track_forward_vs_torchvision(self, shape, backend):
-        return ratio_of_medians(self.timed(self._cudcn), self.timed(self._torchvision))
+        return ratio_samples(self.timed(self._cudcn), self.timed(self._torchvision))
 
     @unit("cudcn / torchvision")
     def track_forward_backward_vs_torchvision(self, shape, backend):
-        return ratio_of_medians(self.timed_with_backward(self._cudcn),
+        return ratio_samples(self.timed_with_backward(self._cudcn),
                                 self.timed_with_backward(self._torchvision))
 
     @unit("cudcn / F.conv2d")
@@ -91,14 +92,14 @@ class DeformConv2dVsPeers(_Contest):
             return conv2d(t["input"], t["weight"], t["bias"], stride=t["stride"],
                           padding=t["padding"], dilation=t["dilation"])
 
-        return ratio_of_medians(self.timed(self._cudcn), self.timed(dense))
+        return ratio_samples(self.timed(self._cudcn), self.timed(dense))
 
     @unit("cudcn / ONNX Runtime")
     def track_forward_vs_onnxruntime(self, shape, backend):
         if backend != "cpu":
             raise NotImplementedError("ONNX Runtime is compared on the CPU")
         session, feed = onnxruntime_peer.deform_conv_session(self.args)
-        return ratio_of_medians(self.timed(self._cudcn), lambda: session.run(None, feed))
+        return ratio_samples(self.timed(self._cudcn), lambda: session.run(None, feed))
 
     @unit("adapter / NumPy API")
     def track_forward_adapter_vs_numpy_api(self, shape, backend):
@@ -111,7 +112,7 @@ class DeformConv2dVsPeers(_Contest):
             cudcn.deform_conv2d(**arrays)
             synchronize(xp)
 
-        return ratio_of_medians(self.timed(self._cudcn), array_api)
+        return ratio_samples(self.timed(self._cudcn), array_api)
 
 
 class DeformRoIPoolVsRoIAlign(_Contest):
@@ -136,11 +137,11 @@ class DeformRoIPoolVsRoIAlign(_Contest):
 
     @unit("cudcn / roi_align")
     def track_forward_vs_roi_align(self, backend, variant):
-        return ratio_of_medians(self.timed(self._cudcn), self.timed(self._roi_align))
+        return ratio_samples(self.timed(self._cudcn), self.timed(self._roi_align))
 
     @unit("cudcn / roi_align")
     def track_forward_backward_vs_roi_align(self, backend, variant):
-        return ratio_of_medians(self.timed_with_backward(self._cudcn),
+        return ratio_samples(self.timed_with_backward(self._cudcn),
                                 self.timed_with_backward(self._roi_align))
 
 
@@ -166,9 +167,9 @@ class DeformPSRoIPoolVsPSRoIAlign(_Contest):
 
     @unit("cudcn / ps_roi_align")
     def track_forward_vs_ps_roi_align(self, backend):
-        return ratio_of_medians(self.timed(self._cudcn), self.timed(self._ps_roi_align))
+        return ratio_samples(self.timed(self._cudcn), self.timed(self._ps_roi_align))
 
     @unit("cudcn / ps_roi_align")
     def track_forward_backward_vs_ps_roi_align(self, backend):
-        return ratio_of_medians(self.timed_with_backward(self._cudcn),
+        return ratio_samples(self.timed_with_backward(self._cudcn),
                                 self.timed_with_backward(self._ps_roi_align))

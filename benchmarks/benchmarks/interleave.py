@@ -1,14 +1,18 @@
-"""Ratios of times measured side by side, as issue 12 measures them.
+"""Ratios of times measured side by side, for the track_* benchmarks.
 
-On a shared machine an absolute time moves with whatever else runs; a ratio of
-medians of interleaved rounds (each round calls every contender once, the order
-rotating from round to round) moves much less, because both sides of the ratio
-meet the same load.
+On a shared machine an absolute time moves with whatever else runs. The
+contenders are therefore timed in interleaved rounds, each round calling every
+contender once, back to back, the order rotating from round to round (issue
+12's measurement), and each round gives one ratio: both of its times met the
+same load, which the ratio cancels.
+
+A track_* returns those per-round ratios as asv's samples, so that asv records
+their median with a confidence interval, and `asv continuous` / `asv compare`
+call a ratio changed only when the change is significant, not on one noisy
+round.
 """
 
 import time
-
-import numpy as np
 
 # Rounds after the warm-up: as many as fit in BUDGET_SECONDS, within these bounds.
 MIN_ROUNDS, MAX_ROUNDS = 5, 15
@@ -21,10 +25,10 @@ def _timed(call):
     return time.perf_counter() - start
 
 
-def interleaved_medians(calls, rounds=None):
-    """Median seconds of each callable in ``calls``, timed in turns. One
-    warm-up round comes first; it also sets the number of rounds when
-    ``rounds`` is None. Each callable waits for its own device."""
+def interleaved_times(calls, rounds=None):
+    """Seconds of each callable in ``calls``, one list per callable, one entry
+    per round. One warm-up round comes first; it also sets the number of rounds
+    when ``rounds`` is None. Each callable waits for its own device."""
     warm_up = sum(_timed(call) for call in calls)
     if rounds is None:
         rounds = int(min(MAX_ROUNDS, max(MIN_ROUNDS, BUDGET_SECONDS // max(warm_up, 1e-9))))
@@ -33,14 +37,15 @@ def interleaved_medians(calls, rounds=None):
         for i in range(len(calls)):
             k = (i + r) % len(calls)
             samples[k].append(_timed(calls[k]))
-    return [float(np.median(s)) for s in samples]
+    return samples
 
 
-def ratio_of_medians(cudcn_call, peer_call, rounds=None):
-    """cudcn's median time over the peer's: below 1 means cudcn is faster,
-    and, as for asv's time_* benchmarks, a rise is a regression."""
-    ours, theirs = interleaved_medians([cudcn_call, peer_call], rounds)
-    return ours / theirs
+def ratio_samples(cudcn_call, peer_call, rounds=None):
+    """What a track_* returns: cudcn's time over the peer's in each round, as
+    asv samples (asv records their median). Below 1, cudcn is faster; as for
+    time_* benchmarks, a rise is a regression."""
+    ours, theirs = interleaved_times([cudcn_call, peer_call], rounds)
+    return {"samples": [a / b for a, b in zip(ours, theirs)], "number": 1}
 
 
 def unit(text):

@@ -2,7 +2,11 @@
 # make test   - create .venv, install cudcn and everything the tests use, run the suite
 # make check-kernels - NVRTC-compile every GPU kernel instantiation with CUDA 12 and 13,
 #                      for every architecture each supports (no GPU needed)
-# make bench  - asv: run the benchmark suite for the current commit
+# make bench  - asv: the whole benchmark suite on the working tree, in .venv (no build)
+# make bench-history [COMMITS=3] - asv: build and benchmark the last COMMITS commits of
+#               main in asv's own virtualenv (the quick subset), HTML in .asv/html
+# make bench-compare [BASE=main] - asv continuous: build BASE and HEAD, compare the quick
+#               subset, exit non-zero on a slowdown beyond asv's factor (1.1)
 # make sanitize - kernel tests and fuzzers on CPU kernels built with ASan + UBSan
 # make racecheck - kernel tests, fuzzers and the GPU path's glue on CPU kernels that check
 #                  every launch for races among its threads
@@ -13,7 +17,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cudcn-installed
 
-.PHONY: demo test check-kernels bench sanitize racecheck coverage clean
+.PHONY: demo test check-kernels bench bench-history bench-compare sanitize racecheck coverage \
+	clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,9 +35,44 @@ test: $(STAMP)
 check-kernels: $(STAMP)
 	$(PY) -m cudcn compile-check --cuda 12 --cuda 13
 
+# Benchmarks run without this machine's OpenBLAS overrides (issue 12).
+BENCH_ENV := env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE
+# asv itself, apart from .venv: asv builds each commit in its own virtualenv.
+ASV_VENV := .asv/venv
+ASV := $(CURDIR)/$(ASV_VENV)/bin/asv
+COMMITS ?= 3
+BASE ?= main
+# The quick subset, as asv matches `name(param, ...)`: CPU float32, deform_conv2d at
+# (2, 64, 56) forward and backward through the NumPy API and the torch adapter, the
+# RoI poolings (with offsets and mask) forward and backward, and the ratios against
+# the peers of every deform_conv2d track and of each pooling's forward.
+HISTORY_CONV := DeformConv2d\.time_.*\('N2-C64-56', 'cpu', 'float32'\)
+HISTORY_POOL := \.Deform(PS)?RoIPool\.time_.*\('cpu', 'float32'(, 'offset-mask')?\)
+HISTORY_PEERS := VsPeers\.track_.*\('N2-C64-56', 'cpu'\)|Vs(PS)?RoIAlign\.track_forward_vs_.*\('cpu'(, 'no-offset')?\)
+HISTORY_BENCH := $(HISTORY_CONV)|$(HISTORY_POOL)|$(HISTORY_PEERS)
+# Few samples per time_* benchmark; the track_* ratios measure their own rounds.
+HISTORY_ATTRS := -a rounds=1 -a repeat=3 -a warmup_time=0.1
+
 bench: $(STAMP)
 	cd benchmarks && ../$(PY) -m asv machine --yes && \
-	    ../$(PY) -m asv run --environment existing:../$(PY) --set-commit-hash $$(git rev-parse HEAD)
+	    $(BENCH_ENV) ../$(PY) -m asv run --environment existing:../$(PY) \
+	    --set-commit-hash $$(git rev-parse HEAD)
+
+$(ASV):
+	$(PYTHON) -m venv $(ASV_VENV)
+	$(ASV_VENV)/bin/python -m pip install --quiet "asv==0.6.6" virtualenv
+
+bench-history: $(ASV)
+	@git rev-parse --verify -q main >/dev/null || \
+	    { echo "no local branch main (git branch main origin/main)"; exit 1; }
+	cd benchmarks && $(ASV) machine --yes && \
+	    $(BENCH_ENV) $(ASV) run --skip-existing-commits $(HISTORY_ATTRS) \
+	    --bench "$(HISTORY_BENCH)" main~$(COMMITS)..main && \
+	    $(ASV) publish
+
+bench-compare: $(ASV)
+	cd benchmarks && $(ASV) machine --yes && \
+	    $(BENCH_ENV) $(ASV) continuous $(HISTORY_ATTRS) --bench "$(HISTORY_BENCH)" $(BASE) HEAD
 
 # The kernel tests and fuzzers; torch is left out (it does not run under a preloaded ASan).
 KERNEL_TESTS := tests/test_deform_conv2d.py tests/test_roi_pool.py tests/test_psroi_pool.py \

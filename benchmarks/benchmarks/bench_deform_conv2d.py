@@ -1,27 +1,24 @@
-"""deform_conv2d forward and backward at ResNet stage shapes."""
-
-import numpy as np
+"""deform_conv2d through the NumPy/CuPy API: forward, backward (every
+gradient) and peak memory, at issue 12's shapes, per backend and dtype."""
 
 import cudcn
-from cudcn.testing import deform_conv2d_inputs
 
-from .common import BACKENDS, DTYPES, array_module, synchronize
-
-# (batch, channels, size), 3x3 with padding 1: ResNet-50 stages 2-4 at 224, and conv5 at 800.
-SHAPES = {"N2-C64-56": (2, 64, 56), "N1-C128-28": (1, 128, 28), "N4-C256-14": (4, 256, 14)}
+from . import workloads
+from .common import (BACKENDS, DTYPES, Sampling, array_module, numpy_dtype, require,
+                     setup_once, synchronize)
 
 
-class DeformConv2d:
-    params = (list(SHAPES), BACKENDS, DTYPES)
+class DeformConv2d(Sampling):
+    params = (list(workloads.SHAPES), list(BACKENDS), list(DTYPES))
     param_names = ("shape", "backend", "dtype")
+    timeout = 180
 
+    @setup_once
     def setup(self, shape, backend, dtype):
+        require(backend, dtype)
         self.xp = array_module(backend)
-        batch, channels, size = SHAPES[shape]
-        self.args = deform_conv2d_inputs(batch=batch, in_channels=channels,
-                                         out_channels=channels, size=size,
-                                         dtype=np.dtype(dtype), offset_scale=1.0, xp=self.xp)
-        # Compiles the kernels here, never inside a timed call.
+        self.args = workloads.deform_conv2d_args(shape, numpy_dtype(dtype), self.xp)
+        # Loads (or compiles) the kernels here, never inside a timed call.
         self.out = cudcn.deform_conv2d(**self.args)
         cudcn.deform_conv2d_backward(self.out, **self.args)
         synchronize(self.xp)

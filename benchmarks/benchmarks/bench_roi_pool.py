@@ -1,53 +1,49 @@
-"""deform_roi_pool and deform_psroi_pool: 512 RoIs on a stride-16 feature map."""
-
-import numpy as np
+"""deform_roi_pool and deform_psroi_pool through the NumPy/CuPy API: forward,
+backward and peak memory of 512 RoIs on a stride-16 map, per backend and dtype."""
 
 import cudcn
-from cudcn.testing import deform_psroi_pool_inputs, deform_roi_pool_inputs
 
-from .common import BACKENDS, DTYPES, array_module, synchronize
-
-# A 800x1088 image at stride 16.
-MAP = (50, 68)
+from . import workloads
+from .common import (BACKENDS, DTYPES, Sampling, array_module, numpy_dtype, require,
+                     setup_once, synchronize)
 
 
-class DeformRoIPool:
-    params = (BACKENDS, DTYPES)
-    param_names = ("backend", "dtype")
+class DeformRoIPool(Sampling):
+    params = (list(BACKENDS), list(DTYPES), list(workloads.ROI_VARIANTS))
+    param_names = ("backend", "dtype", "variant")
+    timeout = 180
 
-    def setup(self, backend, dtype):
+    @setup_once
+    def setup(self, backend, dtype, variant):
+        require(backend, dtype)
         self.xp = array_module(backend)
-        self.args = deform_roi_pool_inputs(batch=2, channels=256, size=MAP, rois=512,
-                                           output_size=7, spatial_scale=1 / 16,
-                                           sampling_ratio=2, mask=True, dtype=np.dtype(dtype),
-                                           xp=self.xp)
+        self.args = workloads.deform_roi_pool_args(variant, numpy_dtype(dtype), self.xp)
         self.out = cudcn.deform_roi_pool(**self.args)
         cudcn.deform_roi_pool_backward(self.out, **self.args)
         synchronize(self.xp)
 
-    def time_forward(self, backend, dtype):
+    def time_forward(self, backend, dtype, variant):
         cudcn.deform_roi_pool(**self.args)
         synchronize(self.xp)
 
-    def time_backward(self, backend, dtype):
+    def time_backward(self, backend, dtype, variant):
         cudcn.deform_roi_pool_backward(self.out, **self.args)
         synchronize(self.xp)
 
-    def peakmem_forward_backward(self, backend, dtype):
+    def peakmem_forward_backward(self, backend, dtype, variant):
         cudcn.deform_roi_pool_backward(cudcn.deform_roi_pool(**self.args), **self.args)
 
 
-class DeformPSRoIPool:
-    params = (BACKENDS, DTYPES)
+class DeformPSRoIPool(Sampling):
+    params = (list(BACKENDS), list(DTYPES))
     param_names = ("backend", "dtype")
+    timeout = 180
 
+    @setup_once
     def setup(self, backend, dtype):
+        require(backend, dtype)
         self.xp = array_module(backend)
-        # R-FCN: 21 classes' scores on a 7x7 position-sensitive grid.
-        self.args = deform_psroi_pool_inputs(batch=2, output_dim=21, group_size=7,
-                                             pooled_size=7, num_classes=1, size=MAP, rois=512,
-                                             spatial_scale=1 / 16, sample_per_part=4,
-                                             trans_std=0.1, dtype=np.dtype(dtype), xp=self.xp)
+        self.args = workloads.deform_psroi_pool_args(numpy_dtype(dtype), self.xp)
         self.out = cudcn.deform_psroi_pool(**self.args)
         cudcn.deform_psroi_pool_backward(self.out, **self.args)
         synchronize(self.xp)

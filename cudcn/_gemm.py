@@ -6,38 +6,9 @@ float32 GEMM (BLAS, cuBLAS) on both backends and accumulates in float32, as
 cuBLAS does with a float32 compute type, whatever the array library's own
 16-bit matmul would do (NumPy's and ml_dtypes' run without BLAS, far slower);
 the result, with any addend, is rounded once, when it is stored.
-
-On the CPU, a framework adapter may run the products in its framework's BLAS
-(``framework_blas``): the torch adapter does, so that a model's GEMMs and
-cudcn's share one BLAS and one thread pool instead of two pools taking turns
-on the cores.
 """
 
-import contextlib
-import contextvars
-
 import numpy as np
-
-# (a, b) -> a @ b for NumPy operands of the compute dtype, or None: NumPy's.
-_cpu_matmul = contextvars.ContextVar("cudcn_cpu_matmul", default=None)
-
-
-@contextlib.contextmanager
-def framework_blas(matmul_fn):
-    """Inside the block, CPU products run as ``matmul_fn(a, b, out)`` (``out``
-    None or a NumPy array of the product's dtype to write into)."""
-    token = _cpu_matmul.set(matmul_fn)
-    try:
-        yield
-    finally:
-        _cpu_matmul.reset(token)
-
-
-def _product(xp, a, b, out=None):
-    framework = _cpu_matmul.get() if xp is np else None
-    if framework is not None:
-        return framework(a, b, out)
-    return xp.matmul(a, b) if out is None else xp.matmul(a, b, out=out)
 
 # Bytes of float32 copies per 16-bit element: what widening costs the workspace.
 WIDENED_ITEMSIZE = 4
@@ -60,11 +31,11 @@ def matmul(xp, a, b, out=None, addend=None):
     """
     a, b = _widened(xp, a), _widened(xp, b)
     if out is not None and out.dtype == a.dtype:
-        _product(xp, a, b, out=out)
+        xp.matmul(a, b, out=out)
         if addend is not None:
             out += addend
         return out
-    product = _product(xp, a, b)
+    product = xp.matmul(a, b)
     if addend is not None:
         product += _widened(xp, addend)
     if out is None:

@@ -387,19 +387,3 @@ def test_bad_inputs_raise_clear_errors():
         ct.deform_conv2d(a["input"], a["offset"], a["weight"], stride=0)
     with pytest.raises(TypeError, match="rois must be a torch.Tensor"):
         ct.deform_roi_pool(a["input"], [[0, 1, 1, 4, 4]])
-
-
-def test_cpu_products_run_in_torchs_blas(monkeypatch):
-    """Through the adapter, cudcn's GEMMs share torch's BLAS and thread pool
-    with the model's (issue 12); the NumPy API keeps NumPy's."""
-    calls = []
-    real = torch.matmul
-    monkeypatch.setattr(torch, "matmul", lambda *a, **k: calls.append(1) or real(*a, **k))
-    a = _tensors(deform_conv2d_inputs(seed=19), requires_grad=("input", "weight"))
-    y = ct.deform_conv2d(a["input"], a["offset"], a["weight"], padding=1)
-    forward_calls = len(calls)
-    y.sum().backward()
-    assert forward_calls >= 1 and len(calls) > forward_calls
-    del calls[:]
-    cudcn.deform_conv2d(**deform_conv2d_inputs(seed=19))
-    assert not calls

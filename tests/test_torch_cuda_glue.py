@@ -101,19 +101,12 @@ TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2.0**-10,
 @pytest.mark.parametrize("deterministic", [False, True], ids=["items", "sorted"])
 @pytest.mark.parametrize("dtype", TOL, ids=str)
 @pytest.mark.parametrize("op", OPS)
-def test_ops_through_the_cuda_branches_equal_the_cpu_path(request, monkeypatch, op, dtype,
-                                                         deterministic):
+def test_ops_through_the_cuda_branches_equal_the_cpu_path(request, op, dtype, deterministic):
     torch.use_deterministic_algorithms(deterministic)
     try:
-        # The CPU path, with the launches planned for the double's device and
-        # its products in NumPy's BLAS, as the double's (the adapter otherwise
-        # hands the CPU's to torch's).
-        monkeypatch.setattr(ct.ops, "_torch_matmul",
-                            lambda a, b, out: np.matmul(a, b) if out is None
-                            else np.matmul(a, b, out=out))
+        # The CPU path, with the launches planned for the double's device.
         with _launch.planning_for(cupy_double.planned_target()):
             expected = _forward_backward(op, dtype)
-        monkeypatch.undo()
         gpu = request.getfixturevalue("cuda")
         results = _forward_backward(op, dtype)
     finally:

@@ -27,7 +27,7 @@ from typing import List, Optional
 import torch
 
 import cudcn
-from cudcn import _checks, _gemm
+from cudcn import _checks
 
 from . import _bridge, _errors, _fx
 
@@ -54,17 +54,8 @@ def _run(reference, fn, *args, **kwargs):
         raise _errors.as_torch_error(error) from None
 
 
-def _torch_matmul(a, b, out):
-    """cudcn's CPU products in torch's BLAS, on the NumPy arrays' memory, in
-    their own dtype (autocast off: cudcn chose the compute dtype)."""
-    with torch.autocast("cpu", enabled=False):
-        product = torch.matmul(torch.from_numpy(a), torch.from_numpy(b),
-                               out=None if out is None else torch.from_numpy(out))
-    return out if out is not None else product.numpy()
-
-
 def _run_arrays(reference, fn, *args, **kwargs):
-    with _bridge.on_device_of(reference), _gemm.framework_blas(_torch_matmul):
+    with _bridge.on_device_of(reference):
         arrays = [_bridge.to_array(a) if isinstance(a, Tensor) else a for a in args]
         kw = {k: _bridge.to_array(v) if isinstance(v, Tensor) else v for k, v in kwargs.items()}
         result = fn(*arrays, **kw)

@@ -1,7 +1,15 @@
 // Lets the host C++ compiler build the unchanged .cu kernel files, and runs
 // a kernel launch as CUDA would: every (block, thread) of the grid calls the
-// kernel once, blocks spread over OpenMP threads. Kernels must not use shared
-// memory, __syncthreads or warp intrinsics, which this cannot emulate.
+// kernel once, spread over a small pool of worker threads of its own. Kernels
+// must not use shared memory, __syncthreads or warp intrinsics, which this
+// cannot emulate.
+//
+// Why a pool of its own and not OpenMP: the BLAS that runs the GEMMs between
+// kernels keeps its own threads, and so does torch; an OpenMP runtime that
+// torch loaded spins its workers for milliseconds after each parallel region
+// (cudcn's kernels bind to it when torch is imported first), taking a core
+// from the GEMM that follows. These workers spin for a few microseconds, then
+// sleep until the next launch.
 //
 // Built with CUDCN_RACECHECK, it checks each launch for what would be a race
 // among a GPU's threads, which run at once in any order: it runs the threads
@@ -12,12 +20,21 @@
 // (cudcn_racecheck_report, called by the CPU executor after each launch).
 #pragma once
 
+#include <atomic>
 #include <cmath>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <thread>
 #include <type_traits>
 #include <utility>
+
+#include <pthread.h>
+#include <sched.h>
+#include <unistd.h>
 #ifdef CUDCN_RACECHECK
 #include <unordered_map>
 #endif
@@ -39,7 +56,7 @@ struct dim3 {
   constexpr dim3(unsigned int x_ = 1, unsigned int y_ = 1, unsigned int z_ = 1) : x(x_), y(y_), z(z_) {}
 };
 
-// Per OpenMP thread, as each CUDA thread sees its own. initial-exec: a direct
+// Per worker thread, as each CUDA thread sees its own. initial-exec: a direct
 // thread-pointer access instead of a __tls_get_addr call per read (the
 // default model in a shared library), which cost ~50 ns per work item.
 #define CUDCN_TLS thread_local __attribute__((tls_model("initial-exec")))
@@ -119,15 +136,23 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f) {
   return __nv_bfloat16{std::uint16_t(cudcn_cpu::round_shift_even(u, 16))};
 }
 
+// CUDA's atomicAdd for float and double: a compare-and-swap loop on the bits.
 template <typename T>
 inline T atomicAdd(T* address, T value) {
-  T old;
-#pragma omp atomic capture
-  {
-    old = *address;
-    *address += value;
+  using Bits = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+  static_assert(sizeof(T) == sizeof(Bits), "atomicAdd on 32- or 64-bit values");
+  Bits* bits = reinterpret_cast<Bits*>(address);
+  Bits expected = __atomic_load_n(bits, __ATOMIC_RELAXED);
+  for (;;) {
+    T old;
+    std::memcpy(&old, &expected, sizeof old);
+    const T sum = old + value;
+    Bits desired;
+    std::memcpy(&desired, &sum, sizeof desired);
+    if (__atomic_compare_exchange_n(bits, &expected, desired, true, __ATOMIC_RELAXED,
+                                    __ATOMIC_RELAXED))
+      return old;
   }
-  return old;
 }
 
 #ifdef CUDCN_RACECHECK
@@ -212,11 +237,117 @@ inline void check() {
 
 namespace cudcn_cpu {
 
+// The worker threads. run() splits [0, total) into one contiguous part per
+// thread (the caller takes part 0, as a static OpenMP schedule would) and
+// returns when all are done. One launch at a time: a second caller thread
+// meanwhile runs its launch alone. Threads: $OMP_NUM_THREADS, else the CPUs
+// this process may use. The pool is never destroyed (its threads end with the
+// process) and is started anew in a forked child, which has none.
+class Pool {
+ public:
+  using Body = void (*)(void* context, long long begin, long long end);
+
+  static Pool& instance() {
+    static Pool* pool = new Pool();
+    return *pool;
+  }
+
+  int threads() const { return threads_; }
+
+  void run(long long total, Body body, void* context) {
+    std::unique_lock<std::mutex> launch(launch_, std::try_to_lock);
+    if (!launch.owns_lock() || threads_ == 1 || total < 2) {
+      body(context, 0, total);
+      return;
+    }
+    if (pid_ != getpid()) restart();
+    body_ = body;
+    context_ = context;
+    total_ = total;
+    remaining_.store(threads_ - 1, std::memory_order_relaxed);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      generation_.fetch_add(1, std::memory_order_release);
+    }
+    wake_.notify_all();
+    part(0);
+    while (remaining_.load(std::memory_order_acquire) != 0) relax();
+  }
+
+ private:
+  Pool() : threads_(count_threads()) { start(); }
+
+  static int count_threads() {
+    if (const char* env = std::getenv("OMP_NUM_THREADS")) {
+      const int n = std::atoi(env);
+      if (n >= 1) return n;
+    }
+    cpu_set_t cpus;
+    if (sched_getaffinity(0, sizeof cpus, &cpus) == 0) return CPU_COUNT(&cpus) > 0 ? CPU_COUNT(&cpus) : 1;
+    const unsigned n = std::thread::hardware_concurrency();
+    return n ? static_cast<int>(n) : 1;
+  }
+
+  static void relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+
+  void start() {
+    pid_ = getpid();
+    // The generation a worker waits past is the one at its creation: it may
+    // start running only after the first launch has been published.
+    const unsigned first = generation_.load(std::memory_order_acquire);
+    for (int r = 1; r < threads_; ++r) std::thread([this, r, first] { work(r, first); }).detach();
+  }
+
+  // A forked child inherits the pool's state but none of its threads.
+  void restart() {
+    new (&mutex_) std::mutex();
+    new (&wake_) std::condition_variable();
+    generation_.store(0);
+    start();
+  }
+
+  void part(int r) {
+    body_(context_, total_ * r / threads_, total_ * (r + 1) / threads_);
+  }
+
+  void work(int r, unsigned seen) {
+    const pid_t pid = pid_;
+    for (;;) {
+      // A few microseconds of spinning catch the next launch of a sequence;
+      // then sleep, so that the cores are free for whatever runs meanwhile.
+      for (int spin = 0; spin < 4096 && generation_.load(std::memory_order_acquire) == seen; ++spin)
+        relax();
+      if (generation_.load(std::memory_order_acquire) == seen) {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+      }
+      if (pid_ != pid) return;  // a pool restarted in a forked child
+      seen = generation_.load(std::memory_order_acquire);
+      part(r);
+      remaining_.fetch_sub(1, std::memory_order_release);
+    }
+  }
+
+  const int threads_;
+  pid_t pid_ = 0;
+  std::mutex launch_, mutex_;
+  std::condition_variable wake_;
+  std::atomic<unsigned> generation_{0};
+  std::atomic<int> remaining_{0};
+  Body body_ = nullptr;
+  void* context_ = nullptr;
+  long long total_ = 0;
+};
+
 // `params` follows cuLaunchKernel's convention: params[i] points at the value
-// of the kernel's i-th argument. OpenMP spreads the flattened (block, thread)
-// space, not just the blocks: a kernel over few items (one thread per plane)
-// may be a single block. That is faithful because the kernels share nothing
-// between the threads of a block (no shared memory, no barriers).
+// of the kernel's i-th argument. The pool spreads the flattened (block,
+// thread) space, not just the blocks: a kernel over few items (one thread per
+// plane) may be a single block. That is faithful because the kernels share
+// nothing between the threads of a block (no shared memory, no barriers).
 template <typename... Args, std::size_t... Is>
 void launch(void (*kernel)(Args...), unsigned int grid, unsigned int block, void** params,
             std::index_sequence<Is...>) {
@@ -233,17 +364,21 @@ void launch(void (*kernel)(Args...), unsigned int grid, unsigned int block, void
   race::check();
   return;
 #endif
-#pragma omp parallel
-  {
-    gridDim = dim3(grid);
-    blockDim = dim3(block);
-#pragma omp for schedule(static)
-    for (long long t = 0; t < total; ++t) {
-      blockIdx.x = static_cast<unsigned int>(t / block);
-      threadIdx.x = static_cast<unsigned int>(t % block);
-      kernel(*static_cast<std::remove_reference_t<Args>*>(params[Is])...);
+  struct Context {
+    void (*kernel)(Args...);
+    unsigned int grid, block;
+    void** params;
+  } context{kernel, grid, block, params};
+  Pool::instance().run(total, [](void* raw, long long begin, long long end) {
+    const Context& c = *static_cast<const Context*>(raw);
+    gridDim = dim3(c.grid);
+    blockDim = dim3(c.block);
+    for (long long t = begin; t < end; ++t) {
+      blockIdx.x = static_cast<unsigned int>(t / c.block);
+      threadIdx.x = static_cast<unsigned int>(t % c.block);
+      c.kernel(*static_cast<std::remove_reference_t<Args>*>(c.params[Is])...);
     }
-  }
+  }, &context);
 }
 
 template <typename... Args>

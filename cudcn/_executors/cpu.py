@@ -1,6 +1,6 @@
 """CPU executor: the unchanged ``.cu`` files, built by the host C++ compiler.
 
-``cpu_shim.h`` maps the CUDA keywords and launch model onto C++ and OpenMP;
+``cpu_shim.h`` maps the CUDA keywords and launch model onto C++ and its own threads;
 this module generates one ``extern "C"`` entry point per kernel instantiation,
 compiles each kernel file once into a shared library cached on disk, and calls
 the entry point through ctypes (which releases the GIL during the call).
@@ -20,8 +20,7 @@ import numpy as np
 
 from .. import _kernels, _sources
 
-CXXFLAGS = ("-std=c++17", "-O3", "-fPIC", "-shared", "-fno-math-errno")
-OPENMP_FLAGS = ("-fopenmp",)
+CXXFLAGS = ("-std=c++17", "-O3", "-fPIC", "-shared", "-fno-math-errno", "-pthread")
 
 
 class CompilerNotFoundError(RuntimeError):
@@ -136,35 +135,10 @@ def _build(source, command, flags):
     return library
 
 
-def _load_with_passive_openmp(path):
-    """Load a kernel library; libgomp, if this load brings it in, sleeps
-    between parallel regions instead of spinning.
-
-    Spinning OpenMP workers take the cores from the BLAS threads of the GEMM
-    that follows each kernel (and BLAS workers spinning after a GEMM do the
-    same to the next kernel): on two cores that doubled the forward's time.
-    libgomp reads OMP_WAIT_POLICY once, when it loads, so the variable is set
-    for this load only, unless the user set it.
-    """
-    if "OMP_WAIT_POLICY" in os.environ:
-        return ctypes.CDLL(str(path))
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    try:
-        return ctypes.CDLL(str(path))
-    finally:
-        del os.environ["OMP_WAIT_POLICY"]
-
-
 @functools.cache
 def library(source):
     """The loaded shared library of one kernel file, built on first use."""
-    command = compiler()
-    try:
-        path = _build(source, command, CXXFLAGS + OPENMP_FLAGS)
-    except CompileError:
-        # A compiler without OpenMP still runs every kernel, on one thread.
-        path = _build(source, command, CXXFLAGS)
-    lib = _load_with_passive_openmp(path)
+    lib = ctypes.CDLL(str(_build(source, compiler(), CXXFLAGS)))
     for kernel, scalar, index in _kernels.instantiations(source, _kernels.CPU_DTYPES):
         fn = getattr(lib, symbol(kernel, scalar, index))
         fn.argtypes = (ctypes.c_uint, ctypes.c_uint, ctypes.POINTER(ctypes.c_void_p))

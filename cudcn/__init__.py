@@ -8,6 +8,7 @@ from ._executors.cpu import CompileError, CompilerNotFoundError
 from ._workspace import (
     DEFAULT_WORKSPACE_LIMIT,
     get_workspace_limit,
+    release_scratch,
     set_workspace_limit,
     workspace_limit,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "deform_roi_pool",
     "deform_roi_pool_backward",
     "get_workspace_limit",
+    "release_scratch",
     "set_workspace_limit",
     "workspace_limit",
 ]

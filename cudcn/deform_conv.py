@@ -177,14 +177,16 @@ class _Plan:
         self.padded_input = self.padded_grad_input = None
         if self.strategy == "planes":
             items = self.size * self.items_per_image
-            self.corner_base = xp.empty((items, 2), dtype=_kernels.INDEX_DTYPES[self.index])
-            self.corner_weight = xp.empty((items, 6), dtype=self.acc)
+            self.corner_base = _workspace.scratch(xp, "corner_base", (items, 2),
+                                                  _kernels.INDEX_DTYPES[self.index])
+            self.corner_weight = _workspace.scratch(xp, "corner_weight", (items, 6), self.acc)
             padded = (self.size, g.channels, g.height + _kernels.PLANE_PADDING,
                       g.width + _kernels.PLANE_PADDING)
             # Zeros around each plane, written once; chunks fill the interior.
-            self.padded_input = xp.zeros(padded, dtype=g.dtype)
+            self.padded_input = _workspace.scratch(xp, "padded_input", padded, g.dtype, zero=True)
             if col2im:
-                self.padded_grad_input = xp.empty(padded, dtype=self.acc)
+                self.padded_grad_input = _workspace.scratch(xp, "padded_grad_input", padded,
+                                                            self.acc)
 
     def launch(self, kernel, n, work=None, **arrays):
         _launch.run(_launch.make_launch(kernel, self.g.dtype, n, self.index, work=work,
@@ -258,7 +260,8 @@ class _Plan:
         # The peer (torchvision) has a thread per offset entry: two per item.
         block, threads, _ = self._sampling_threads(kernel, images, max_blocks=_launch.MAX_SERIAL)
         block_count = threads // items
-        partials = self.g.xp.empty((block_count, 3, items), dtype=self.acc)
+        partials = _workspace.scratch(self.g.xp, "coord_partials", (block_count, 3, items),
+                                      self.acc)
         item, acc = self.g.dtype.itemsize, self.acc.itemsize
         self.launch(kernel, threads, grad_columns=grad_columns, input=x, offset=offset,
                     partials=partials, channel_block=block,
@@ -357,7 +360,7 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     weight_grouped = weight.reshape(g.groups, g.out_channels // g.groups, -1)
     bias_grouped = None if bias is None else bias.reshape(g.groups, -1, 1)
     plan = _Plan(g, buffers=1, deterministic=False)
-    columns = xp.empty((plan.size, g.column_rows, g.out_pixels), dtype=g.dtype)
+    columns = _workspace.scratch(xp, "columns", (plan.size, g.column_rows, g.out_pixels), g.dtype)
     for start, stop in plan.chunks:
         cols = columns[: stop - start]
         off_c, mask_c = offset[start:stop], None if mask is None else mask[start:stop]
@@ -421,9 +424,11 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
 
     plan = _Plan(g, buffers=int(want_weight) + int(want_input or want_coord),
                  deterministic=deterministic, coord=want_coord, col2im=want_input)
-    columns = (xp.empty((plan.size, g.column_rows, g.out_pixels), dtype=g.dtype)
+    columns = (_workspace.scratch(xp, "columns", (plan.size, g.column_rows, g.out_pixels),
+                                  g.dtype)
                if want_weight else None)
-    grad_columns = (xp.empty((plan.size, g.column_rows, g.out_pixels), dtype=g.dtype)
+    grad_columns = (_workspace.scratch(xp, "grad_columns",
+                                       (plan.size, g.column_rows, g.out_pixels), g.dtype)
                     if want_input or want_coord else None)
     for start, stop in plan.chunks:
         images = stop - start

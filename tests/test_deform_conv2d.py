@@ -203,3 +203,25 @@ def test_caller_arrays_are_never_written():
     for k in arrays:
         np.testing.assert_array_equal(arrays[k], copies[k])
     assert (grad_output == 1).all()
+
+
+def test_scratch_memory_is_reused_and_never_returned(launches):
+    """The CPU keeps its temporary buffers between calls (no fresh pages each
+    call); what a call returns is its own, never that memory."""
+    a = deform_conv2d_inputs(seed=30)
+    b = deform_conv2d_inputs(seed=31)
+    first = cudcn.deform_conv2d(**a)
+    kept = first.copy()
+    grads_a = cudcn.deform_conv2d_backward(first, **a)
+    kept_grads = [None if g is None else g.copy() for g in grads_a]
+    columns = [l for l in launches if "im2col" in l.kernel.name]
+    cudcn.deform_conv2d(**b)
+    cudcn.deform_conv2d_backward(first, **b)
+    assert np.array_equal(first, kept)
+    for got, want in zip(grads_a, kept_grads):
+        assert (got is None and want is None) or np.array_equal(got, want)
+    again = [l for l in launches if "im2col" in l.kernel.name][len(columns):]
+    first_buffer = dict(zip(columns[0].kernel.param_names, columns[0].args))["columns"]
+    later_buffer = dict(zip(again[0].kernel.param_names, again[0].args))["columns"]
+    assert first_buffer.ctypes.data == later_buffer.ctypes.data  # the same memory
+    cudcn.release_scratch()

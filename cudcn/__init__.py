@@ -6,6 +6,7 @@ kernel sources built for the CPU).
 
 from ._executors.cpu import CompileError, CompilerNotFoundError
 from ._workspace import (
+    DEFAULT_CPU_WORKSPACE_LIMIT,
     DEFAULT_WORKSPACE_LIMIT,
     get_workspace_limit,
     release_scratch,
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CompileError",
     "CompilerNotFoundError",
+    "DEFAULT_CPU_WORKSPACE_LIMIT",
     "DEFAULT_WORKSPACE_LIMIT",
     "DeformConv2dGrads",
     "DeformPSRoIPoolGrads",

@@ -163,7 +163,7 @@ class _Plan:
             per_image += _sorted_sum.workspace_bytes(
                 4 * self.items_per_image, g.offset_groups * g.height * g.width,
                 self.group_channels, xp.dtype(xp.int64), self.acc)
-        self.size = _workspace.images_per_chunk(g.batch, per_image)
+        self.size = _workspace.images_per_chunk(g.batch, per_image, xp)
         self.chunks = [(s, min(s + self.size, g.batch)) for s in range(0, g.batch, self.size)]
         # One index type for every chunk: the largest decides.
         self.index = _launch.index_type(

@@ -371,9 +371,9 @@ def test_workspace_limit_where_traced_applies_where_run(monkeypatch):
     seen = []
     real = cudcn._workspace.images_per_chunk
 
-    def spy(batch, bytes_per_image):
+    def spy(batch, bytes_per_image, xp):
         seen.append(cudcn.get_workspace_limit())
-        return real(batch, bytes_per_image)
+        return real(batch, bytes_per_image, xp)
 
     monkeypatch.setattr(cudcn._workspace, "images_per_chunk", spy)
     names, arrays, params = OPS["deform_conv2d"].split(OPS["deform_conv2d"].make())

@@ -45,9 +45,10 @@ class Call:
         for operations that never fold (RoI pooling: rois index into N).
     outputs_per_image: every result's axis 0 is N.
     static: (name, value) pairs of the non-array arguments.
-    workspace_limit: cudcn's workspace limit where the call was traced; the
-        custom call runs on one of XLA's threads, which does not see the
-        tracing thread's ``cudcn.workspace_limit``.
+    workspace_limit: cudcn's workspace limit set where the call was traced
+        (None: each backend's default); the custom call runs on one of XLA's
+        threads, which does not see the tracing thread's
+        ``cudcn.workspace_limit``.
     """
 
     fn: Callable
@@ -56,7 +57,7 @@ class Call:
     per_image: frozenset
     outputs_per_image: bool
     static: tuple
-    workspace_limit: int
+    workspace_limit: object  # int or None
 
     def __call__(self, ctx, outputs, *buffers):
         with _as_arrays(ctx, (*outputs, *buffers)) as arrays:

@@ -48,7 +48,7 @@ def _call(fn, arrays, static, results, per_image=frozenset(), outputs_per_image=
     present = {name: a for name, a in arrays.items() if a is not None}
     call = _buffers.Call(fn, tuple(present), tuple(a.ndim for a in present.values()),
                          frozenset(per_image), outputs_per_image, tuple(static),
-                         cudcn.get_workspace_limit())
+                         cudcn._workspace.explicit_limit())
     return _buffers.run(call, results, list(present.values()))
 
 

@@ -78,7 +78,8 @@ def collect():
     cpu_cache = cpu.cache_dir()
     rows.append(("CPU kernel cache", f"{cpu_cache} ({_mib(_folder_size(cpu_cache))})"))
     rows.append(("CuPy kernel cache", f"{cupy_cache} ({_mib(_folder_size(cupy_cache))})"))
-    rows.append(("workspace limit", f"{cudcn.get_workspace_limit() / 2**20:g} MiB"))
+    rows.append(("workspace limit", f"{cudcn.get_workspace_limit('cpu') / 2**20:g} MiB (CPU), "
+                                    f"{cudcn.get_workspace_limit('gpu') / 2**20:g} MiB (GPU)"))
     return rows
 
 

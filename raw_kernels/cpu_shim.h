@@ -8,7 +8,7 @@
 // kernels keeps its own threads, and so does torch; an OpenMP runtime that
 // torch loaded spins its workers for milliseconds after each parallel region
 // (cudcn's kernels bind to it when torch is imported first), taking a core
-// from the GEMM that follows. These workers spin for a few microseconds, then
+// from the GEMM that follows. These workers spin for 200 microseconds, then
 // sleep until the next launch.
 //
 // Built with CUDCN_RACECHECK, it checks each launch for what would be a race
@@ -21,6 +21,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <cstddef>
@@ -317,10 +318,15 @@ class Pool {
   void work(int r, unsigned seen) {
     const pid_t pid = pid_;
     for (;;) {
-      // A few microseconds of spinning catch the next launch of a sequence;
-      // then sleep, so that the cores are free for whatever runs meanwhile.
-      for (int spin = 0; spin < 4096 && generation_.load(std::memory_order_acquire) == seen; ++spin)
-        relax();
+      // Spinning for a while catches the next launch of a sequence (the
+      // Python between two launches takes tens of microseconds, and waking a
+      // sleeping thread in a virtual machine can take a hundred); then sleep,
+      // so that the cores are free for the GEMM between kernels.
+      const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicroseconds);
+      while (generation_.load(std::memory_order_acquire) == seen &&
+             std::chrono::steady_clock::now() < until) {
+        for (int i = 0; i < 32; ++i) relax();
+      }
       if (generation_.load(std::memory_order_acquire) == seen) {
         std::unique_lock<std::mutex> lock(mutex_);
         wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
@@ -332,6 +338,7 @@ class Pool {
     }
   }
 
+  static constexpr int kSpinMicroseconds = 200;
   const int threads_;
   pid_t pid_ = 0;
   std::mutex launch_, mutex_;
@@ -342,6 +349,28 @@ class Pool {
   void* context_ = nullptr;
   long long total_ = 0;
 };
+
+// Runs a BLAS's parallel jobs on the pool (OpenBLAS's caller-managed threads:
+// openblas_set_threads_callback_function), so that the GEMMs between kernels
+// share the kernels' threads instead of waking a second pool whose threads
+// then spin, for tens of milliseconds, on the cores the next kernels need.
+// Job i runs as dojob(i, its data, dojob_data): jobs that run at once have
+// distinct numbers, as OpenBLAS's per-thread buffers require.
+inline void run_blas_jobs(void (*dojob)(int, void*, int), int jobs, std::size_t size,
+                          void* data, int dojob_data) {
+  struct Context {
+    void (*dojob)(int, void*, int);
+    std::size_t size;
+    char* data;
+    int dojob_data;
+  } context{dojob, size, static_cast<char*>(data), dojob_data};
+  Pool::instance().run(jobs, [](void* raw, long long begin, long long end) {
+    const Context& c = *static_cast<const Context*>(raw);
+    for (long long i = begin; i < end; ++i) {
+      c.dojob(static_cast<int>(i), c.data + i * c.size, c.dojob_data);
+    }
+  }, &context);
+}
 
 // `params` follows cuLaunchKernel's convention: params[i] points at the value
 // of the kernel's i-th argument. The pool spreads the flattened (block,

@@ -138,3 +138,18 @@ def test_coord_block_matches_the_kernel_source():
     assert int(value) == _kernels.PLANE_ITEMS
     (value,) = re.findall(r"p.width = I\(s.width\) \+ (\d+);", text)
     assert int(value) == _kernels.PLANE_PADDING
+
+
+def test_gemms_run_on_the_kernels_threads_and_give_openblas_own_bits():
+    """With OpenBLAS's caller-managed threading, cudcn's GEMMs run on the
+    kernels' pool: the same bits as OpenBLAS's own threads."""
+    if cpu._openblas_callback_setter() is None:
+        pytest.skip("NumPy's BLAS here has no threads callback (OpenBLAS < 0.3.27 or another BLAS)")
+    rng = np.random.default_rng(0)
+    for m, k, n in [(64, 576, 3136), (256, 2304, 196), (3, 5, 7)]:
+        a = rng.standard_normal((m, k), dtype=np.float32)
+        b = rng.standard_normal((k, n), dtype=np.float32)
+        want = a @ b
+        with cpu.blas_on_kernel_threads("deform_conv2d.cu"):
+            got = a @ b
+        assert np.array_equal(got, want)

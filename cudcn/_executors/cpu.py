@@ -6,6 +6,7 @@ compiles each kernel file once into a shared library cached on disk, and calls
 the entry point through ctypes (which releases the GIL during the call).
 """
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -54,6 +55,10 @@ def wrapper_source(source):
             "}",
         ]
     lines += [
+        'extern "C" void cudcn_blas_jobs(int sync, void (*dojob)(int, void*, int), int jobs, '
+        "size_t size, void* data, int dojob_data) {",
+        "  cudcn_cpu::run_blas_jobs(dojob, jobs, size, data, dojob_data);",
+        "}",
         "#ifdef CUDCN_RACECHECK",
         'extern "C" int cudcn_racecheck_report(const void** address, long long* first, '
         "long long* second) {",
@@ -148,6 +153,52 @@ def library(source):
     if lib.race_report is not None:
         lib.race_report.restype = ctypes.c_int
     return lib
+
+
+# OpenBLAS's caller-managed threading (0.3.27+), by its exported names:
+# NumPy's bundled build prefixes and suffixes them.
+_OPENBLAS_CALLBACK_SETTERS = ("scipy_openblas_set_threads_callback_function64_",
+                              "scipy_openblas_set_threads_callback_function",
+                              "openblas_set_threads_callback_function64_",
+                              "openblas_set_threads_callback_function")
+
+
+@functools.cache
+def _openblas_callback_setter():
+    """OpenBLAS's set-threads-callback function in this process, or None."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            blas = ctypes.CDLL(path)  # already loaded: the same handle
+        except OSError:
+            continue
+        for name in _OPENBLAS_CALLBACK_SETTERS:
+            setter = getattr(blas, name, None)
+            if setter is not None:
+                setter.argtypes = (ctypes.c_void_p,)
+                setter.restype = None
+                return setter
+    return None
+
+
+@contextlib.contextmanager
+def blas_on_kernel_threads(source):
+    """Inside the block, OpenBLAS runs its parallel GEMM jobs on the thread
+    pool of ``source``'s kernels: one pool for the whole op. A no-op for
+    another BLAS (MKL, Accelerate) or an OpenBLAS older than 0.3.27."""
+    setter = _openblas_callback_setter()
+    if setter is None:
+        yield
+        return
+    setter(ctypes.cast(library(source).cudcn_blas_jobs, ctypes.c_void_p))
+    try:
+        yield
+    finally:
+        setter(None)
 
 
 def run(launch):

@@ -51,9 +51,8 @@ def _compile_check(args):
 def _bench(args):
     from . import bench as _bench
 
-    _bench.run(repeats=args.repeats, memory=not args.no_memory, threads=not args.no_threads,
-               workspace_mib=args.workspace_mib)
-    return 0
+    return _bench.run(rounds=args.rounds, memory=not args.no_memory, threads=not args.no_threads,
+                      environment=not args.no_environment)
 
 
 def _info(args):
@@ -168,15 +167,20 @@ def build_parser():
     plan.set_defaults(run=_gpu_plan)
 
     bench = commands.add_parser(
-        "bench", help="time cudcn against torchvision and F.conv2d on the CPU, side by side",
-        description="Forward and forward+backward of deform_conv2d at three ResNet shapes "
-                    "(float32, 3x3, with mask), against torchvision's CPU op and a dense "
-                    "F.conv2d, medians in one run; then peak memory and thread scaling.")
-    bench.add_argument("--repeats", type=int, default=7, help="timed repetitions (default 7)")
+        "bench", help="CPU speed and memory against torchvision, F.conv2d and ONNX Runtime",
+        description="Time cudcn on the CPU as a PyTorch user meets it (torch imported first, "
+                    "through cudcn.adapters.torch and the NumPy API) against torchvision's "
+                    "deform_conv2d, roi_align and ps_roi_align, a dense F.conv2d and ONNX "
+                    "Runtime's DeformConv, in interleaved rounds (medians, ratios in one "
+                    "process, OpenBLAS's build-machine variables unset); then peak memory, "
+                    "1 -> 2 thread scaling, and cudcn's time with torch, ONNX Runtime or NumPy's "
+                    "BLAS in the process, each in a fresh process.")
+    bench.add_argument("--rounds", type=int, default=9,
+                       help="interleaved rounds per row (default 9)")
     bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory line")
     bench.add_argument("--no-threads", action="store_true", help="skip the thread-scaling line")
-    bench.add_argument("--workspace-mib", type=float, default=None,
-                       help="workspace limit for the peak-memory line (default: cudcn's)")
+    bench.add_argument("--no-environment", action="store_true",
+                       help="skip the rows of cudcn's time beside other libraries")
     bench.set_defaults(run=_bench)
     return parser
 

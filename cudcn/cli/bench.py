@@ -1,70 +1,192 @@
-"""``cudcn bench``: cudcn against torchvision's CPU deform_conv2d and a dense
-F.conv2d of the same shape, measured side by side in one run.
+"""``cudcn bench``: cudcn's CPU speed and memory against its peers, measured
+the way users meet it.
 
-Times are medians of several repetitions after a warm-up, in one process.
-Peak memory and thread scaling run each case in a fresh subprocess, so that
-every library starts from the same baseline.
+- torch is imported before cudcn, and cudcn runs both through
+  ``cudcn.adapters.torch`` and through the NumPy API;
+- the contenders of a row run in interleaved rounds, each round calling each
+  once in a rotating order, and a time is the median of its rounds, so that
+  whatever else loads the machine meets every contender alike; ratios are of
+  those medians, in one process;
+- the measuring process runs without ``OPENBLAS_CORETYPE`` and
+  ``OPENBLAS_L2_SIZE`` (set on some build machines, they slow NumPy's BLAS;
+  users do not have them).
+
+Peers: torchvision's ``deform_conv2d``, ``roi_align(aligned=True)`` and
+``ps_roi_align``, a dense ``F.conv2d`` of the same shape (the floor), and
+ONNX Runtime's ``DeformConv`` where onnxruntime is installed (CPU provider,
+2 intra-op threads, spinning off). Memory, thread scaling and the
+environment rows run each case in a fresh process.
 """
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
 
 import numpy as np
 
-SHAPES = ((2, 64, 56), (4, 256, 14), (1, 128, 28))  # (batch, channels, size), 3x3, pad 1
+# deform_conv2d: (N, C_in = C_out, H = W), 3x3, padding 1, with mask and bias.
+CONV_SHAPES = ((2, 64, 56), (4, 256, 14), (1, 128, 28), (8, 256, 28))
 MEMORY_SHAPE = (32, 256, 28)
+SCALING_SHAPE = (2, 64, 56)
+ROI_MAP = (2, 256, 50, 68)  # a stride-16 map of an 800x1088 image
+ROIS = 512
+CLEANED = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
-def _median_ms(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
+def _clean_env(extra=None):
+    env = {k: v for k, v in os.environ.items() if k not in CLEANED}
+    env.update(extra or {})
+    return env
 
 
-def _inputs(batch, channels, size, seed=0):
+def interleaved_ms(calls, rounds):
+    """{name: median milliseconds} of ``calls`` ({name: callable}) over
+    ``rounds`` rounds after one warm-up round, the order rotating each round."""
+    names = list(calls)
+    for name in names:
+        calls[name]()
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        for i in range(len(names)):
+            name = names[(i + r) % len(names)]
+            start = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+
+# --- contenders ---------------------------------------------------------------------
+
+def _conv_inputs(batch, channels, size):
     from ..testing import deform_conv2d_inputs
 
     return deform_conv2d_inputs(batch=batch, in_channels=channels, out_channels=channels,
-                                size=size, dtype=np.float32, offset_scale=1.0, seed=seed)
+                                size=size, dtype=np.float32, offset_scale=1.0)
 
 
-def _cudcn_fns(args):
-    import cudcn
+def _tensors(args, grad=False):
+    import torch
 
-    return (lambda: cudcn.deform_conv2d(**args),
-            lambda: cudcn.deform_conv2d_backward(cudcn.deform_conv2d(**args), **args))
+    return {k: torch.from_numpy(v).requires_grad_(grad) for k, v in args.items()
+            if isinstance(v, np.ndarray)}
 
 
-def _torch_fns(args):
+def _backward(y):
+    y.backward(y.detach())
+
+
+def ort_deform_conv(args):
+    """An ONNX Runtime session computing the same deform_conv2d, or None
+    without onnx and onnxruntime."""
+    try:
+        import onnxruntime
+        from onnx import TensorProto, helper
+    except ImportError:
+        return None
+    weight, offset = args["weight"], args["offset"]
+    kh, kw = weight.shape[2:]
+    feed = {"X": args["input"], "W": weight, "offset": offset, "B": args["bias"],
+            "mask": args["mask"]}
+    pad = args["padding"]
+    node = helper.make_node("DeformConv", list(feed), ["Y"], kernel_shape=[kh, kw],
+                            pads=[pad] * 4, strides=[1, 1], dilations=[1, 1], group=1,
+                            offset_group=offset.shape[1] // (2 * kh * kw))
+    values = [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(a.shape))
+              for n, a in feed.items()]
+    graph = helper.make_graph([node], "deform_conv2d", values,
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 2
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = onnxruntime.InferenceSession(model.SerializeToString(), options,
+                                           providers=["CPUExecutionProvider"])
+    return lambda: session.run(None, feed)
+
+
+def conv_rows(shape, rounds):
     import torch
     import torchvision
 
-    t = {k: torch.from_numpy(v) for k, v in args.items() if isinstance(v, np.ndarray)}
+    import cudcn
+    import cudcn.adapters.torch as ct
 
-    def forward():
+    args = _conv_inputs(*shape)
+    t, g = _tensors(args), _tensors(args, grad=True)
+    ours = dict(input=t["input"], offset=t["offset"], weight=t["weight"], bias=t["bias"],
+                padding=1, mask=t["mask"])
+    leaves = dict(input=g["input"], offset=g["offset"], weight=g["weight"], bias=g["bias"],
+                  padding=1, mask=g["mask"])
+    forward = {
+        "cudcn (torch)": lambda: ct.deform_conv2d(**ours),
+        "cudcn (NumPy)": lambda: cudcn.deform_conv2d(**args),
+        "torchvision": lambda: torchvision.ops.deform_conv2d(**ours),
+        "F.conv2d": lambda: torch.nn.functional.conv2d(t["input"], t["weight"], t["bias"],
+                                                       padding=1),
+    }
+    ort = ort_deform_conv(args)
+    if ort is not None:
+        forward["ONNX Runtime"] = ort
+    with torch.no_grad():
+        fwd = interleaved_ms(forward, rounds)
+
+    def numpy_both():
+        cudcn.deform_conv2d_backward(cudcn.deform_conv2d(**args), **args)
+
+    both = interleaved_ms({
+        "cudcn (torch)": lambda: _backward(ct.deform_conv2d(**leaves)),
+        "cudcn (NumPy)": numpy_both,
+        "torchvision": lambda: _backward(torchvision.ops.deform_conv2d(**leaves)),
+    }, max(3, rounds // 2))
+    return fwd, both
+
+
+def roi_rows(rounds):
+    import torch
+    import torchvision
+
+    import cudcn.adapters.torch as ct
+    from ..testing import deform_psroi_pool_inputs, deform_roi_pool_inputs
+
+    batch, channels, h, w = ROI_MAP
+    rows = {}
+    for variant in ("no offset", "offset + mask"):
+        args = deform_roi_pool_inputs(batch=batch, channels=channels, size=(h, w), rois=ROIS,
+                                      output_size=7, spatial_scale=1 / 16, sampling_ratio=2,
+                                      offset=variant != "no offset", mask=variant != "no offset",
+                                      dtype=np.float32)
+        x = torch.from_numpy(args["input"]).requires_grad_()
+        rois = torch.from_numpy(args["rois"]).float()
+        offset = None if args["offset"] is None else torch.from_numpy(args["offset"])
+        mask = None if args["mask"] is None else torch.from_numpy(args["mask"])
+        ours = lambda: ct.deform_roi_pool(x, rois, offset, 7, 1 / 16, 2, 0.1, mask)  # noqa: E731
+        peer = lambda: torchvision.ops.roi_align(x, rois, 7, 1 / 16, 2, aligned=True)  # noqa: E731
         with torch.no_grad():
-            return torchvision.ops.deform_conv2d(t["input"], t["offset"], t["weight"], t["bias"],
-                                                 padding=1, mask=t["mask"])
+            fwd = interleaved_ms({"cudcn": ours, "roi_align": peer}, rounds)
+        both = interleaved_ms({"cudcn": lambda: _backward(ours()),
+                               "roi_align": lambda: _backward(peer())}, max(3, rounds // 2))
+        rows[f"deform_roi_pool ({variant})"] = (fwd, both, "roi_align")
+    args = deform_psroi_pool_inputs(batch=batch, output_dim=21, group_size=7, pooled_size=7,
+                                    num_classes=1, size=(h, w), rois=ROIS, spatial_scale=1 / 16,
+                                    sample_per_part=4, trans_std=0.0, offset=False,
+                                    dtype=np.float32)
+    x = torch.from_numpy(args["input"]).requires_grad_()
+    rois = torch.from_numpy(args["rois"]).float()
+    ours = lambda: ct.deform_psroi_pool(x, rois, None, output_dim=21, group_size=7,  # noqa: E731
+                                        pooled_size=7, sample_per_part=4, spatial_scale=1 / 16)
+    peer = lambda: torchvision.ops.ps_roi_align(x, rois, 7, 1 / 16, 4)  # noqa: E731
+    with torch.no_grad():
+        fwd = interleaved_ms({"cudcn": ours, "ps_roi_align": peer}, rounds)
+    both = interleaved_ms({"cudcn": lambda: _backward(ours()),
+                           "ps_roi_align": lambda: _backward(peer())}, max(3, rounds // 2))
+    rows["deform_psroi_pool (R-FCN)"] = (fwd, both, "ps_roi_align")
+    return rows
 
-    def forward_backward():
-        g = {k: v.detach().requires_grad_() for k, v in t.items()}
-        y = torchvision.ops.deform_conv2d(g["input"], g["offset"], g["weight"], g["bias"],
-                                          padding=1, mask=g["mask"])
-        y.backward(y.detach())
 
-    def conv():
-        with torch.no_grad():
-            return torch.nn.functional.conv2d(t["input"], t["weight"], t["bias"], padding=1)
-
-    return forward, forward_backward, conv
-
+# --- fresh processes ----------------------------------------------------------------------
 
 def _peak_rss_mib():
     """This process's peak resident memory. Linux keeps ru_maxrss across exec
@@ -82,90 +204,155 @@ def _peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _child(kind, batch, channels, size, workspace_mib=None):
-    """Runs in a subprocess: peak RSS growth of one forward+backward, or a time."""
-    if workspace_mib is not None:
-        import cudcn
+def child(kind, batch, channels, size, workspace_mib=None):
+    """Runs in a fresh process: one measurement, as a dict."""
+    if kind.startswith("env-torch-first"):
+        import torch  # noqa: F401
+    import cudcn
 
+    if kind == "env-cudcn-first":
+        import torch  # noqa: F401
+    if workspace_mib is not None:
         cudcn.set_workspace_limit(int(workspace_mib * 2**20))
-    args = _inputs(batch, channels, size)
-    if kind == "forward-time":
-        fwd, _ = _cudcn_fns(args)
-        return {"ms": _median_ms(fwd, 7)}
-    if kind == "cudcn-memory":
-        _cudcn_fns(_inputs(1, 4, 8))[1]()  # loads the kernels
-        fn = _cudcn_fns(args)[1]
-    else:
-        small = _torch_fns(_inputs(1, 4, 8))[1]
-        small()  # loads torch's kernels
-        fn = _torch_fns(args)[1]
-    before = _peak_rss_mib()
-    fn()
-    return {"mib": _peak_rss_mib() - before}
+    args = _conv_inputs(batch, channels, size)
+    if kind in ("cudcn-memory", "torch-memory"):
+        if kind == "cudcn-memory":
+            small = _conv_inputs(1, 4, 8)
+            cudcn.deform_conv2d_backward(cudcn.deform_conv2d(**small), **small)
+            before = _peak_rss_mib()
+            cudcn.deform_conv2d_backward(cudcn.deform_conv2d(**args), **args)
+        else:
+            import torchvision
+
+            def fb(a):
+                g = _tensors(a, grad=True)
+                _backward(torchvision.ops.deform_conv2d(g["input"], g["offset"], g["weight"],
+                                                        g["bias"], padding=1, mask=g["mask"]))
+
+            fb(_conv_inputs(1, 4, 8))
+            before = _peak_rss_mib()
+            fb(args)
+        return {"mib": _peak_rss_mib() - before}
+    calls = {"forward": lambda: cudcn.deform_conv2d(**args),
+             "forward+backward": lambda: cudcn.deform_conv2d_backward(
+                 cudcn.deform_conv2d(**args), **args)}
+    if kind == "env-ort-session":
+        session = ort_deform_conv(args)
+        if session is not None:
+            session()
+    if kind == "env-numpy-blas":
+        a = np.random.default_rng(0).random((512, 512), dtype=np.float32)
+        calls["forward"] = lambda f=calls["forward"]: (a @ a, f())
+    return interleaved_ms(calls, 9)
 
 
 def _in_subprocess(kind, shape, threads=None, workspace_mib=None):
-    env = dict(os.environ)
-    if threads is not None:
-        env["OMP_NUM_THREADS"] = str(threads)
+    extra = {} if threads is None else {"OMP_NUM_THREADS": str(threads)}
     code = (f"import json, cudcn.cli.bench as b; "
-            f"print(json.dumps(b._child({kind!r}, *{tuple(shape)!r}, {workspace_mib!r})))")
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                            text=True, check=True)
+            f"print(json.dumps(b.child({kind!r}, *{tuple(shape)!r}, {workspace_mib!r})))")
+    result = subprocess.run([sys.executable, "-c", code], env=_clean_env(extra),
+                            capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def run(repeats=7, memory=True, threads=True, workspace_mib=None, out=sys.stdout):
-    # cudcn's kernels load (and bring in libgomp, set not to spin) before torch.
-    _cudcn_fns(_inputs(1, 4, 8))[1]()
-    try:
-        import torch  # noqa: F401
-        import torchvision  # noqa: F401
-        have_torch = True
-    except ImportError:
-        have_torch = False
-        print("torchvision is not installed here: cudcn's times only "
-              "(pip install torch torchvision to compare).", file=out)
+# --- the report ---------------------------------------------------------------------------
+
+def _table(header, rows):
+    text = [header] + [tuple("-" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))
+                             for v in row) for row in rows]
+    widths = [max(len(r[i]) for r in text) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in text)
+
+
+def measure(rounds=9, conv_shapes=CONV_SHAPES, memory=True, threads=True, environment=True,
+            rois=True, out=sys.stdout):
+    """Every row, printed as they come; returns them as a dict."""
+    import torch  # noqa: F401 - first, as users import it
+
+    result = {"conv": {}, "roi": {}}
+    header = ("op", "shape (N, C, HxW)", "cudcn torch ms", "cudcn NumPy ms", "torchvision ms",
+              "F.conv2d ms", "ORT ms", "tv / cudcn", "cudcn / conv2d", "cudcn / ORT",
+              "torch / NumPy")
     rows = []
-    header = ("op", "shape (N, C, HxW)", "dtype", "cudcn ms", "torchvision ms", "F.conv2d ms",
-              "tv / cudcn", "cudcn / conv2d")
-    for batch, channels, size in SHAPES:
-        args = _inputs(batch, channels, size)
-        fwd, fb = _cudcn_fns(args)
-        c_fwd, c_fb = _median_ms(fwd, repeats), _median_ms(fb, repeats)
-        shape = f"{batch}, {channels}, {size}x{size}"
-        if have_torch:
-            t_fwd_fn, t_fb_fn, conv_fn = _torch_fns(args)
-            t_fwd, t_fb = _median_ms(t_fwd_fn, repeats), _median_ms(t_fb_fn, max(3, repeats // 2))
-            conv = _median_ms(conv_fn, repeats)
-            rows.append(("forward", shape, "float32", c_fwd, t_fwd, conv, t_fwd / c_fwd,
-                         c_fwd / conv))
-            rows.append(("forward+backward", shape, "float32", c_fb, t_fb, None, t_fb / c_fb,
-                         None))
-        else:
-            rows.append(("forward", shape, "float32", c_fwd, None, None, None, None))
-            rows.append(("forward+backward", shape, "float32", c_fb, None, None, None, None))
-    fmt = lambda v: "-" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))  # noqa: E731
-    table = [header] + [tuple(fmt(v) for v in row) for row in rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    for r in table:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)), file=out)
-    result = {"rows": rows}
+    for shape in conv_shapes:
+        fwd, both = conv_rows(shape, rounds)
+        result["conv"][shape] = {"forward": fwd, "forward+backward": both}
+        name = f"{shape[0]}, {shape[1]}, {shape[2]}x{shape[2]}"
+        ours = fwd["cudcn (torch)"]
+        rows.append(("forward", name, ours, fwd["cudcn (NumPy)"], fwd["torchvision"],
+                     fwd["F.conv2d"], fwd.get("ONNX Runtime"), fwd["torchvision"] / ours,
+                     ours / fwd["F.conv2d"],
+                     ours / fwd["ONNX Runtime"] if "ONNX Runtime" in fwd else None,
+                     ours / fwd["cudcn (NumPy)"]))
+        ours = both["cudcn (torch)"]
+        rows.append(("forward+backward", name, ours, both["cudcn (NumPy)"], both["torchvision"],
+                     None, None, both["torchvision"] / ours, None, None,
+                     ours / both["cudcn (NumPy)"]))
+    print("deform_conv2d, float32, 3x3, padding 1, with mask and bias (medians of "
+          f"{rounds} interleaved rounds; forward+backward: {max(3, rounds // 2)})", file=out)
+    print(_table(header, rows), file=out)
+    if rois:
+        rows = []
+        for name, (fwd, both, peer) in roi_rows(rounds).items():
+            result["roi"][name] = {"forward": fwd, "forward+backward": both}
+            rows.append((name, "forward", fwd["cudcn"], peer, fwd[peer], fwd[peer] / fwd["cudcn"]))
+            rows.append((name, "forward+backward", both["cudcn"], peer, both[peer],
+                         both[peer] / both["cudcn"]))
+        print(f"\nRoI pooling, float32, {ROIS} RoIs on {ROI_MAP}, 7x7, through the torch adapter",
+              file=out)
+        print(_table(("op", "pass", "cudcn ms", "peer", "peer ms", "peer / cudcn"), rows), file=out)
     if memory:
-        c_mem = _in_subprocess("cudcn-memory", MEMORY_SHAPE, workspace_mib=workspace_mib)["mib"]
-        limit = "default" if workspace_mib is None else f"{workspace_mib:g} MiB"
-        line = (f"\npeak memory of forward+backward at N=32, C=256, 28x28 (RSS growth): "
-                f"cudcn {c_mem:.0f} MiB (workspace limit {limit})")
-        result["cudcn_mib"] = c_mem
-        if have_torch:
-            t_mem = _in_subprocess("torch-memory", MEMORY_SHAPE)["mib"]
-            line += f", torchvision {t_mem:.0f} MiB, ratio cudcn / tv {c_mem / t_mem:.2f}"
-            result["torchvision_mib"] = t_mem
-        print(line, file=out)
+        ours = _in_subprocess("cudcn-memory", MEMORY_SHAPE)["mib"]
+        theirs = _in_subprocess("torch-memory", MEMORY_SHAPE)["mib"]
+        result["memory"] = {"cudcn": ours, "torchvision": theirs}
+        print(f"\npeak memory growth of forward+backward at N={MEMORY_SHAPE[0]}, "
+              f"C={MEMORY_SHAPE[1]}, {MEMORY_SHAPE[2]}x{MEMORY_SHAPE[2]}: cudcn {ours:.0f} MiB "
+              f"(default workspace), torchvision {theirs:.0f} MiB, ratio {ours / theirs:.2f}",
+              file=out)
     if threads:
-        one = _in_subprocess("forward-time", SHAPES[0], threads=1)["ms"]
-        two = _in_subprocess("forward-time", SHAPES[0], threads=2)["ms"]
-        print(f"forward at N=2, C=64, 56x56: 1 thread {one:.1f} ms, 2 threads {two:.1f} ms, "
-              f"speed-up {one / two:.2f}x", file=out)
-        result["thread_speedup"] = one / two
+        one = _in_subprocess("time", SCALING_SHAPE, threads=1)
+        two = _in_subprocess("time", SCALING_SHAPE, threads=2)
+        result["threads"] = {"1": one, "2": two}
+        print(f"1 -> 2 threads at N=2, C=64, 56x56 (NumPy API): forward "
+              f"{one['forward']:.1f} -> {two['forward']:.1f} ms ({one['forward'] / two['forward']:.2f}x), "
+              f"forward+backward {one['forward+backward']:.1f} -> {two['forward+backward']:.1f} ms "
+              f"({one['forward+backward'] / two['forward+backward']:.2f}x)", file=out)
+    if environment:
+        kinds = ("time", "env-torch-first", "env-cudcn-first", "env-ort-session", "env-numpy-blas")
+        times = {k: _in_subprocess(k, SCALING_SHAPE) for k in kinds}
+        result["environment"] = times
+        base = times["time"]
+        print("\nthe NumPy API at N=2, C=64, 56x56 in a fresh process, as a share of its time "
+              "alone (forward / forward+backward):", file=out)
+        labels = {"env-torch-first": "torch imported first", "env-cudcn-first":
+                  "cudcn imported first, then torch", "env-ort-session":
+                  "an ONNX Runtime session alive", "env-numpy-blas":
+                  "a NumPy GEMM before each call"}
+        for kind, label in labels.items():
+            t = times[kind]
+            print(f"  {label:34s} {t['forward'] / base['forward']:.2f} / "
+                  f"{t['forward+backward'] / base['forward+backward']:.2f}", file=out)
     return result
+
+
+def run(rounds=9, memory=True, threads=True, environment=True, out=sys.stdout):
+    """Measure in a fresh process without the OpenBLAS variables (as users run)."""
+    missing = [m for m in ("torch", "torchvision") if _importable(m) is False]
+    if missing:
+        print(f"cudcn bench compares with torchvision: pip install torch torchvision "
+              f"({', '.join(missing)} missing)", file=out)
+        return 1
+    code = (f"import sys, cudcn.cli.bench as b; b.measure(rounds={rounds}, memory={memory}, "
+            f"threads={threads}, environment={environment})")
+    result = subprocess.run([sys.executable, "-c", code], env=_clean_env(), text=True,
+                            capture_output=True)
+    print(result.stdout, end="", file=out)
+    if result.returncode:
+        print(result.stderr, file=sys.stderr)
+    return result.returncode
+
+
+def _importable(name):
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None

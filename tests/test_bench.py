@@ -1,0 +1,45 @@
+"""`cudcn bench`: the measurement machinery on a tiny workload (the real
+figures are the closing notes' and the README's, not a test's)."""
+
+import io
+
+import pytest
+
+from cudcn.cli import bench
+
+pytestmark = pytest.mark.torchvision
+pytest.importorskip("torchvision")
+
+
+def test_interleaved_rounds_rotate_and_take_medians():
+    order = []
+    calls = {name: (lambda n=name: order.append(n)) for name in "abc"}
+    times = bench.interleaved_ms(calls, rounds=3)
+    assert set(times) == set("abc") and all(t >= 0 for t in times.values())
+    rounds = [order[3 + 3 * r: 6 + 3 * r] for r in range(3)]  # after the warm-up round
+    assert rounds == [list("abc"), list("bca"), list("cab")]
+
+
+def test_measure_prints_every_contender_and_ratio():
+    out = io.StringIO()
+    result = bench.measure(rounds=1, conv_shapes=((1, 4, 8),), memory=False, threads=False,
+                           environment=False, rois=False, out=out)
+    text = out.getvalue()
+    for word in ("cudcn torch ms", "cudcn NumPy ms", "torchvision ms", "F.conv2d ms",
+                 "tv / cudcn", "cudcn / conv2d", "torch / NumPy", "forward+backward"):
+        assert word in text
+    forward = result["conv"][(1, 4, 8)]["forward"]
+    # onnxruntime is in the test extra: ONNX Runtime's DeformConv is a peer.
+    assert {"cudcn (torch)", "cudcn (NumPy)", "torchvision", "F.conv2d",
+            "ONNX Runtime"} <= set(forward)
+
+
+def test_the_measuring_process_runs_without_the_openblas_variables(monkeypatch):
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    env = bench._clean_env({"OMP_NUM_THREADS": "1"})
+    assert "OPENBLAS_CORETYPE" not in env and env["OMP_NUM_THREADS"] == "1"
+
+
+def test_a_fresh_process_measures_one_case():
+    times = bench._in_subprocess("time", (1, 4, 8), threads=1)
+    assert set(times) == {"forward", "forward+backward"} and times["forward"] > 0

@@ -4,12 +4,12 @@
 // must not use shared memory, __syncthreads or warp intrinsics, which this
 // cannot emulate.
 //
-// Why a pool of its own and not OpenMP: the BLAS that runs the GEMMs between
-// kernels keeps its own threads, and so does torch; an OpenMP runtime that
-// torch loaded spins its workers for milliseconds after each parallel region
-// (cudcn's kernels bind to it when torch is imported first), taking a core
-// from the GEMM that follows. These workers spin for 200 microseconds, then
-// sleep until the next launch.
+// The pool is cudcn's own (workers spin for 200 microseconds after a launch,
+// then sleep until the next), or, where torch is in the process, the OpenMP
+// runtime's threads (built with -fopenmp; the executor decides, see
+// cudcn/_executors/cpu.py): torch's CPU ops run on those, which spin for
+// milliseconds after each op, and a second pool would take turns with them on
+// the cores. The GEMMs between kernels run on the same pool (run_blas_jobs).
 //
 // Built with CUDCN_RACECHECK, it checks each launch for what would be a race
 // among a GPU's threads, which run at once in any order: it runs the threads
@@ -34,6 +34,9 @@
 #include <utility>
 
 #include <pthread.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <sched.h>
 #include <unistd.h>
 #ifdef CUDCN_RACECHECK
@@ -255,7 +258,23 @@ class Pool {
 
   int threads() const { return threads_; }
 
+  // Whether launches run on the OpenMP runtime instead (set by the executor).
+  static std::atomic<int>& openmp() {
+    static std::atomic<int> flag{0};
+    return flag;
+  }
+
   void run(long long total, Body body, void* context) {
+#ifdef _OPENMP
+    if (openmp()) {
+#pragma omp parallel
+      {
+        const int r = omp_get_thread_num(), n = omp_get_num_threads();
+        body(context, total * r / n, total * (r + 1) / n);
+      }
+      return;
+    }
+#endif
     std::unique_lock<std::mutex> launch(launch_, std::try_to_lock);
     if (!launch.owns_lock() || threads_ == 1 || total < 2) {
       body(context, 0, total);

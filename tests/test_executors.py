@@ -1,6 +1,8 @@
 """The launch description and the CPU executor's build, cache and type checks."""
 
 import dataclasses
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -153,3 +155,29 @@ def test_gemms_run_on_the_kernels_threads_and_give_openblas_own_bits():
         with cpu.blas_on_kernel_threads("deform_conv2d.cu"):
             got = a @ b
         assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("with_torch", [False, True], ids=["alone", "torch-imported"])
+def test_kernels_join_torchs_openmp_threads_when_torch_is_loaded(with_torch):
+    """torch's CPU ops run on OpenMP threads that spin after each op; cudcn
+    launches on the same threads where torch is in the process, on its own
+    pool elsewhere. Either way the results are the same bits."""
+    if with_torch:
+        pytest.importorskip("torch")
+    code = ("import sys, hashlib, numpy as np\n"
+            + ("import torch\n" if with_torch else "")
+            + "import cudcn\nfrom cudcn._executors import cpu\n"
+            "from cudcn.testing import deform_conv2d_inputs\n"
+            "a = deform_conv2d_inputs(batch=3, in_channels=8, size=(9, 8), seed=3)\n"
+            "g = cudcn.deform_conv2d_backward(cudcn.deform_conv2d(**a), deterministic=True, **a)\n"
+            "print(cpu.library('deform_conv2d.cu').cudcn_uses_openmp(),"
+            " hashlib.sha256(b''.join(x.tobytes() for x in g if x is not None)).hexdigest())\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    uses_openmp, digest = result.stdout.split()
+    assert uses_openmp == str(int(with_torch))
+    _DIGESTS.setdefault("digest", digest)
+    assert digest == _DIGESTS["digest"]
+
+
+_DIGESTS = {}

@@ -348,28 +348,26 @@ __global__ void deform_roi_pool_backward_offset_partial(
     const I k = bin_index / bins;
     const RoIBin<A> bin =
         roi_bin<T, I>(rois, offset, use_offset, spatial_scale, gamma, k, ph, pw, s);
-    // Each kept sample's corners once, for the block's channels.
+    // Channels outside the samples: on a GPU each thread's block is a few
+    // channels, and this order keeps the default path within 64 registers.
     A grad_y = A(0), grad_x = A(0), grad_m = A(0);
-    const int c0 = block * channel_block, c_end = min(s.channels, c0 + channel_block);
-    const I plane_size = I(s.height) * s.width;
-    const T* gout = grad_output + k * s.channels * bins + ph * s.pooled_w + pw;
-    const T* planes = input + I(bin.batch) * s.channels * plane_size;
-    for_each_kept_sample<A, I>(bin, s.height, s.width, [&](const ClampedCorners<A, I>& q) {
-      for (int c = c0; c < c_end; ++c) {
-        const A g = load(gout + c * bins);
-        const T* plane = planes + c * plane_size;
-        A value = A(0), dy = A(0), dx = A(0);
+    const int c_end = min(s.channels, (block + 1) * channel_block);
+    for (int c = block * channel_block; c < c_end; ++c) {
+      const A g = load(grad_output + (k * s.channels + c) * bins + ph * s.pooled_w + pw);
+      const T* plane = input + (I(bin.batch) * s.channels + c) * s.height * s.width;
+      A value = A(0), dy = A(0), dx = A(0);
+      for_each_kept_sample<A, I>(bin, s.height, s.width, [&](const ClampedCorners<A, I>& q) {
         for (int j = 0; j < 4; ++j) {
           const A v = load(plane + q.index[j]);
           value += q.weight[j] * v;
           dy += q.dweight_y[j] * v;
           dx += q.dweight_x[j] * v;
         }
-        grad_y += g * dy;
-        grad_x += g * dx;
-        grad_m += g * value;
-      }
-    });
+      });
+      grad_y += g * dy;
+      grad_x += g * dx;
+      grad_m += g * value;
+    }
     A* out = partials + I(block) * 3 * all_bins + bin_index;
     store(out, grad_y);
     store(out + all_bins, grad_x);

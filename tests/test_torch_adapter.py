@@ -13,28 +13,18 @@ from cudcn.testing import (  # noqa: E402
     deform_psroi_pool_inputs,
     deform_roi_pool_inputs,
 )
+from torch_inputs import as_tensors  # noqa: E402
 
 
-def _tensors(args, requires_grad=(), dtype=None):
-    out = {}
-    for k, v in args.items():
-        if isinstance(v, np.ndarray):
-            t = torch.from_numpy(v.copy())
-            if dtype is not None and k != "rois":
-                t = t.to(dtype)
-            out[k] = t.requires_grad_(k in requires_grad)
-        else:
-            out[k] = v
-    return out
 
 
 # --- gradients -------------------------------------------------------------
 
 def test_gradcheck_deform_conv2d():
-    args = _tensors(deform_conv2d_inputs(batch=2, in_channels=4, out_channels=2, size=(5, 4),
-                                         groups=2, offset_groups=2, away_from_kinks=True,
-                                         stride=(1, 2), padding=1),
-                    requires_grad=("input", "offset", "weight", "bias", "mask"))
+    args = as_tensors(deform_conv2d_inputs(batch=2, in_channels=4, out_channels=2, size=(5, 4),
+                                           groups=2, offset_groups=2, away_from_kinks=True,
+                                           stride=(1, 2), padding=1),
+                      requires_grad=("input", "offset", "weight", "bias", "mask"))
     names = ("input", "offset", "weight", "bias", "mask")
 
     def f(*tensors):
@@ -46,8 +36,8 @@ def test_gradcheck_deform_conv2d():
 
 
 def test_gradcheck_deform_roi_pool():
-    args = _tensors(deform_roi_pool_inputs(mask=True, rois=3, channels=2, seed=1),
-                    requires_grad=("input", "offset", "mask"))
+    args = as_tensors(deform_roi_pool_inputs(mask=True, rois=3, channels=2, seed=1),
+                      requires_grad=("input", "offset", "mask"))
 
     def f(x, offset, mask):
         return ct.deform_roi_pool(x, args["rois"], offset, 3, 0.5, 0, 0.1, mask)
@@ -58,7 +48,7 @@ def test_gradcheck_deform_roi_pool():
 
 def test_gradcheck_deform_psroi_pool():
     a = deform_psroi_pool_inputs(rois=3, seed=2)
-    args = _tensors(a, requires_grad=("input", "offset"))
+    args = as_tensors(a, requires_grad=("input", "offset"))
 
     def f(x, offset):
         return ct.deform_psroi_pool(x, args["rois"], offset, output_dim=4, group_size=2,
@@ -73,8 +63,8 @@ def test_function_matches_torchvision(dtype, tol):
     names = ("input", "offset", "weight", "bias", "mask")
     a = deform_conv2d_inputs(groups=2, offset_groups=2, in_channels=4, out_channels=4,
                              stride=(2, 1), dilation=(1, 2), padding=(1, 2), seed=3)
-    ours = _tensors(a, requires_grad=names, dtype=dtype)
-    theirs = _tensors(a, requires_grad=names, dtype=dtype)
+    ours = as_tensors(a, requires_grad=names, dtype=dtype)
+    theirs = as_tensors(a, requires_grad=names, dtype=dtype)
     kw = dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2))
     y = ct.deform_conv2d(*(ours[n] for n in names[:4]), mask=ours["mask"], **kw)
     yt = torchvision.ops.deform_conv2d(*(theirs[n] for n in names[:4]), mask=theirs["mask"], **kw)
@@ -121,7 +111,7 @@ def test_roi_pool_without_offset_matches_roi_align(sampling_ratio):
 
 
 def test_double_backward_is_a_clear_error():
-    a = _tensors(deform_conv2d_inputs(seed=5), requires_grad=("input", "offset", "weight"))
+    a = as_tensors(deform_conv2d_inputs(seed=5), requires_grad=("input", "offset", "weight"))
     y = ct.deform_conv2d(a["input"], a["offset"], a["weight"], padding=1)
     (g,) = torch.autograd.grad(y.square().sum(), a["offset"], create_graph=True)
     with pytest.raises(RuntimeError, match="no double backward"):
@@ -142,7 +132,7 @@ def test_arrays_and_results_share_memory_with_tensors(monkeypatch, dtype):
         return seen["output"]
 
     monkeypatch.setattr(cudcn, "deform_conv2d", spy)
-    a = _tensors(deform_conv2d_inputs(seed=6), dtype=dtype)
+    a = as_tensors(deform_conv2d_inputs(seed=6), dtype=dtype)
     y = ct.deform_conv2d(a["input"], a["offset"], a["weight"], padding=1)
     for name in ("input", "offset", "weight"):
         assert isinstance(seen[name], np.ndarray) and seen[name].dtype.name == str(dtype)[6:]
@@ -153,8 +143,8 @@ def test_arrays_and_results_share_memory_with_tensors(monkeypatch, dtype):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
 def test_16_bit_tensors_run_in_their_own_dtype(dtype):
     """Outputs and every gradient in the input's dtype, close to float64."""
-    a64 = _tensors(deform_conv2d_inputs(seed=7), requires_grad=("input", "offset", "weight",
-                                                                "bias", "mask"))
+    a64 = as_tensors(deform_conv2d_inputs(seed=7), requires_grad=("input", "offset", "weight",
+                                                                  "bias", "mask"))
     a = {k: v.detach().to(dtype).requires_grad_() if isinstance(v, torch.Tensor) else v
          for k, v in a64.items()}
     names = ("input", "offset", "weight", "bias", "mask")
@@ -179,11 +169,11 @@ def test_16_bit_tensors_run_in_their_own_dtype(dtype):
 # --- registered ops, compile ------------------------------------------------
 
 def _op_samples():
-    conv = _tensors(deform_conv2d_inputs(away_from_kinks=True, seed=7),
-                    requires_grad=("input", "offset", "weight", "bias", "mask"))
-    roi = _tensors(deform_roi_pool_inputs(mask=True, seed=8), requires_grad=("input", "offset",
-                                                                               "mask"))
-    ps = _tensors(deform_psroi_pool_inputs(seed=9), requires_grad=("input", "offset"))
+    conv = as_tensors(deform_conv2d_inputs(away_from_kinks=True, seed=7),
+                      requires_grad=("input", "offset", "weight", "bias", "mask"))
+    roi = as_tensors(deform_roi_pool_inputs(mask=True, seed=8), requires_grad=("input", "offset",
+                                                                                 "mask"))
+    ps = as_tensors(deform_psroi_pool_inputs(seed=9), requires_grad=("input", "offset"))
     grad = lambda shape: torch.randn(shape, dtype=torch.float64)  # noqa: E731
     c_args = (conv["input"], conv["offset"], conv["weight"], conv["bias"], conv["mask"], [1, 1],
               [1, 1], [1, 1])
@@ -263,7 +253,7 @@ def test_cpu_autocast_runs_the_16_bit_kernels(monkeypatch, dtype):
     real = cudcn.deform_conv2d
     monkeypatch.setattr(cudcn, "deform_conv2d",
                         lambda input, *rest: seen.append(input.dtype.name) or real(input, *rest))
-    a = _tensors(deform_conv2d_inputs(dtype=np.float32, seed=12))
+    a = as_tensors(deform_conv2d_inputs(dtype=np.float32, seed=12))
     layer = ct.DeformConv2d(4, 6, 3, padding=1)
     expected = layer(a["input"], a["offset"], a["mask"])
     with torch.autocast("cpu", dtype=dtype):
@@ -372,7 +362,7 @@ def test_param_groups_apply_the_offset_lr_multiplier():
 # --- bad input -------------------------------------------------------------------
 
 def test_bad_inputs_raise_clear_errors():
-    a = _tensors(deform_conv2d_inputs(seed=18))
+    a = as_tensors(deform_conv2d_inputs(seed=18))
     with pytest.raises(TypeError, match="offset must be a torch.Tensor, got ndarray"):
         ct.deform_conv2d(a["input"], a["offset"].numpy(), a["weight"])
     with pytest.raises(TypeError, match="input has dtype int64"):

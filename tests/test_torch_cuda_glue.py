@@ -26,6 +26,7 @@ from cudcn.testing import (  # noqa: E402
     deform_psroi_pool_inputs,
     deform_roi_pool_inputs,
 )
+from torch_inputs import as_tensors  # noqa: E402
 
 import cupy_double  # noqa: E402
 
@@ -44,37 +45,25 @@ def cuda(monkeypatch):
     return gpu
 
 
-def _tensors(args, grad=(), dtype=None):
-    """Tensors of ``dtype`` (RoIs float64), leaves with gradients for ``grad``."""
-    out = {}
-    for k, v in args.items():
-        if isinstance(v, np.ndarray):
-            t = torch.from_numpy(v.copy())
-            if dtype is not None and k != "rois":
-                t = t.to(dtype)
-            out[k] = t.requires_grad_(k in grad)
-        else:
-            out[k] = v
-    return out
 
 
 def _conv(dtype=None):
-    a = _tensors(deform_conv2d_inputs(dtype=np.float64, seed=3),
-                 ("input", "offset", "weight", "bias", "mask"), dtype)
+    a = as_tensors(deform_conv2d_inputs(dtype=np.float64, seed=3),
+                   ("input", "offset", "weight", "bias", "mask"), dtype)
     out = ct.deform_conv2d(a["input"], a["offset"], a["weight"], a["bias"], padding=1,
                            mask=a["mask"])
     return out, [a[k] for k in ("input", "offset", "weight", "bias", "mask")]
 
 
 def _roi(dtype=None):
-    a = _tensors(deform_roi_pool_inputs(mask=True, seed=4), ("input", "offset", "mask"), dtype)
+    a = as_tensors(deform_roi_pool_inputs(mask=True, seed=4), ("input", "offset", "mask"), dtype)
     out = ct.deform_roi_pool(a["input"], a["rois"], a["offset"], a["output_size"],
                              a["spatial_scale"], a["sampling_ratio"], a["gamma"], a["mask"])
     return out, [a["input"], a["offset"], a["mask"]]
 
 
 def _psroi(dtype=None):
-    a = _tensors(deform_psroi_pool_inputs(seed=5), ("input", "offset"), dtype)
+    a = as_tensors(deform_psroi_pool_inputs(seed=5), ("input", "offset"), dtype)
     out = ct.deform_psroi_pool(a["input"], a["rois"], a["offset"], output_dim=a["output_dim"],
                                group_size=a["group_size"], pooled_size=a["pooled_size"],
                                sample_per_part=a["sample_per_part"], trans_std=a["trans_std"],

@@ -17,6 +17,7 @@ from cudcn.testing import (  # noqa: E402
     deform_psroi_pool_inputs,
     deform_roi_pool_inputs,
 )
+from torch_inputs import as_tensors  # noqa: E402
 
 # --- constructors ------------------------------------------------------------------
 # mmcv (mmcv/ops/deform_conv.py, modulated_deform_conv.py):
@@ -121,7 +122,7 @@ def _conv_tensors():
     a = deform_conv2d_inputs(batch=2, in_channels=6, out_channels=2, size=(5, 4), kernel=(3, 2),
                              stride=(2, 1), padding=(1, 0), dilation=(2, 1), groups=2,
                              offset_groups=3, seed=4)
-    return a, {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in a.items()}
+    return a, as_tensors(a)
 
 
 def _bad_calls():
@@ -129,9 +130,9 @@ def _bad_calls():
     a, t = _conv_tensors()
     kw = dict(stride=(2, 1), padding=(1, 0), dilation=(2, 1))
     r = deform_roi_pool_inputs(seed=5)
-    rt = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in r.items()}
+    rt = as_tensors(r)
     p = deform_psroi_pool_inputs(seed=6)
-    pt = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in p.items()}
+    pt = as_tensors(p)
     ps_kw = dict(output_dim=4, group_size=2, pooled_size=3, sample_per_part=2, trans_std=0.1,
                  spatial_scale=0.5)
     return {

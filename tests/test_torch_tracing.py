@@ -14,12 +14,11 @@ from cudcn.testing import (  # noqa: E402
     deform_psroi_pool_inputs,
     deform_roi_pool_inputs,
 )
+from torch_inputs import as_tensors  # noqa: E402
 
 PUBLIC_OPS = (ct.deform_conv2d, ct.deform_roi_pool, ct.deform_psroi_pool)
 
 
-def _tensors(args):
-    return {k: torch.from_numpy(v) if hasattr(v, "shape") else v for k, v in args.items()}
 
 
 def _cudcn_nodes(graph):
@@ -54,9 +53,9 @@ class _CallsEachFunction(torch.nn.Module):
 
 
 def _function_args():
-    conv = _tensors(deform_conv2d_inputs(in_channels=3, out_channels=3, size=(12, 10), seed=1))
-    roi = _tensors(deform_roi_pool_inputs(seed=2))
-    ps = _tensors(deform_psroi_pool_inputs(seed=3))
+    conv = as_tensors(deform_conv2d_inputs(in_channels=3, out_channels=3, size=(12, 10), seed=1))
+    roi = as_tensors(deform_roi_pool_inputs(seed=2))
+    ps = as_tensors(deform_psroi_pool_inputs(seed=3))
     return (conv["input"], conv["offset"], conv["weight"], roi["rois"], roi["offset"],
             ps["input"], ps["offset"])
 
@@ -88,18 +87,18 @@ def _all_modules():
 
 
 def _module_args(name):
-    roi = _tensors(deform_roi_pool_inputs(channels=3, seed=4))
+    roi = as_tensors(deform_roi_pool_inputs(channels=3, seed=4))
     x = roi["input"].float()
     if name == "DeformConv2d":
-        conv = _tensors(deform_conv2d_inputs(in_channels=3, size=(12, 10), dtype="float32",
-                                             seed=5))
+        conv = as_tensors(deform_conv2d_inputs(in_channels=3, size=(12, 10), dtype="float32",
+                                               seed=5))
         return x, conv["offset"], conv["mask"]
     if name.endswith("Conv2dPack"):
         return (x,)
     if name == "DeformRoIPool":
         return x, roi["rois"], roi["offset"].float()
     if name == "DeformPSRoIPool":
-        ps = _tensors(deform_psroi_pool_inputs(dtype="float32", seed=6))
+        ps = as_tensors(deform_psroi_pool_inputs(dtype="float32", seed=6))
         return ps["input"], ps["rois"], ps["offset"]
     return x, roi["rois"]
 

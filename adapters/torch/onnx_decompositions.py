@@ -53,6 +53,29 @@ def batch_indices(first_column, batch):
     return first_column.masked_fill(~valid, 0).to(torch.int64), valid
 
 
+def roi_boxes(rois, batch, spatial_scale):
+    """An RoI's image and its box on the feature map (SPEC.md section 2,
+    aligned: scaled corners less half a pixel).
+
+    Args:
+        rois: (K, 5, ...) batch index, x1, y1, x2, y2 along dimension 1.
+        batch: N.
+        spatial_scale: the op's spatial_scale.
+
+    Returns:
+        (index, valid, start_x, start_y, roi_w, roi_h), each of shape
+        (K, ...); valid is False where the batch index is out of [0, N) or
+        the size is not finite.
+    """
+    index, valid = batch_indices(rois[:, 0], batch)
+    start_x = rois[:, 1] * spatial_scale - 0.5
+    start_y = rois[:, 2] * spatial_scale - 0.5
+    roi_w = rois[:, 3] * spatial_scale - 0.5 - start_x
+    roi_h = rois[:, 4] * spatial_scale - 0.5 - start_y
+    valid = valid & (roi_w - roi_w == 0) & (roi_h - roi_h == 0)
+    return index, valid, start_x, start_y, roi_w, roi_h
+
+
 def sanitized_rois(rois, batch, output_size, spatial_scale, sampling_ratio):
     """RoIs that RoIAlign may read safely, and which of them pool anything.
 
@@ -72,12 +95,7 @@ def sanitized_rois(rois, batch, output_size, spatial_scale, sampling_ratio):
     Returns:
         (boxes, index, valid): (K, 4) boxes, (K,) int64 batch index, (K,) bool.
     """
-    index, valid = batch_indices(rois[:, 0], batch)
-    start_x = rois[:, 1] * spatial_scale - 0.5
-    start_y = rois[:, 2] * spatial_scale - 0.5
-    roi_w = rois[:, 3] * spatial_scale - 0.5 - start_x
-    roi_h = rois[:, 4] * spatial_scale - 0.5 - start_y
-    valid = valid & (roi_w - roi_w == 0) & (roi_h - roi_h == 0)
+    index, valid, _, _, roi_w, roi_h = roi_boxes(rois, batch, spatial_scale)
     if sampling_ratio <= 0:
         limit = 2147483647.0
         valid = valid & (torch.ceil(roi_h / output_size[0]) < limit) \
@@ -138,12 +156,7 @@ def deform_roi_pool(input, rois, offset, mask, output_size, spatial_scale, sampl
     grid = sampling_ratio
     acc = _accumulation_dtype(input.dtype)
     box = _as(rois, acc).reshape(-1, 5, 1, 1, 1)  # each coordinate (K, 1, 1, 1)
-    index, valid = batch_indices(box[:, 0], n)
-    start_x = box[:, 1] * spatial_scale - 0.5
-    start_y = box[:, 2] * spatial_scale - 0.5
-    roi_w = box[:, 3] * spatial_scale - 0.5 - start_x
-    roi_h = box[:, 4] * spatial_scale - 0.5 - start_y
-    valid = valid & (roi_w - roi_w == 0) & (roi_h - roi_h == 0)
+    index, valid, start_x, start_y, roi_w, roi_h = roi_boxes(box, n, spatial_scale)
     bin_h, bin_w = roi_h / ph, roi_w / pw
     shift_x = shift_y = 0
     if offset is not None:

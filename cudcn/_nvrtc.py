@@ -32,8 +32,6 @@ class Compiled:
 
 _SIGNATURES = {
     "nvrtcVersion": (ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)),
-    "nvrtcGetNumSupportedArchs": (ctypes.POINTER(ctypes.c_int),),
-    "nvrtcGetSupportedArchs": (ctypes.POINTER(ctypes.c_int),),
     "nvrtcCreateProgram": (ctypes.POINTER(_program), ctypes.c_char_p, ctypes.c_char_p,
                            ctypes.c_int, _strings, _strings),
     "nvrtcAddNameExpression": (_program, ctypes.c_char_p),
@@ -75,14 +73,6 @@ class NVRTC:
         major, minor = ctypes.c_int(), ctypes.c_int()
         self._call("nvrtcVersion", ctypes.byref(major), ctypes.byref(minor))
         return major.value, minor.value
-
-    def supported_archs(self):
-        """The compute capabilities this NVRTC compiles for, e.g. (75, 80, ...)."""
-        count = ctypes.c_int()
-        self._call("nvrtcGetNumSupportedArchs", ctypes.byref(count))
-        archs = (ctypes.c_int * count.value)()
-        self._call("nvrtcGetSupportedArchs", archs)
-        return tuple(archs)
 
     def compile(self, source, name, options, name_expressions=()):
         """Compile ``source`` (text) with ``options`` (strings); the mangled name

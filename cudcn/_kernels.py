@@ -10,6 +10,7 @@ and ``I`` the index type of the instantiation.
 """
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -20,7 +21,7 @@ class Kernel:
     source: str  # file in raw_kernels/
     params: tuple  # ((name, C type with T/A/I placeholders), ...)
 
-    @property
+    @functools.cached_property
     def param_names(self):
         return tuple(name for name, _ in self.params)
 

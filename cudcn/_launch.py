@@ -11,6 +11,7 @@ call; `cudcn gpu-plan` reads these same descriptions.
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -179,33 +180,63 @@ class Launch:
         return _backend.array_module(next(a for a in self.args if _backend.is_array(a)))
 
 
-def _convert(kernel, name, ctype, value, scalar, index):
-    base = ctype.replace("const ", "").rstrip("*")
-    if ctype.endswith("*"):
-        expected = {"T": scalar.dtype_name, "A": scalar.acc_dtype_name,
-                    "I": INDEX_DTYPES[index].name}[base]
+@dataclasses.dataclass(frozen=True)
+class _Param:
+    """One kernel parameter of one instantiation: what a value must be."""
+    name: str
+    spelled: str  # the C type as an error names it
+    dtype: np.dtype  # of the array, or of the scalar's exact C type
+    array: bool
+    written: bool
+    real: bool  # an accumulation-type scalar, else an integer
+    low: int = 0
+    high: int = 0
+
+
+@functools.lru_cache(maxsize=None)
+def _params(kernel, scalar, index):
+    """The parameters of ``kernel`` instantiated for ``scalar`` and ``index``,
+    resolved once: launches are made per call, often with small work."""
+    resolved = []
+    for name, ctype in kernel.params:
+        base = ctype.replace("const ", "").rstrip("*")
+        if ctype.endswith("*"):
+            dtype = np.dtype({"T": scalar.dtype_name, "A": scalar.acc_dtype_name,
+                              "I": INDEX_DTYPES[index].name}[base])
+            resolved.append(_Param(name, ctype, dtype, True, not ctype.startswith("const"), False))
+        elif base == "A":
+            resolved.append(_Param(name, ctype, np.dtype(scalar.acc_dtype_name), False, False, True))
+        else:
+            dtype = INDEX_DTYPES[index] if base == "I" else INDEX_DTYPES[ctype]
+            info = np.iinfo(dtype)
+            resolved.append(_Param(name, index if base == "I" else ctype, dtype, False, False,
+                                   False, int(info.min), int(info.max)))
+    return tuple(resolved)
+
+
+def _convert(kernel, param, value):
+    """``value`` as exactly the parameter's C type, or the error naming it."""
+    name = param.name
+    if param.array:
         if not _backend.is_array(value):
             raise TypeError(f"{kernel.name}: {name} must be an array, got {type(value).__name__}")
-        if value.dtype.name != expected:
-            raise TypeError(f"{kernel.name}: {name} must be {expected}, got {value.dtype}")
+        if value.dtype != param.dtype:
+            raise TypeError(f"{kernel.name}: {name} must be {param.dtype.name}, got {value.dtype}")
         if not value.flags.c_contiguous:
             raise ValueError(f"{kernel.name}: {name} must be C-contiguous")
         # CuPy arrays have no writeable flag: they are always writeable.
-        if not ctype.startswith("const") and not getattr(value.flags, "writeable", True):
+        if param.written and not getattr(value.flags, "writeable", True):
             raise ValueError(f"{kernel.name}: {name} is written and must be writeable")
         return value
-    if base == "A":
+    if param.real:
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
             raise TypeError(f"{kernel.name}: {name} must be a real number, got {type(value).__name__}")
-        return np.dtype(scalar.acc_dtype_name).type(value)
-    dtype = INDEX_DTYPES[index] if base == "I" else INDEX_DTYPES[ctype]
-    info = np.iinfo(dtype)
+        return param.dtype.type(value)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{kernel.name}: {name} must be an integer, got {type(value).__name__}")
-    if not info.min <= int(value) <= info.max:
-        spelled = index if base == "I" else ctype
-        raise ValueError(f"{kernel.name}: {name}={value} does not fit in {spelled}")
-    return dtype.type(value)
+    if not param.low <= int(value) <= param.high:
+        raise ValueError(f"{kernel.name}: {name}={value} does not fit in {param.spelled}")
+    return param.dtype.type(value)
 
 
 def make_launch(kernel, dtype, n, index, work=None, **values):
@@ -216,13 +247,12 @@ def make_launch(kernel, dtype, n, index, work=None, **values):
     """
     scalar = SCALAR_TYPES[np.dtype(dtype).name]
     values["n"] = n
-    missing = set(kernel.param_names) - set(values)
-    extra = set(values) - set(kernel.param_names)
-    if missing or extra:
-        raise TypeError(f"{kernel.name}: missing {sorted(missing)}, unexpected {sorted(extra)}")
-    args = tuple(
-        _convert(kernel, name, ctype, values[name], scalar, index) for name, ctype in kernel.params
-    )
+    params = _params(kernel, scalar, index)
+    if len(values) != len(params) or any(p.name not in values for p in params):
+        names = {p.name for p in params}
+        raise TypeError(f"{kernel.name}: missing {sorted(names - set(values))}, "
+                        f"unexpected {sorted(set(values) - names)}")
+    args = tuple(_convert(kernel, param, values[param.name]) for param in params)
     planned = target(_backend.array_module(next(a for a in args if _backend.is_array(a))))
     if planned.kind == "gpu":
         block = planned.block(kernel, scalar, index)

@@ -229,19 +229,21 @@ def blas_on_kernel_threads(source):
         setter(None)
 
 
+_C_SCALARS = {np.dtype(np.int32): ctypes.c_int32, np.dtype(np.int64): ctypes.c_int64,
+              np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double}
+
+
 def run(launch):
     if launch.scalar.dtype_name not in _kernels.CPU_DTYPES:
         raise TypeError(f"the CPU backend does not run {launch.scalar.dtype_name}")
     lib = library(launch.kernel.source)
     share_torchs_openmp(lib)
     fn = getattr(lib, symbol(launch.kernel, launch.scalar, launch.index))
-    # Scalars go through 0-d arrays, which keep their exact C type in memory.
-    holders = [a if isinstance(a, np.ndarray) else np.array(a) for a in launch.args]
-    pointers = [ctypes.c_void_p(h.ctypes.data) for h in holders]
-    params = (ctypes.c_void_p * len(holders))(
-        *(ctypes.addressof(p) if isinstance(a, np.ndarray) else h.ctypes.data
-          for a, p, h in zip(launch.args, pointers, holders))
-    )
+    # params[i] points at argument i: at an array's data pointer, or at the
+    # scalar itself in its exact C type (the launch description chose it).
+    values = [ctypes.c_void_p(a.ctypes.data) if isinstance(a, np.ndarray)
+              else _C_SCALARS[a.dtype](a) for a in launch.args]
+    params = (ctypes.c_void_p * len(values))(*map(ctypes.addressof, values))
     fn(launch.grid, launch.block, params)
     if lib.race_report is not None:
         _raise_on_race(launch, lib.race_report)

@@ -2,6 +2,7 @@
 figures are the closing notes' and the README's, not a test's)."""
 
 import io
+import time
 
 import pytest
 
@@ -11,13 +12,23 @@ pytestmark = pytest.mark.torchvision
 pytest.importorskip("torchvision")
 
 
-def test_interleaved_rounds_rotate_and_take_medians():
+def test_interleaved_rounds_call_each_once_in_varying_orders():
     order = []
-    calls = {name: (lambda n=name: order.append(n)) for name in "abc"}
-    times = bench.interleaved_ms(calls, rounds=3)
-    assert set(times) == set("abc") and all(t >= 0 for t in times.values())
-    rounds = [order[3 + 3 * r: 6 + 3 * r] for r in range(3)]  # after the warm-up round
-    assert rounds == [list("abc"), list("bca"), list("cab")]
+    calls = {name: (lambda n=name: order.append(n)) for name in "abcd"}
+    times = bench.interleaved_ms(calls, rounds=12)
+    assert set(times) == set("abcd") and all(t >= 0 for t in times.values())
+    assert order[:4] == list("abcd")  # the warm-up round
+    rounds = [order[4 + 4 * r: 8 + 4 * r] for r in range(12)]
+    assert all(sorted(r) == list("abcd") for r in rounds)
+    # Unlike a rotation, a contender does not always follow the same one.
+    followers_of_a = {r[r.index("a") + 1] for r in rounds if r[-1] != "a"}
+    assert len(followers_of_a) >= 2
+
+
+def test_interleaved_medians_are_the_callables_times():
+    times = bench.interleaved_ms({"fast": lambda: time.sleep(0.001),
+                                  "slow": lambda: time.sleep(0.01)}, rounds=3)
+    assert 0.9 <= times["fast"] < 5 and 9.9 <= times["slow"] < 30
 
 
 def test_measure_prints_every_contender_and_ratio():

@@ -4,7 +4,9 @@ On a shared machine an absolute time moves with whatever else runs. The
 contenders are therefore timed in interleaved rounds, each round calling every
 contender once, back to back, the order rotating from round to round (issue
 12's measurement), and each round gives one ratio: both of its times met the
-same load, which the ratio cancels.
+same load, which the ratio cancels. With two contenders a rotation treats
+both alike (each follows itself in half the rounds, the other in the other
+half); `cudcn bench`, with up to five, shuffles each round instead.
 
 A track_* returns those per-round ratios as asv's samples, so that asv records
 their median with a confidence interval, and `asv continuous` / `asv compare`

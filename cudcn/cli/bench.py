@@ -4,9 +4,13 @@ the way users meet it.
 - torch is imported before cudcn, and cudcn runs both through
   ``cudcn.adapters.torch`` and through the NumPy API;
 - the contenders of a row run in interleaved rounds, each round calling each
-  once in a rotating order, and a time is the median of its rounds, so that
-  whatever else loads the machine meets every contender alike; ratios are of
-  those medians, in one process;
+  once in a fresh random order (seeded), and a time is the median of its
+  rounds, so that whatever else loads the machine meets every contender
+  alike; ratios are of those medians, in one process. Not a rotating order:
+  there each contender always follows the same one, and the NumPy call,
+  following the adapter's call on the same arrays, found them in cache
+  (at N=1, C=128, 28x28 the adapter measured 1.41x the NumPy API's time in
+  rotating rounds, 1.16-1.19x in shuffled ones);
 - the measuring process runs without ``OPENBLAS_CORETYPE`` and
   ``OPENBLAS_L2_SIZE`` (set on some build machines, they slow NumPy's BLAS;
   users do not have them).
@@ -20,6 +24,7 @@ environment rows run each case in a fresh process.
 
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -42,16 +47,16 @@ def _clean_env(extra=None):
     return env
 
 
-def interleaved_ms(calls, rounds):
+def interleaved_ms(calls, rounds, seed=0):
     """{name: median milliseconds} of ``calls`` ({name: callable}) over
-    ``rounds`` rounds after one warm-up round, the order rotating each round."""
+    ``rounds`` rounds after one warm-up round, each round in a random order."""
     names = list(calls)
     for name in names:
         calls[name]()
     times = {name: [] for name in names}
-    for r in range(rounds):
-        for i in range(len(names)):
-            name = names[(i + r) % len(names)]
+    order = random.Random(seed)
+    for _ in range(rounds):
+        for name in order.sample(names, len(names)):
             start = time.perf_counter()
             calls[name]()
             times[name].append(time.perf_counter() - start)

@@ -31,6 +31,14 @@ def test_interleaved_medians_are_the_callables_times():
     assert 0.9 <= times["fast"] < 5 and 9.9 <= times["slow"] < 30
 
 
+def test_what_runs_before_each_call_is_not_timed():
+    calls = []
+    times = bench.interleaved_ms({"fast": lambda: calls.append("fast")}, rounds=3,
+                                 before=lambda: (calls.append("before"), time.sleep(0.01)))
+    assert calls == ["fast"] + ["before", "fast"] * 3  # not before the warm-up
+    assert times["fast"] < 5
+
+
 def test_measure_prints_every_contender_and_ratio():
     out = io.StringIO()
     result = bench.measure(rounds=1, conv_shapes=((1, 4, 8),), memory=False, threads=False,

@@ -69,6 +69,27 @@ def _cotangent(g, like):
     return jnp.asarray(g, dtype=like.dtype)
 
 
+def _forward_rule(primal, params, primals):
+    """An op's custom_vjp forward rule: the output, and as residuals the input
+    values with the names of those JAX differentiates (rois never)."""
+    values, needs = _split(primals)
+    needs = tuple(n for n in needs if n != "rois")
+    return primal(params, *values.values()), (values, _Needs(needs))
+
+
+def _backward_rule(backward, rule_inputs, params, residuals, g, per_image=frozenset()):
+    """An op's custom_vjp backward rule: cudcn's ``backward`` asked for the
+    gradients the forward rule named, None for the others."""
+    values, needs = residuals
+    if isinstance(g, SymbolicZero) or not needs.names:
+        return (None,) * len(rule_inputs)
+    static = (*params, ("needs", needs.names), ("deterministic", _deterministic()))
+    grads = _call(backward, dict(grad_output=_cotangent(g, values["input"]), **values),
+                  static, [(values[n].shape, values[n].dtype) for n in needs.names],
+                  per_image, outputs_per_image=bool(per_image) and set(needs.names) <= per_image)
+    return _gradients(rule_inputs, needs.names, grads)
+
+
 # --- deform_conv2d ---------------------------------------------------------
 
 _CONV_INPUTS = ("input", "offset", "weight", "bias", "mask")
@@ -102,19 +123,12 @@ _conv_primal = jax.custom_vjp(_conv_primal, nondiff_argnums=(0,))
 
 
 def _conv_fwd(params, input, offset, weight, bias, mask):
-    values, needs = _split(dict(input=input, offset=offset, weight=weight, bias=bias, mask=mask))
-    return _conv_primal(params, *values.values()), (values, _Needs(needs))
+    return _forward_rule(_conv_primal, params,
+                         dict(input=input, offset=offset, weight=weight, bias=bias, mask=mask))
 
 
 def _conv_bwd(params, residuals, g):
-    values, needs = residuals
-    if isinstance(g, SymbolicZero) or not needs.names:
-        return (None,) * len(_CONV_INPUTS)
-    static = (*params, ("needs", needs.names), ("deterministic", _deterministic()))
-    grads = _call(_conv_backward, dict(grad_output=_cotangent(g, values["input"]), **values),
-                  static, [(values[n].shape, values[n].dtype) for n in needs.names],
-                  _CONV_PER_IMAGE, outputs_per_image=set(needs.names) <= _CONV_PER_IMAGE)
-    return _gradients(_CONV_INPUTS, needs.names, grads)
+    return _backward_rule(_conv_backward, _CONV_INPUTS, params, residuals, g, _CONV_PER_IMAGE)
 
 
 _conv_primal.defvjp(_conv_fwd, _conv_bwd, symbolic_zeros=True)
@@ -173,19 +187,12 @@ _roi_primal = jax.custom_vjp(_roi_primal, nondiff_argnums=(0,))
 
 
 def _roi_fwd(params, input, rois, offset, mask):
-    values, needs = _split(dict(input=input, rois=rois, offset=offset, mask=mask))
-    needs = tuple(n for n in needs if n != "rois")
-    return _roi_primal(params, *values.values()), (values, _Needs(needs))
+    return _forward_rule(_roi_primal, params,
+                         dict(input=input, rois=rois, offset=offset, mask=mask))
 
 
 def _roi_bwd(params, residuals, g):
-    values, needs = residuals
-    if isinstance(g, SymbolicZero) or not needs.names:
-        return (None,) * len(_ROI_INPUTS)
-    static = (*params, ("needs", needs.names), ("deterministic", _deterministic()))
-    grads = _call(_roi_backward, dict(grad_output=_cotangent(g, values["input"]), **values),
-                  static, [(values[n].shape, values[n].dtype) for n in needs.names])
-    return _gradients(_ROI_INPUTS, needs.names, grads)
+    return _backward_rule(_roi_backward, _ROI_INPUTS, params, residuals, g)
 
 
 _roi_primal.defvjp(_roi_fwd, _roi_bwd, symbolic_zeros=True)
@@ -243,19 +250,11 @@ _psroi_primal = jax.custom_vjp(_psroi_primal, nondiff_argnums=(0,))
 
 
 def _psroi_fwd(params, input, rois, offset):
-    values, needs = _split(dict(input=input, rois=rois, offset=offset))
-    needs = tuple(n for n in needs if n != "rois")
-    return _psroi_primal(params, *values.values()), (values, _Needs(needs))
+    return _forward_rule(_psroi_primal, params, dict(input=input, rois=rois, offset=offset))
 
 
 def _psroi_bwd(params, residuals, g):
-    values, needs = residuals
-    if isinstance(g, SymbolicZero) or not needs.names:
-        return (None,) * len(_PSROI_INPUTS)
-    static = (*params, ("needs", needs.names), ("deterministic", _deterministic()))
-    grads = _call(_psroi_backward, dict(grad_output=_cotangent(g, values["input"]), **values),
-                  static, [(values[n].shape, values[n].dtype) for n in needs.names])
-    return _gradients(_PSROI_INPUTS, needs.names, grads)
+    return _backward_rule(_psroi_backward, _PSROI_INPUTS, params, residuals, g)
 
 
 _psroi_primal.defvjp(_psroi_fwd, _psroi_bwd, symbolic_zeros=True)

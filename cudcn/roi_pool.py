@@ -7,7 +7,6 @@ any floating dtype is accepted for them.
 
 import collections
 
-import math
 
 from . import _backend, _checks, _kernels, _launch, _sorted_sum
 

@@ -8,7 +8,6 @@ import sys
 import pytest
 
 import cudcn
-from cudcn import cli
 from cudcn.cli import check as _check
 
 

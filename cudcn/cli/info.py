@@ -2,7 +2,6 @@
 
 import os
 import pathlib
-import shutil
 
 
 def _folder_size(path):

@@ -152,6 +152,17 @@ def conv_rows(shape, rounds):
     return fwd, both
 
 
+def _row(ours, peer, peer_name, rounds):
+    """(forward ms, forward+backward ms, peer_name) of a pooling against its peer."""
+    import torch
+
+    with torch.no_grad():
+        fwd = interleaved_ms({"cudcn": ours, peer_name: peer}, rounds)
+    both = interleaved_ms({"cudcn": lambda: _backward(ours()),
+                           peer_name: lambda: _backward(peer())}, max(3, rounds // 2))
+    return fwd, both, peer_name
+
+
 def roi_rows(rounds):
     import torch
     import torchvision
@@ -172,11 +183,7 @@ def roi_rows(rounds):
         mask = None if args["mask"] is None else torch.from_numpy(args["mask"])
         ours = lambda: ct.deform_roi_pool(x, rois, offset, 7, 1 / 16, 2, 0.1, mask)  # noqa: E731
         peer = lambda: torchvision.ops.roi_align(x, rois, 7, 1 / 16, 2, aligned=True)  # noqa: E731
-        with torch.no_grad():
-            fwd = interleaved_ms({"cudcn": ours, "roi_align": peer}, rounds)
-        both = interleaved_ms({"cudcn": lambda: _backward(ours()),
-                               "roi_align": lambda: _backward(peer())}, max(3, rounds // 2))
-        rows[f"deform_roi_pool ({variant})"] = (fwd, both, "roi_align")
+        rows[f"deform_roi_pool ({variant})"] = _row(ours, peer, "roi_align", rounds)
     args = deform_psroi_pool_inputs(batch=batch, output_dim=21, group_size=7, pooled_size=7,
                                     num_classes=1, size=(h, w), rois=ROIS, spatial_scale=1 / 16,
                                     sample_per_part=4, trans_std=0.0, offset=False,
@@ -186,11 +193,7 @@ def roi_rows(rounds):
     ours = lambda: ct.deform_psroi_pool(x, rois, None, output_dim=21, group_size=7,  # noqa: E731
                                         pooled_size=7, sample_per_part=4, spatial_scale=1 / 16)
     peer = lambda: torchvision.ops.ps_roi_align(x, rois, 7, 1 / 16, 4)  # noqa: E731
-    with torch.no_grad():
-        fwd = interleaved_ms({"cudcn": ours, "ps_roi_align": peer}, rounds)
-    both = interleaved_ms({"cudcn": lambda: _backward(ours()),
-                           "ps_roi_align": lambda: _backward(peer())}, max(3, rounds // 2))
-    rows["deform_psroi_pool (R-FCN)"] = (fwd, both, "ps_roi_align")
+    rows["deform_psroi_pool (R-FCN)"] = _row(ours, peer, "ps_roi_align", rounds)
     return rows
 
 

@@ -36,7 +36,8 @@
 // reading or accumulating into its own planes only, without a test per
 // corner (the padding reads zeros). No atomics, a fixed summation order
 // whatever the thread count, sequential column rows, and planes small enough
-// to stay in a CPU core's cache.
+// to stay in a CPU core's cache. The forward's gather reads a channels-last
+// copy of the padded input instead (deform_conv2d_im2col_pixels).
 #include "cudcn_common.cuh"
 
 namespace cudcn {
@@ -402,6 +403,90 @@ __global__ void deform_conv2d_im2col_planes(const T* __restrict__ padded_input,
         const A v = w0 * load(p) + w1 * load(p + 1) + w2 * load(p + padded.width) +
                     w3 * load(p + padded.width + 1);
         store(col[t] + j, m * v);
+      }
+    }
+  }
+}
+
+// The forward's gather on the CPU reads a channels-last copy of the padded
+// input, (B, H + 3, W + 3, C) with the zeros of the planes above: the
+// channels of a corner sit side by side, so the loop over a group's channels
+// reads contiguous memory with one set of weights (the host compiler
+// vectorizes it), where the planes' loop reads a different plane per
+// channel. A thread computes the cells of one output row of one (image,
+// group, kernel point) itself (no corner buffers), kPixelTile pixels at a
+// time, samples kPixelChannels channels of them into a local tile, and
+// writes the tile to the usual columns a channel row at a time: contiguous
+// stores, where storing each sample as computed would write a different
+// row, KK * P apart, for each channel.
+constexpr int kPixelTile = 16;
+constexpr int kPixelChannels = 16;
+
+template <typename T, typename I>
+__global__ void deform_conv2d_im2col_pixels(const T* __restrict__ padded_pixels,
+                                            const T* __restrict__ offset,
+                                            const T* __restrict__ mask, T* __restrict__ columns,
+                                            I n, int use_mask, CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
+  CUDCN_DEFORM_CONV_GEOMETRY;
+  using A = acc_t<T>;
+  const PaddedPlanes<I> padded = padded_planes<I>(s);
+  const I P = I(s.out_h) * s.out_w;
+  const int KK = s.kernel_h * s.kernel_w;
+  const int group_channels = s.group_channels();
+  const I channel_stride = I(KK) * P;
+  const I row_stride = padded.width * s.channels;
+  CUDCN_KERNEL_LOOP(row, I, n) {
+    const int oh = static_cast<int>(row % s.out_h);
+    const I group_kernel_point = row / s.out_h;  // (b * G + g) * KK + k
+    const int k = static_cast<int>(group_kernel_point % KK);
+    const I bg = group_kernel_point / KK;
+    const I b = bg / s.offset_groups;
+    const int g = static_cast<int>(bg % s.offset_groups);
+    const int ki = k / s.kernel_w, kj = k % s.kernel_w;
+    const A y_base = A(oh * s.stride_h - s.pad_h + ki * s.dil_h);
+    const I first = group_kernel_point * P + I(oh) * s.out_w;  // the row's first item
+    const T* dy = offset + 2 * group_kernel_point * P + I(oh) * s.out_w;
+    const T* image = padded_pixels + b * padded.size * s.channels + g * group_channels;
+    T* col = columns + bg * group_channels * channel_stride + k * P + I(oh) * s.out_w;
+    for (int ow0 = 0; ow0 < s.out_w; ow0 += kPixelTile) {
+      const int count = min(kPixelTile, s.out_w - ow0);
+      I cell[kPixelTile];
+      A w0[kPixelTile];  // the corners' bilinear weights and the mask, per pixel
+      A w1[kPixelTile];
+      A w2[kPixelTile];
+      A w3[kPixelTile];
+      A m[kPixelTile];
+      for (int j = 0; j < count; ++j) {
+        const int ow = ow0 + j;
+        const A y = y_base + load(dy + ow);
+        const A x = A(ow * s.stride_w - s.pad_w + kj * s.dil_w) + load(dy + P + ow);
+        const BilinearCorners<A, I> c = bilinear_corners<A, I>(y, x, s.height, s.width);
+        cell[j] = (c.inside ? I(c.y0 + 1) * padded.width + (c.x0 + 1) : padded.zeros) *
+                  s.channels;
+        const A wy0 = c.inside ? A(1) - c.frac_y : A(0), wy1 = c.inside ? c.frac_y : A(0);
+        w0[j] = wy0 * (A(1) - c.frac_x);
+        w1[j] = wy0 * c.frac_x;
+        w2[j] = wy1 * (A(1) - c.frac_x);
+        w3[j] = wy1 * c.frac_x;
+        m[j] = use_mask ? load(mask + first + ow) : A(1);
+      }
+      for (int c0 = 0; c0 < group_channels; c0 += kPixelChannels) {
+        const int channels_here = min(kPixelChannels, group_channels - c0);
+        A tile[kPixelTile][kPixelChannels];
+        for (int j = 0; j < count; ++j) {
+          const T* p0 = image + cell[j] + c0;
+          const T* p1 = p0 + s.channels;
+          const T* p2 = p0 + row_stride;
+          const T* p3 = p2 + s.channels;
+          for (int cc = 0; cc < channels_here; ++cc) {
+            tile[j][cc] = m[j] * (w0[j] * load(p0 + cc) + w1[j] * load(p1 + cc) +
+                                  w2[j] * load(p2 + cc) + w3[j] * load(p3 + cc));
+          }
+        }
+        for (int cc = 0; cc < channels_here; ++cc) {
+          T* out = col + (c0 + cc) * channel_stride + ow0;
+          for (int j = 0; j < count; ++j) store(out + j, tile[j][cc]);
+        }
       }
     }
   }

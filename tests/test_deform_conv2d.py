@@ -76,7 +76,7 @@ def test_batch_zero():
 
 
 WORKSPACE_ARGS = ("columns", "grad_columns", "corner_base", "corner_weight", "padded_input",
-                  "padded_grad_input")
+                  "padded_grad_input", "padded_pixels")
 
 
 def test_batch_33_runs_in_chunks_under_the_workspace_limit(launches, strategy):
@@ -226,3 +226,47 @@ def test_scratch_memory_is_reused_and_never_returned(launches):
     later_buffer = dict(zip(again[0].kernel.param_names, again[0].args))["columns"]
     assert first_buffer.ctypes.data == later_buffer.ctypes.data  # the same memory
     cudcn.release_scratch()
+
+
+
+_PIXEL_TILES = dict(in_channels=40, out_channels=8, offset_groups=2, size=(5, 37), batch=3)
+
+
+@pytest.mark.parametrize("index64", [False, True], ids=["int", "long-long"])
+@pytest.mark.parametrize("dtype_name", ["float64", "float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("case", case_params() + [pytest.param(_PIXEL_TILES, id="pixel-tiles")])
+def test_pixel_and_plane_gathers_write_the_same_columns(case, dtype_name, index64, launches,
+                                                        monkeypatch):
+    """The plane strategy's two gathers, bit for bit: the forward's, from
+    channels-last pixels, and the backward's, from cells and planes.
+    pixel-tiles has partial tiles of output pixels (37 = 16 + 16 + 5) and of
+    channels (20 a group = 16 + 4)."""
+    import ml_dtypes
+
+    from cudcn import deform_conv
+
+    dtype = np.dtype(ml_dtypes.bfloat16) if dtype_name == "bfloat16" else np.dtype(dtype_name)
+    monkeypatch.setattr(cudcn._launch, "_force_strategy", "planes")
+    monkeypatch.setattr(cudcn._launch, "_force_index64", index64)
+    args = deform_conv2d_inputs(dtype=dtype, **case)
+    x, offset, mask = args["input"], args["offset"], args["mask"]
+    g = deform_conv._geometry(x, offset, args["weight"], args["bias"], mask, args["stride"],
+                              args["padding"], args["dilation"])
+    forward, backward = deform_conv._Plan(g, 1, False, forward=True), deform_conv._Plan(g, 1, False)
+    assert forward.pixels and not backward.pixels
+    from_pixels = np.full((g.batch, g.column_rows, g.out_pixels), np.nan, dtype)
+    from_planes = np.full_like(from_pixels, np.inf)
+    forward.im2col_pixels(x, offset, mask, from_pixels)
+    backward.corners(offset, x)
+    backward.im2col(x, offset, mask, from_planes)
+    names = [launch.kernel.name.rsplit("::", 1)[-1] for launch in launches]
+    assert names == ["deform_conv2d_im2col_pixels", "deform_conv2d_corners",
+                     "deform_conv2d_im2col_planes"]
+    assert all(launch.index == ("long long" if index64 else "int") for launch in launches)
+    assert np.array_equal(from_pixels.view(np.uint8), from_planes.view(np.uint8))
+
+
+def test_forward_on_the_plane_strategy_gathers_from_pixels(launches, monkeypatch):
+    monkeypatch.setattr(cudcn._launch, "_force_strategy", "planes")
+    cudcn.deform_conv2d(**deform_conv2d_inputs())
+    assert [launch.kernel.name for launch in launches] == ["cudcn::deform_conv2d_im2col_pixels"]

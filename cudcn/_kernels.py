@@ -104,7 +104,20 @@ DEFORM_CONV2D_IM2COL_PIXELS = Kernel(
     "cudcn::deform_conv2d_im2col_pixels",
     "deform_conv2d.cu",
     (("padded_pixels", "const T*"), ("offset", "const T*"), ("mask", "const T*"),
-     ("columns", "T*"), ("n", "I"), ("use_mask", "int")) + _DEFORM_CONV_GEOMETRY,
+     ("columns_t", "T*"), ("n", "I"), ("use_mask", "int"), ("conv_group_channels", "int"))
+    + _DEFORM_CONV_GEOMETRY,
+)
+DEFORM_CONV2D_WEIGHT_FOR_PIXELS = Kernel(
+    "cudcn::deform_conv2d_weight_for_pixels",
+    "deform_conv2d.cu",
+    (("weight", "const T*"), ("weight_t", "A*"), ("n", "I"), ("groups", "int"),
+     ("group_out_channels", "int"), ("group_channels", "int"), ("kernel_points", "int")),
+)
+DEFORM_CONV2D_OUTPUT_FROM_PIXELS = Kernel(
+    "cudcn::deform_conv2d_output_from_pixels",
+    "deform_conv2d.cu",
+    (("product", "const A*"), ("bias", "const T*"), ("output", "T*"), ("n", "I"),
+     ("use_bias", "int"), ("groups", "int"), ("group_out_channels", "int"), ("pixels", "I")),
 )
 DEFORM_CONV2D_COL2IM_PLANES = Kernel(
     "cudcn::deform_conv2d_col2im_planes",
@@ -129,6 +142,8 @@ COORD_BLOCK = 64
 PLANE_CHANNELS = 8
 PLANE_ITEMS = 2048
 PLANE_PADDING = 3
+# Pixels and channels per thread of the forward's transposes (kOutputTile).
+OUTPUT_TILE = 16
 
 _ROI_POOL_GEOMETRY = tuple(
     (name, "int")
@@ -256,7 +271,7 @@ KERNELS = (
     DEFORM_CONV2D_IM2COL, DEFORM_CONV2D_COL2IM, DEFORM_CONV2D_COORD_PARTIAL,
     DEFORM_CONV2D_COORD_REDUCE, DEFORM_CONV2D_SCATTER_ENTRIES,
     DEFORM_CONV2D_CORNERS, DEFORM_CONV2D_IM2COL_PLANES, DEFORM_CONV2D_IM2COL_PIXELS,
-    DEFORM_CONV2D_COL2IM_PLANES,
+    DEFORM_CONV2D_WEIGHT_FOR_PIXELS, DEFORM_CONV2D_OUTPUT_FROM_PIXELS, DEFORM_CONV2D_COL2IM_PLANES,
     DEFORM_CONV2D_COL2IM_COORD_PLANES,
     DEFORM_ROI_POOL_FORWARD, DEFORM_ROI_POOL_FORWARD_PLANES, DEFORM_ROI_POOL_BACKWARD_INPUT,
     DEFORM_ROI_POOL_BACKWARD_INPUT_PLANES, DEFORM_ROI_POOL_SCATTER_ENTRIES,

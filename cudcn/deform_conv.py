@@ -156,8 +156,9 @@ class _Plan:
         # contiguous channels to read (0.80-0.99x the time of the forward
         # through cells and planes, in one process, at the bench's shapes).
         self.pixels = forward and self.strategy == "planes"
-        if self.pixels:
+        if self.pixels:  # the padded input and the pixel-major product
             per_image += g.channels * padded_plane * g.dtype.itemsize
+            per_image += g.out_channels * g.out_pixels * _gemm.compute_dtype(g.dtype).itemsize
         elif self.strategy == "planes":
             # the cells (2 indices, 6 weights an item), the padded input and grad input
             per_image += self.items_per_image * (2 * 8 + 6 * 8)
@@ -177,6 +178,7 @@ class _Plan:
             self.size * self.items_per_image * 4,
             self.size * g.column_rows * g.out_pixels,
             self.size * g.channels * padded_plane,  # the padded copies are the larger
+            self.size * g.out_channels * g.out_pixels,
             self.size * 2 * self.items_per_image,
             self.size * self.items_per_image * 3 * self.group_channels,
         )
@@ -212,15 +214,42 @@ class _Plan:
         self.launch(_kernels.DEFORM_CONV2D_CORNERS, rows, offset=offset,
                     **self._corner_args(images))
 
-    def im2col_pixels(self, x, offset, mask, columns):
-        """columns <- sampled x, for a chunk, from channels-last padded pixels."""
+    def im2col_pixels(self, x, offset, mask, columns_t):
+        """columns_t (images, P, groups, KK * C / groups) <- sampled x, for a
+        chunk, from channels-last padded pixels."""
         g, images = self.g, x.shape[0]
         self.padded_pixels[:images, 1:g.height + 1, 1:g.width + 1] = x.transpose(0, 2, 3, 1)
-        rows = images * g.offset_groups * g.kernel_points * g.out_size[0]
-        self.launch(_kernels.DEFORM_CONV2D_IM2COL_PIXELS, rows,
+        self.launch(_kernels.DEFORM_CONV2D_IM2COL_PIXELS, images * g.offset_groups * g.out_size[0],
                     padded_pixels=self.padded_pixels[:images], offset=offset,
-                    mask=offset if mask is None else mask, columns=columns,
-                    use_mask=int(mask is not None))
+                    mask=offset if mask is None else mask, columns_t=columns_t,
+                    use_mask=int(mask is not None), conv_group_channels=g.channels // g.groups)
+
+    def weight_for_pixels(self, weight):
+        """(groups, KK * C / groups, C_out / groups) in the compute dtype: the
+        right operand of the GEMM with pixel-major columns."""
+        g = self.g
+        c_out_g, c_g = g.out_channels // g.groups, g.channels // g.groups
+        weight_t = _workspace.scratch(g.xp, "weight_for_pixels",
+                                      (g.groups, g.kernel_points * c_g, c_out_g), self.acc)
+        tiles = (-(-c_out_g // _kernels.OUTPUT_TILE)
+                 * -(-(c_g * g.kernel_points) // _kernels.OUTPUT_TILE))
+        _launch.run(_launch.make_launch(
+            _kernels.DEFORM_CONV2D_WEIGHT_FOR_PIXELS, g.dtype, g.groups * tiles,
+            _launch.index_type(weight.size),
+            weight=weight, weight_t=weight_t, groups=g.groups, group_out_channels=c_out_g,
+            group_channels=c_g, kernel_points=g.kernel_points))
+        return weight_t
+
+    def output_from_pixels(self, product, bias, out):
+        """out (images, C_out, P) <- product (images, groups, P, C_out / groups) + bias."""
+        g, images = self.g, out.shape[0]
+        c_out_g = g.out_channels // g.groups
+        tiles = (-(-g.out_pixels // _kernels.OUTPUT_TILE)) * -(-c_out_g // _kernels.OUTPUT_TILE)
+        _launch.run(_launch.make_launch(
+            _kernels.DEFORM_CONV2D_OUTPUT_FROM_PIXELS, g.dtype, images * g.groups * tiles,
+            self.index, product=product, bias=out if bias is None else bias, output=out,
+            use_bias=int(bias is not None), groups=g.groups, group_out_channels=c_out_g,
+            pixels=g.out_pixels))
 
     def _plane_blocks(self, images):
         blocks = -(-self.group_channels // _kernels.PLANE_CHANNELS)
@@ -383,16 +412,38 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     bias_grouped = None if bias is None else bias.reshape(g.groups, -1, 1)
     plan = _Plan(g, buffers=1, deterministic=False, forward=True)
     columns = _workspace.scratch(xp, "columns", (plan.size, g.column_rows, g.out_pixels), g.dtype)
+    if plan.pixels:
+        _pixel_major_forward(plan, x, offset, weight, bias, mask, columns, out)
+        return out
     for start, stop in plan.chunks:
         cols = columns[: stop - start]
         off_c, mask_c = offset[start:stop], None if mask is None else mask[start:stop]
-        if plan.pixels:
-            plan.im2col_pixels(x[start:stop], off_c, mask_c, cols)
-        else:
-            plan.im2col(x[start:stop], off_c, mask_c, cols)
+        plan.im2col(x[start:stop], off_c, mask_c, cols)
         _gemm.matmul(xp, weight_grouped, cols.reshape(stop - start, g.groups, -1, g.out_pixels),
                      out=out_grouped[start:stop], addend=bias_grouped)
     return out
+
+
+def _pixel_major_forward(plan, x, offset, weight, bias, mask, columns, out):
+    """The plane strategy's forward: pixel-major columns (each item's channels
+    side by side, written in one stream), the GEMM's product pixel-major too
+    (as fast as the usual orientation, where the product of the usual
+    weights with transposed columns is not), then transposed into the
+    output with the bias by a kernel."""
+    g, xp = plan.g, plan.g.xp
+    c_out_g = g.out_channels // g.groups
+    weight_t = plan.weight_for_pixels(weight)
+    bias = None if bias is None else xp.ascontiguousarray(bias)
+    product = _workspace.scratch(xp, "pixel_major_product",
+                                 (plan.size, g.groups, g.out_pixels, c_out_g),
+                                 _gemm.compute_dtype(g.dtype))
+    for start, stop in plan.chunks:
+        images = stop - start
+        cols = columns[:images].reshape(images, g.out_pixels, g.groups, -1)
+        plan.im2col_pixels(x[start:stop], offset[start:stop],
+                           None if mask is None else mask[start:stop], cols)
+        _gemm.matmul(xp, cols.swapaxes(1, 2), weight_t, out=product[:images])
+        plan.output_from_pixels(product[:images], bias, out[start:stop])
 
 
 @_backend.on_arrays_device

@@ -409,84 +409,146 @@ __global__ void deform_conv2d_im2col_planes(const T* __restrict__ padded_input,
 }
 
 // The forward's gather on the CPU reads a channels-last copy of the padded
-// input, (B, H + 3, W + 3, C) with the zeros of the planes above: the
-// channels of a corner sit side by side, so the loop over a group's channels
-// reads contiguous memory with one set of weights (the host compiler
-// vectorizes it), where the planes' loop reads a different plane per
-// channel. A thread computes the cells of one output row of one (image,
-// group, kernel point) itself (no corner buffers), kPixelTile pixels at a
-// time, samples kPixelChannels channels of them into a local tile, and
-// writes the tile to the usual columns a channel row at a time: contiguous
-// stores, where storing each sample as computed would write a different
-// row, KK * P apart, for each channel.
-constexpr int kPixelTile = 16;
-constexpr int kPixelChannels = 16;
+// input, (B, H + 3, W + 3, C) with the zeros of the planes above, and writes
+// pixel-major columns, (B, P, groups, KK, Cw) for the convolution's groups of
+// Cw = C / groups channels: a corner's channels sit side by side, and so do
+// an item's samples, so the loop over a group's channels reads and writes
+// contiguous memory with one set of weights (the host compiler vectorizes
+// it), and each thread fills its pixels' rows one after the other, a
+// sequential stream. (The usual (B, C * KK, P) layout would put each of an
+// item's channels KK * P apart.) One thread per output row of one (image,
+// offset group); it computes each item's cell itself (no corner buffers).
+// In its pixel's row, channel c of kernel point k sits at
+// pixel_column(c) + k * Cw.
+CUDCN_DEVICE int pixel_column(int c, int kernel_points, int conv_group_channels) {
+  return (c / conv_group_channels) * kernel_points * conv_group_channels +
+         c % conv_group_channels;
+}
 
 template <typename T, typename I>
 __global__ void deform_conv2d_im2col_pixels(const T* __restrict__ padded_pixels,
                                             const T* __restrict__ offset,
-                                            const T* __restrict__ mask, T* __restrict__ columns,
-                                            I n, int use_mask, CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
+                                            const T* __restrict__ mask,
+                                            T* __restrict__ columns_t, I n, int use_mask,
+                                            int conv_group_channels,
+                                            CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
   CUDCN_DEFORM_CONV_GEOMETRY;
   using A = acc_t<T>;
   const PaddedPlanes<I> padded = padded_planes<I>(s);
   const I P = I(s.out_h) * s.out_w;
   const int KK = s.kernel_h * s.kernel_w;
   const int group_channels = s.group_channels();
-  const I channel_stride = I(KK) * P;
   const I row_stride = padded.width * s.channels;
   CUDCN_KERNEL_LOOP(row, I, n) {
     const int oh = static_cast<int>(row % s.out_h);
-    const I group_kernel_point = row / s.out_h;  // (b * G + g) * KK + k
-    const int k = static_cast<int>(group_kernel_point % KK);
-    const I bg = group_kernel_point / KK;
+    const I bg = row / s.out_h;  // b * G + g
     const I b = bg / s.offset_groups;
-    const int g = static_cast<int>(bg % s.offset_groups);
-    const int ki = k / s.kernel_w, kj = k % s.kernel_w;
-    const A y_base = A(oh * s.stride_h - s.pad_h + ki * s.dil_h);
-    const I first = group_kernel_point * P + I(oh) * s.out_w;  // the row's first item
-    const T* dy = offset + 2 * group_kernel_point * P + I(oh) * s.out_w;
-    const T* image = padded_pixels + b * padded.size * s.channels + g * group_channels;
-    T* col = columns + bg * group_channels * channel_stride + k * P + I(oh) * s.out_w;
-    for (int ow0 = 0; ow0 < s.out_w; ow0 += kPixelTile) {
-      const int count = min(kPixelTile, s.out_w - ow0);
-      I cell[kPixelTile];
-      A w0[kPixelTile];  // the corners' bilinear weights and the mask, per pixel
-      A w1[kPixelTile];
-      A w2[kPixelTile];
-      A w3[kPixelTile];
-      A m[kPixelTile];
-      for (int j = 0; j < count; ++j) {
-        const int ow = ow0 + j;
-        const A y = y_base + load(dy + ow);
-        const A x = A(ow * s.stride_w - s.pad_w + kj * s.dil_w) + load(dy + P + ow);
+    const int first_channel = static_cast<int>(bg % s.offset_groups) * group_channels;
+    const int column = pixel_column(first_channel, KK, conv_group_channels);
+    // Within one convolution group the offset group's channels are contiguous.
+    const bool contiguous =
+        pixel_column(first_channel + group_channels - 1, KK, conv_group_channels) - column ==
+        group_channels - 1;
+    const T* image = padded_pixels + b * padded.size * s.channels + first_channel;
+    for (int ow = 0; ow < s.out_w; ++ow) {
+      const I p = I(oh) * s.out_w + ow;
+      T* pixel_row = columns_t + (b * P + p) * s.channels * KK;
+      for (int k = 0; k < KK; ++k) {
+        const int ki = k / s.kernel_w, kj = k % s.kernel_w;
+        const I item = (bg * KK + k) * P + p;
+        const T* dy = offset + 2 * (bg * KK + k) * P + p;
+        const A y = A(oh * s.stride_h - s.pad_h + ki * s.dil_h) + load(dy);
+        const A x = A(ow * s.stride_w - s.pad_w + kj * s.dil_w) + load(dy + P);
         const BilinearCorners<A, I> c = bilinear_corners<A, I>(y, x, s.height, s.width);
-        cell[j] = (c.inside ? I(c.y0 + 1) * padded.width + (c.x0 + 1) : padded.zeros) *
-                  s.channels;
+        const I cell = c.inside ? I(c.y0 + 1) * padded.width + (c.x0 + 1) : padded.zeros;
         const A wy0 = c.inside ? A(1) - c.frac_y : A(0), wy1 = c.inside ? c.frac_y : A(0);
-        w0[j] = wy0 * (A(1) - c.frac_x);
-        w1[j] = wy0 * c.frac_x;
-        w2[j] = wy1 * (A(1) - c.frac_x);
-        w3[j] = wy1 * c.frac_x;
-        m[j] = use_mask ? load(mask + first + ow) : A(1);
-      }
-      for (int c0 = 0; c0 < group_channels; c0 += kPixelChannels) {
-        const int channels_here = min(kPixelChannels, group_channels - c0);
-        A tile[kPixelTile][kPixelChannels];
-        for (int j = 0; j < count; ++j) {
-          const T* p0 = image + cell[j] + c0;
-          const T* p1 = p0 + s.channels;
-          const T* p2 = p0 + row_stride;
-          const T* p3 = p2 + s.channels;
-          for (int cc = 0; cc < channels_here; ++cc) {
-            tile[j][cc] = m[j] * (w0[j] * load(p0 + cc) + w1[j] * load(p1 + cc) +
-                                  w2[j] * load(p2 + cc) + w3[j] * load(p3 + cc));
+        const A w0 = wy0 * (A(1) - c.frac_x), w1 = wy0 * c.frac_x;
+        const A w2 = wy1 * (A(1) - c.frac_x), w3 = wy1 * c.frac_x;
+        const A m = use_mask ? load(mask + item) : A(1);
+        const T* p0 = image + cell * s.channels;
+        const T* p1 = p0 + s.channels;
+        const T* p2 = p0 + row_stride;
+        const T* p3 = p2 + s.channels;
+        T* to = pixel_row + k * conv_group_channels;
+        if (contiguous) {
+          T* first = to + column;
+          for (int cc = 0; cc < group_channels; ++cc) {
+            store(first + cc, m * (w0 * load(p0 + cc) + w1 * load(p1 + cc) +
+                                   w2 * load(p2 + cc) + w3 * load(p3 + cc)));
+          }
+        } else {
+          for (int cc = 0; cc < group_channels; ++cc) {
+            store(to + pixel_column(first_channel + cc, KK, conv_group_channels),
+                  m * (w0 * load(p0 + cc) + w1 * load(p1 + cc) + w2 * load(p2 + cc) +
+                       w3 * load(p3 + cc)));
           }
         }
-        for (int cc = 0; cc < channels_here; ++cc) {
-          T* out = col + (c0 + cc) * channel_stride + ow0;
-          for (int j = 0; j < count; ++j) store(out + j, tile[j][cc]);
-        }
+      }
+    }
+  }
+}
+
+constexpr int kOutputTile = 16;
+
+// The weights in the pixel-major columns' order, as the right operand of the
+// forward's GEMM, in the accumulation type: each group's (Cg, Cw * KK) block
+// of (C_out, Cw, KK), Cg = C_out / groups, becomes (KK * Cw, Cg), row k * Cw
+// + c for column c * KK + k. One thread per (group, tile of kOutputTile
+// output channels, tile of kOutputTile columns): it reads the tile's rows,
+// each a run of the columns, and writes its columns, each a run of output
+// channels.
+template <typename T, typename I>
+__global__ void deform_conv2d_weight_for_pixels(const T* __restrict__ weight,
+                                                acc_t<T>* __restrict__ weight_t, I n,
+                                                int groups, int group_out_channels,
+                                                int group_channels, int kernel_points) {
+  const int columns = group_channels * kernel_points;
+  const int channel_tiles = (group_out_channels + kOutputTile - 1) / kOutputTile;
+  const int column_tiles = (columns + kOutputTile - 1) / kOutputTile;
+  CUDCN_KERNEL_LOOP(i, I, n) {
+    const int j0 = static_cast<int>(i % column_tiles) * kOutputTile;
+    const int j1 = min(columns, j0 + kOutputTile);
+    const int o0 = static_cast<int>((i / column_tiles) % channel_tiles) * kOutputTile;
+    const int o1 = min(group_out_channels, o0 + kOutputTile);
+    const I g = i / (I(column_tiles) * channel_tiles);
+    const T* from = weight + g * group_out_channels * columns;
+    acc_t<T>* to = weight_t + g * columns * group_out_channels;
+    for (int j = j0; j < j1; ++j) {
+      const int row = (j % kernel_points) * group_channels + j / kernel_points;
+      for (int o = o0; o < o1; ++o) {
+        store(to + I(row) * group_out_channels + o, acc_t<T>(load(from + I(o) * columns + j)));
+      }
+    }
+  }
+}
+
+// The pixel-major product of the forward's GEMM, (B, groups, P, Cg) with Cg
+// = C_out / groups, plus the bias, into the output (B, C_out, P): one thread
+// per tile of kOutputTile pixels by kOutputTile channels of one (image,
+// group), reading the tile's pixel rows and writing its channel rows.
+template <typename T, typename I>
+__global__ void deform_conv2d_output_from_pixels(const acc_t<T>* __restrict__ product,
+                                                 const T* __restrict__ bias,
+                                                 T* __restrict__ output, I n, int use_bias,
+                                                 int groups, int group_out_channels,
+                                                 I pixels) {
+  using A = acc_t<T>;
+  const I pixel_tiles = (pixels + kOutputTile - 1) / kOutputTile;
+  const int channel_tiles = (group_out_channels + kOutputTile - 1) / kOutputTile;
+  CUDCN_KERNEL_LOOP(i, I, n) {
+    const int channel_tile = static_cast<int>(i % channel_tiles);
+    const I pixel_tile = (i / channel_tiles) % pixel_tiles;
+    const I bg = i / (I(channel_tiles) * pixel_tiles);  // b * groups + g
+    const int o0 = channel_tile * kOutputTile;
+    const int o1 = min(group_out_channels, o0 + kOutputTile);
+    const I p0 = pixel_tile * kOutputTile;
+    const I p1 = min(pixels, p0 + kOutputTile);
+    const A* from = product + bg * pixels * group_out_channels;
+    T* to = output + bg * group_out_channels * pixels;
+    for (int o = o0; o < o1; ++o) {
+      const A b = use_bias ? A(load(bias + (bg % groups) * group_out_channels + o)) : A(0);
+      for (I p = p0; p < p1; ++p) {
+        store(to + I(o) * pixels + p, load(from + p * group_out_channels + o) + b);
       }
     }
   }

@@ -222,25 +222,32 @@ def test_scratch_memory_is_reused_and_never_returned(launches):
     for got, want in zip(grads_a, kept_grads):
         assert (got is None and want is None) or np.array_equal(got, want)
     again = [l for l in launches if "im2col" in l.kernel.name][len(columns):]
-    first_buffer = dict(zip(columns[0].kernel.param_names, columns[0].args))["columns"]
-    later_buffer = dict(zip(again[0].kernel.param_names, again[0].args))["columns"]
+    def buffer(launch):
+        named = dict(zip(launch.kernel.param_names, launch.args))
+        return named["columns_t" if "columns_t" in named else "columns"]
+
+    first_buffer, later_buffer = buffer(columns[0]), buffer(again[0])
     assert first_buffer.ctypes.data == later_buffer.ctypes.data  # the same memory
     cudcn.release_scratch()
 
 
 
-_PIXEL_TILES = dict(in_channels=40, out_channels=8, offset_groups=2, size=(5, 37), batch=3)
+
+# Channels of an offset group across two convolution groups (groups=2,
+# offset_groups=1), and within one (groups=2, offset_groups=4).
+_PIXEL_LAYOUTS = dict(across_groups=dict(in_channels=6, out_channels=4, groups=2, size=(5, 19)))
 
 
 @pytest.mark.parametrize("index64", [False, True], ids=["int", "long-long"])
 @pytest.mark.parametrize("dtype_name", ["float64", "float32", "float16", "bfloat16"])
-@pytest.mark.parametrize("case", case_params() + [pytest.param(_PIXEL_TILES, id="pixel-tiles")])
-def test_pixel_and_plane_gathers_write_the_same_columns(case, dtype_name, index64, launches,
-                                                        monkeypatch):
+@pytest.mark.parametrize("case", case_params() + [
+    pytest.param(c, id=name) for name, c in _PIXEL_LAYOUTS.items()])
+def test_pixel_and_plane_gathers_sample_the_same_columns(case, dtype_name, index64, launches,
+                                                         monkeypatch):
     """The plane strategy's two gathers, bit for bit: the forward's, from
-    channels-last pixels, and the backward's, from cells and planes.
-    pixel-tiles has partial tiles of output pixels (37 = 16 + 16 + 5) and of
-    channels (20 a group = 16 + 4)."""
+    channels-last pixels into pixel-major columns (images, P, groups, KK, C /
+    groups), and the backward's, from cells and planes into the usual
+    (images, C * KK, P)."""
     import ml_dtypes
 
     from cudcn import deform_conv
@@ -254,19 +261,37 @@ def test_pixel_and_plane_gathers_write_the_same_columns(case, dtype_name, index6
                               args["padding"], args["dilation"])
     forward, backward = deform_conv._Plan(g, 1, False, forward=True), deform_conv._Plan(g, 1, False)
     assert forward.pixels and not backward.pixels
-    from_pixels = np.full((g.batch, g.column_rows, g.out_pixels), np.nan, dtype)
-    from_planes = np.full_like(from_pixels, np.inf)
-    forward.im2col_pixels(x, offset, mask, from_pixels)
+    pixel_major = np.full((g.batch, g.out_pixels, g.groups, g.column_rows // g.groups), np.nan,
+                          dtype)
+    usual = np.full((g.batch, g.column_rows, g.out_pixels), np.inf, dtype)
+    forward.im2col_pixels(x, offset, mask, pixel_major)
     backward.corners(offset, x)
-    backward.im2col(x, offset, mask, from_planes)
+    backward.im2col(x, offset, mask, usual)
     names = [launch.kernel.name.rsplit("::", 1)[-1] for launch in launches]
     assert names == ["deform_conv2d_im2col_pixels", "deform_conv2d_corners",
                      "deform_conv2d_im2col_planes"]
     assert all(launch.index == ("long long" if index64 else "int") for launch in launches)
-    assert np.array_equal(from_pixels.view(np.uint8), from_planes.view(np.uint8))
+    cw = g.channels // g.groups  # (b, p, group, k, c) -> (b, group, c, k, p)
+    as_usual = pixel_major.reshape(g.batch, g.out_pixels, g.groups, g.kernel_points, cw)
+    as_usual = np.ascontiguousarray(as_usual.transpose(0, 2, 4, 3, 1)).reshape(usual.shape)
+    assert np.array_equal(as_usual.view(np.uint8), usual.view(np.uint8))
 
 
 def test_forward_on_the_plane_strategy_gathers_from_pixels(launches, monkeypatch):
     monkeypatch.setattr(cudcn._launch, "_force_strategy", "planes")
     cudcn.deform_conv2d(**deform_conv2d_inputs())
-    assert [launch.kernel.name for launch in launches] == ["cudcn::deform_conv2d_im2col_pixels"]
+    assert [launch.kernel.name for launch in launches] == [
+        "cudcn::deform_conv2d_weight_for_pixels", "cudcn::deform_conv2d_im2col_pixels",
+        "cudcn::deform_conv2d_output_from_pixels"]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("case", [dict(in_channels=4, out_channels=40, size=(6, 7)),
+                                  dict(in_channels=6, out_channels=34, groups=2, size=(5, 9))])
+def test_pixel_major_output_tiles_match_the_reference(case, bias, monkeypatch):
+    """Partial tiles of the output transpose: 42 and 45 pixels, 40 and 17
+    output channels a group (16 + 16 + 8, 16 + 1)."""
+    monkeypatch.setattr(cudcn._launch, "_force_strategy", "planes")
+    args = deform_conv2d_inputs(bias=bias, **case)
+    assert_close(cudcn.deform_conv2d(**args), reference.deform_conv2d(**args), rtol=1e-10,
+                 atol=1e-12)

@@ -396,9 +396,13 @@ inline void run_blas_jobs(void (*dojob)(int, void*, int), int jobs, std::size_t 
 // thread) space, not just the blocks: a kernel over few items (one thread per
 // plane) may be a single block. That is faithful because the kernels share
 // nothing between the threads of a block (no shared memory, no barriers).
+// Only the first `active` threads run: every kernel's grid-stride loop over
+// its n items gives the threads past n nothing to do, and spreading them
+// would leave a launch of fewer items than a block (16 plane blocks in a
+// block of 32) all on the first worker.
 template <typename... Args, std::size_t... Is>
-void launch(void (*kernel)(Args...), unsigned int grid, unsigned int block, void** params,
-            std::index_sequence<Is...>) {
+void launch(void (*kernel)(Args...), unsigned int grid, unsigned int block, long long active,
+            void** params, std::index_sequence<Is...>) {
   const long long total = static_cast<long long>(grid) * block;
 #ifdef CUDCN_RACECHECK
   gridDim = dim3(grid);
@@ -417,7 +421,7 @@ void launch(void (*kernel)(Args...), unsigned int grid, unsigned int block, void
     unsigned int grid, block;
     void** params;
   } context{kernel, grid, block, params};
-  Pool::instance().run(total, [](void* raw, long long begin, long long end) {
+  Pool::instance().run(min(total, active), [](void* raw, long long begin, long long end) {
     const Context& c = *static_cast<const Context*>(raw);
     gridDim = dim3(c.grid);
     blockDim = dim3(c.block);
@@ -430,8 +434,9 @@ void launch(void (*kernel)(Args...), unsigned int grid, unsigned int block, void
 }
 
 template <typename... Args>
-void launch(void (*kernel)(Args...), unsigned int grid, unsigned int block, void** params) {
-  launch(kernel, grid, block, params, std::index_sequence_for<Args...>{});
+void launch(void (*kernel)(Args...), unsigned int grid, unsigned int block, long long active,
+            void** params) {
+  launch(kernel, grid, block, active, params, std::index_sequence_for<Args...>{});
 }
 
 }  // namespace cudcn_cpu

@@ -181,3 +181,20 @@ def test_kernels_join_torchs_openmp_threads_when_torch_is_loaded(with_torch):
 
 
 _DIGESTS = {}
+
+
+def test_every_kernel_loops_over_its_n_items():
+    """The CPU executor runs only the first n of a launch's threads (the rest
+    would idle, and would leave a small launch on one worker): that holds
+    while every kernel is one grid-stride loop over its argument n and reads
+    no thread or block index itself."""
+    import re
+
+    for source in _kernels.sources():
+        text = (_sources.kernel_dir() / source).read_text()
+        kernels = re.findall(r"__global__ void (\w+)\(", text)
+        loops = re.findall(r"CUDCN_KERNEL_LOOP\(\w+, I, n\)", text)
+        assert len(loops) == len(kernels) == len(_kernels.kernels_in(source)), source
+        assert not re.search(r"\b(threadIdx|blockIdx|blockDim|gridDim)\b", text), source
+    for kernel in _kernels.KERNELS:
+        assert dict(kernel.params)["n"] == "I", kernel.name

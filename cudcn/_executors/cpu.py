@@ -49,11 +49,11 @@ def wrapper_source(source):
     for kernel, scalar, index in _kernels.instantiations(source, _kernels.CPU_DTYPES):
         lines += [
             f'extern "C" void {symbol(kernel, scalar, index)}(unsigned int grid, '
-            "unsigned int block, void** params) {",
+            "unsigned int block, long long active, void** params) {",
             # Fails to compile if _kernels.py and the .cu file disagree.
             f"  void (*kernel)({_kernels.c_signature(kernel, scalar, index)}) = "
             f"&{_kernels.instantiation(kernel, scalar, index)};",
-            "  cudcn_cpu::launch(kernel, grid, block, params);",
+            "  cudcn_cpu::launch(kernel, grid, block, active, params);",
             "}",
         ]
     lines += [
@@ -156,7 +156,8 @@ def library(source):
     lib.openmp_state = None
     for kernel, scalar, index in _kernels.instantiations(source, _kernels.CPU_DTYPES):
         fn = getattr(lib, symbol(kernel, scalar, index))
-        fn.argtypes = (ctypes.c_uint, ctypes.c_uint, ctypes.POINTER(ctypes.c_void_p))
+        fn.argtypes = (ctypes.c_uint, ctypes.c_uint, ctypes.c_longlong,
+                       ctypes.POINTER(ctypes.c_void_p))
         fn.restype = None
     # Only a race-checking build (-DCUDCN_RACECHECK) exports the report.
     lib.race_report = getattr(lib, "cudcn_racecheck_report", None)
@@ -244,9 +245,15 @@ def run(launch):
     values = [ctypes.c_void_p(a.ctypes.data) if isinstance(a, np.ndarray)
               else _C_SCALARS[a.dtype](a) for a in launch.args]
     params = (ctypes.c_void_p * len(values))(*map(ctypes.addressof, values))
-    fn(launch.grid, launch.block, params)
+    # Every kernel loops over its argument n: threads from n on have no work.
+    fn(launch.grid, launch.block, int(launch.args[_item_count_at(launch.kernel)]), params)
     if lib.race_report is not None:
         _raise_on_race(launch, lib.race_report)
+
+
+@functools.cache
+def _item_count_at(kernel):
+    return kernel.param_names.index("n")
 
 
 _RACES = {1: "is stored by {a} and by {b}",

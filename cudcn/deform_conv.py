@@ -140,7 +140,8 @@ class _Plan:
     16-bit dtypes, the float32 copies the GEMMs multiply.
     """
 
-    def __init__(self, g, buffers, deterministic, coord=False, col2im=False, forward=False):
+    def __init__(self, g, buffers, deterministic, coord=False, col2im=False, weight=False,
+                 forward=False):
         self.g = g
         xp = g.xp
         self.strategy = _launch.strategy(xp, deterministic)
@@ -152,19 +153,23 @@ class _Plan:
             per_image += ((g.column_rows + g.out_channels) * g.out_pixels
                           * _gemm.WIDENED_ITEMSIZE)
         padded_plane = (g.height + _kernels.PLANE_PADDING) * (g.width + _kernels.PLANE_PADDING)
-        # The forward gathers from channels-last pixels: no cells to store, and
-        # contiguous channels to read (0.80-0.99x the time of the forward
-        # through cells and planes, in one process, at the bench's shapes).
-        self.pixels = forward and self.strategy == "planes"
-        if self.pixels:  # the padded input and the pixel-major product
+        # The plane strategy samples its columns (the forward's, and the
+        # backward's for the weight gradient) from channels-last pixels into
+        # pixel-major columns; the backward's adjoints read cells and planes.
+        planes = self.strategy == "planes"
+        self.pixels = planes and (forward or weight)
+        self.cells = planes and not forward and (coord or col2im)
+        if self.pixels:  # the padded pixels, and the forward's pixel-major product
             per_image += g.channels * padded_plane * g.dtype.itemsize
-            per_image += g.out_channels * g.out_pixels * _gemm.compute_dtype(g.dtype).itemsize
-        elif self.strategy == "planes":
+            if forward:
+                per_image += (g.out_channels * g.out_pixels
+                              * _gemm.compute_dtype(g.dtype).itemsize)
+        if self.cells:
             # the cells (2 indices, 6 weights an item), the padded input and grad input
             per_image += self.items_per_image * (2 * 8 + 6 * 8)
             per_image += g.channels * padded_plane * (g.dtype.itemsize
                                                       + (self.acc.itemsize if col2im else 0))
-        elif coord:  # partial sums of at most MAX_SERIAL channel blocks
+        if not planes and coord:  # partial sums of at most MAX_SERIAL channel blocks
             per_image += (min(self.group_channels, _launch.MAX_SERIAL) * 3
                           * self.items_per_image * self.acc.itemsize)
         if self.strategy == "sorted" and col2im:
@@ -189,7 +194,7 @@ class _Plan:
                       g.width + _kernels.PLANE_PADDING, g.channels)
             self.padded_pixels = _workspace.scratch(xp, "padded_pixels", padded, g.dtype,
                                                     zero=True)
-        elif self.strategy == "planes":
+        if self.cells:
             items = self.size * self.items_per_image
             self.corner_base = _workspace.scratch(xp, "corner_base", (items, 2),
                                                   _kernels.INDEX_DTYPES[self.index])
@@ -218,7 +223,8 @@ class _Plan:
         """columns_t (images, P, groups, KK * C / groups) <- sampled x, for a
         chunk, from channels-last padded pixels."""
         g, images = self.g, x.shape[0]
-        self.padded_pixels[:images, 1:g.height + 1, 1:g.width + 1] = x.transpose(0, 2, 3, 1)
+        self.launch(_kernels.DEFORM_CONV2D_FILL_PIXELS, images * g.height, input=x,
+                    padded_pixels=self.padded_pixels[:images])
         self.launch(_kernels.DEFORM_CONV2D_IM2COL_PIXELS, images * g.offset_groups * g.out_size[0],
                     padded_pixels=self.padded_pixels[:images], offset=offset,
                     mask=offset if mask is None else mask, columns_t=columns_t,
@@ -497,7 +503,10 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
         grad_weight = xp.zeros(weight_grouped.shape, dtype=acc_dtype)
 
     plan = _Plan(g, buffers=int(want_weight) + int(want_input or want_coord),
-                 deterministic=deterministic, coord=want_coord, col2im=want_input)
+                 deterministic=deterministic, coord=want_coord, col2im=want_input,
+                 weight=want_weight)
+    if want_weight and plan.pixels:  # in the pixel-major columns' order, (KK, C / groups)
+        grad_weight = grad_weight.reshape(g.groups, c_out_g, -1)
     columns = (_workspace.scratch(xp, "columns", (plan.size, g.column_rows, g.out_pixels),
                                   g.dtype)
                if want_weight else None)
@@ -508,9 +517,15 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
         images = stop - start
         x_c, off_c = x[start:stop], offset[start:stop]
         mask_c = None if mask is None else mask[start:stop]
-        if plan.strategy == "planes":
+        if plan.cells:
             plan.corners(off_c, x_c)
-        if want_weight:
+        if want_weight and plan.pixels:
+            cols = columns[:images].reshape(images, g.out_pixels, g.groups, -1)
+            plan.im2col_pixels(x_c, off_c, mask_c, cols)
+            for i in range(images):
+                grad_weight += _gemm.matmul(xp, grad_out_grouped[start + i],
+                                            cols[i].swapaxes(0, 1))
+        elif want_weight:
             cols = columns[:images]
             plan.im2col(x_c, off_c, mask_c, cols)
             cols_grouped = cols.reshape(images, g.groups, -1, g.out_pixels)
@@ -531,6 +546,9 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
     if grad_input is not None:
         grad_input = grad_input.astype(g.dtype, copy=False)
     if grad_weight is not None:
+        if plan.pixels:
+            grad_weight = xp.ascontiguousarray(
+                grad_weight.reshape(g.groups, c_out_g, g.kernel_points, -1).swapaxes(-1, -2))
         grad_weight = grad_weight.reshape(weight.shape).astype(g.dtype, copy=False)
     return DeformConv2dGrads(
         input=grad_input,

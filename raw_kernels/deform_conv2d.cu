@@ -408,6 +408,30 @@ __global__ void deform_conv2d_im2col_planes(const T* __restrict__ padded_input,
   }
 }
 
+// The input's (B, C, H, W) into the interior of the padded pixels
+// (B, H + 3, W + 3, C): one thread per (image, input row) reads the row of
+// every channel and writes the row's pixels (the zeros around them are
+// written once, by the array library).
+template <typename T, typename I>
+__global__ void deform_conv2d_fill_pixels(const T* __restrict__ input,
+                                          T* __restrict__ padded_pixels, I n,
+                                          CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
+  CUDCN_DEFORM_CONV_GEOMETRY;
+  const PaddedPlanes<I> padded = padded_planes<I>(s);
+  const I plane = I(s.height) * s.width;
+  CUDCN_KERNEL_LOOP(row, I, n) {
+    const int h = static_cast<int>(row % s.height);
+    const I b = row / s.height;
+    const T* from = input + b * s.channels * plane + I(h) * s.width;
+    T* to = padded_pixels + ((b * padded.size) + I(h + 1) * padded.width + 1) * s.channels;
+    for (int w = 0; w < s.width; ++w) {
+      for (int c = 0; c < s.channels; ++c) {
+        store(to + I(w) * s.channels + c, load(from + c * plane + w));
+      }
+    }
+  }
+}
+
 // The forward's gather on the CPU reads a channels-last copy of the padded
 // input, (B, H + 3, W + 3, C) with the zeros of the planes above, and writes
 // pixel-major columns, (B, P, groups, KK, Cw) for the convolution's groups of

@@ -259,7 +259,8 @@ def test_pixel_and_plane_gathers_sample_the_same_columns(case, dtype_name, index
     x, offset, mask = args["input"], args["offset"], args["mask"]
     g = deform_conv._geometry(x, offset, args["weight"], args["bias"], mask, args["stride"],
                               args["padding"], args["dilation"])
-    forward, backward = deform_conv._Plan(g, 1, False, forward=True), deform_conv._Plan(g, 1, False)
+    forward = deform_conv._Plan(g, 1, False, forward=True)
+    backward = deform_conv._Plan(g, 1, False, coord=True)  # cells and planes, no pixels
     assert forward.pixels and not backward.pixels
     pixel_major = np.full((g.batch, g.out_pixels, g.groups, g.column_rows // g.groups), np.nan,
                           dtype)
@@ -268,8 +269,8 @@ def test_pixel_and_plane_gathers_sample_the_same_columns(case, dtype_name, index
     backward.corners(offset, x)
     backward.im2col(x, offset, mask, usual)
     names = [launch.kernel.name.rsplit("::", 1)[-1] for launch in launches]
-    assert names == ["deform_conv2d_im2col_pixels", "deform_conv2d_corners",
-                     "deform_conv2d_im2col_planes"]
+    assert names == ["deform_conv2d_fill_pixels", "deform_conv2d_im2col_pixels",
+                     "deform_conv2d_corners", "deform_conv2d_im2col_planes"]
     assert all(launch.index == ("long long" if index64 else "int") for launch in launches)
     cw = g.channels // g.groups  # (b, p, group, k, c) -> (b, group, c, k, p)
     as_usual = pixel_major.reshape(g.batch, g.out_pixels, g.groups, g.kernel_points, cw)
@@ -281,8 +282,8 @@ def test_forward_on_the_plane_strategy_gathers_from_pixels(launches, monkeypatch
     monkeypatch.setattr(cudcn._launch, "_force_strategy", "planes")
     cudcn.deform_conv2d(**deform_conv2d_inputs())
     assert [launch.kernel.name for launch in launches] == [
-        "cudcn::deform_conv2d_weight_for_pixels", "cudcn::deform_conv2d_im2col_pixels",
-        "cudcn::deform_conv2d_output_from_pixels"]
+        "cudcn::deform_conv2d_weight_for_pixels", "cudcn::deform_conv2d_fill_pixels",
+        "cudcn::deform_conv2d_im2col_pixels", "cudcn::deform_conv2d_output_from_pixels"]
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -295,3 +296,10 @@ def test_pixel_major_output_tiles_match_the_reference(case, bias, monkeypatch):
     args = deform_conv2d_inputs(bias=bias, **case)
     assert_close(cudcn.deform_conv2d(**args), reference.deform_conv2d(**args), rtol=1e-10,
                  atol=1e-12)
+
+
+def test_gradients_are_c_contiguous(strategy):
+    args = deform_conv2d_inputs(groups=2, in_channels=4, out_channels=4)
+    grads = cudcn.deform_conv2d_backward(cudcn.deform_conv2d(**args), **args)
+    for name in DIFFERENTIABLE:
+        assert getattr(grads, name).flags.c_contiguous, name

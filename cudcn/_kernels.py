@@ -93,13 +93,6 @@ DEFORM_CONV2D_CORNERS = Kernel(
     (("offset", "const T*"), ("corner_base", "I*"), ("corner_weight", "A*"), ("n", "I"))
     + _DEFORM_CONV_GEOMETRY,
 )
-DEFORM_CONV2D_IM2COL_PLANES = Kernel(
-    "cudcn::deform_conv2d_im2col_planes",
-    "deform_conv2d.cu",
-    (("padded_input", "const T*"), ("mask", "const T*"), ("corner_base", "const I*"),
-     ("corner_weight", "const A*"), ("columns", "T*"), ("n", "I"), ("use_mask", "int"))
-    + _DEFORM_CONV_GEOMETRY,
-)
 DEFORM_CONV2D_FILL_PIXELS = Kernel(
     "cudcn::deform_conv2d_fill_pixels",
     "deform_conv2d.cu",
@@ -141,11 +134,10 @@ DEFORM_CONV2D_COL2IM_COORD_PLANES = Kernel(
     + _DEFORM_CONV_GEOMETRY,
 )
 # The plane kernels' constants in the .cu: items per coordinate thread
-# (kCoordBlock), planes per gather/scatter thread (kPlaneChannels), items per
-# gather thread (kPlaneItems); padded planes are (H + 3) x (W + 3).
+# (kCoordBlock), planes per scatter thread (kPlaneChannels); padded planes
+# and pixels are (H + 3) x (W + 3).
 COORD_BLOCK = 64
 PLANE_CHANNELS = 8
-PLANE_ITEMS = 2048
 PLANE_PADDING = 3
 # Pixels and channels per thread of the forward's transposes (kOutputTile).
 OUTPUT_TILE = 16
@@ -275,7 +267,7 @@ SEGMENTED_SUM_SEGMENTS = Kernel(
 KERNELS = (
     DEFORM_CONV2D_IM2COL, DEFORM_CONV2D_COL2IM, DEFORM_CONV2D_COORD_PARTIAL,
     DEFORM_CONV2D_COORD_REDUCE, DEFORM_CONV2D_SCATTER_ENTRIES,
-    DEFORM_CONV2D_CORNERS, DEFORM_CONV2D_IM2COL_PLANES, DEFORM_CONV2D_COL2IM_PLANES,
+    DEFORM_CONV2D_CORNERS, DEFORM_CONV2D_COL2IM_PLANES,
     DEFORM_CONV2D_COL2IM_COORD_PLANES, DEFORM_CONV2D_FILL_PIXELS, DEFORM_CONV2D_IM2COL_PIXELS,
     DEFORM_CONV2D_WEIGHT_FOR_PIXELS, DEFORM_CONV2D_OUTPUT_FROM_PIXELS,
     DEFORM_ROI_POOL_FORWARD, DEFORM_ROI_POOL_FORWARD_PLANES, DEFORM_ROI_POOL_BACKWARD_INPUT,

@@ -275,17 +275,10 @@ class _Plan:
         return block, items * -(-self.group_channels // block), peer
 
     def im2col(self, x, offset, mask, columns):
-        """columns <- sampled x, for a chunk; planes: after corners(offset)."""
+        """columns <- sampled x, for a chunk (items and sorted strategies)."""
         images = x.shape[0]
         # Kernels read mask only when use_mask; offset stands in for the pointer.
         mask_arg = offset if mask is None else mask
-        if self.strategy == "planes":
-            items = self.g.kernel_points * self.g.out_pixels
-            runs = -(-items // _kernels.PLANE_ITEMS)
-            self.launch(_kernels.DEFORM_CONV2D_IM2COL_PLANES, self._plane_blocks(images) * runs,
-                        padded_input=self.padded_input[:images], mask=mask_arg, columns=columns,
-                        use_mask=int(mask is not None), **self._corner_args(images))
-            return
         kernel = _kernels.DEFORM_CONV2D_IM2COL
         block, threads, peer = self._sampling_threads(kernel, images)
         item = self.g.dtype.itemsize

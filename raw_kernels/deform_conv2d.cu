@@ -7,6 +7,7 @@
 //   input   (B, C, H, W)             offset (B, 2 * G * KK, out_h, out_w)
 //   mask    (B, G * KK, out_h, out_w), read only when use_mask != 0
 //   columns (B, C * KK, P), row c * KK + k holds channel c at kernel point k
+//   (the plane strategy's gather writes them pixel-major: see Planes below)
 // A sampling item is (image b, offset group g, kernel point k, pixel p):
 // B * G * KK * P of them, item (b, g, k, p) at ((b * G + g) * KK + k) * P + p,
 // which is also where its mask entry is.
@@ -30,14 +31,18 @@
 // destination (a stable sort), and segmented_sum.cu sums each pixel's
 // entries in that fixed order, in parallel, without atomics.
 //
-// Planes (the CPU's default): deform_conv2d_corners stores each item's cell
-// of a zero-padded input plane and its weights; then each thread walks the
-// items of its group in order for a block of (image, channel) planes,
-// reading or accumulating into its own planes only, without a test per
-// corner (the padding reads zeros). No atomics, a fixed summation order
-// whatever the thread count, sequential column rows, and planes small enough
-// to stay in a CPU core's cache. The forward's gather reads a channels-last
-// copy of the padded input instead (deform_conv2d_im2col_pixels).
+// Planes (the CPU's default): the input is copied once into zero-padded
+// planes, so that no corner needs a bounds test (the padding reads zeros).
+// The gather (the forward's, and the backward's for the weight gradient)
+// reads a channels-last padded copy, (B, H + 3, W + 3, C), and writes
+// pixel-major columns, (B, P, groups, KK, C / groups), that the GEMMs take
+// as they are (deform_conv2d_im2col_pixels). For the input, offset and mask
+// gradients, deform_conv2d_corners stores each item's cell and weights; then
+// each thread walks the items of its group in order for a block of (image,
+// channel) planes, accumulating into its own planes only (col2im), or the
+// channels in order for a block of items (offset and mask). No atomics, a
+// fixed summation order whatever the thread count, and planes small enough
+// to stay in a CPU core's cache.
 #include "cudcn_common.cuh"
 
 namespace cudcn {
@@ -344,12 +349,10 @@ __global__ void deform_conv2d_corners(const T* __restrict__ offset, I* __restric
   }
 }
 
-// The gather and scatter plane kernels give each thread kPlaneChannels planes
-// of one offset group (fewer at the group's end), so that each item's cell is
-// read once for several planes; the gather also splits the items into runs of
-// kPlaneItems (a thread per (image * group, plane block, run)).
+// The scatter plane kernel gives each thread kPlaneChannels planes of one
+// offset group (fewer at the group's end), so that each item's cell is read
+// once for several planes.
 constexpr int kPlaneChannels = 8;
-constexpr int kPlaneItems = 2048;
 
 template <typename I>
 struct PlaneBlock {
@@ -368,44 +371,6 @@ CUDCN_DEVICE PlaneBlock<I> plane_block(I block, const DeformConvGeometry& s) {
   p.count = min(kPlaneChannels, group_channels - c_in_group);
   p.first_plane = p.group * group_channels + c_in_group;
   return p;
-}
-
-template <typename T, typename I>
-__global__ void deform_conv2d_im2col_planes(const T* __restrict__ padded_input,
-                                            const T* __restrict__ mask,
-                                            const I* __restrict__ corner_base,
-                                            const acc_t<T>* __restrict__ corner_weight,
-                                            T* __restrict__ columns, I n, int use_mask,
-                                            CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
-  CUDCN_DEFORM_CONV_GEOMETRY;
-  using A = acc_t<T>;
-  const PaddedPlanes<I> padded = padded_planes<I>(s);
-  const I items = I(s.kernel_h) * s.kernel_w * s.out_h * s.out_w;
-  const I runs = (items + kPlaneItems - 1) / kPlaneItems;
-  CUDCN_KERNEL_LOOP(i, I, n) {
-    const PlaneBlock<I> b = plane_block(i / runs, s);
-    const I j0 = (i % runs) * kPlaneItems;
-    const I j1 = min(items, j0 + kPlaneItems);
-    const I first = b.group * items;  // the group's first item
-    const T* in[kPlaneChannels];
-    T* col[kPlaneChannels];  // rows c * KK .. c * KK + KK - 1 of image b
-    for (int t = 0; t < b.count; ++t) {
-      in[t] = padded_input + (b.first_plane + t) * padded.size;
-      col[t] = columns + (b.first_plane + t) * items;
-    }
-    for (I j = j0; j < j1; ++j) {
-      const I base = load(corner_base + (first + j) * 2);
-      const A* w = corner_weight + (first + j) * 6;
-      const A w0 = load(w), w1 = load(w + 1), w2 = load(w + 2), w3 = load(w + 3);
-      const A m = use_mask ? load(mask + first + j) : A(1);
-      for (int t = 0; t < b.count; ++t) {
-        const T* p = in[t] + base;
-        const A v = w0 * load(p) + w1 * load(p + 1) + w2 * load(p + padded.width) +
-                    w3 * load(p + padded.width + 1);
-        store(col[t] + j, m * v);
-      }
-    }
-  }
 }
 
 // The input's (B, C, H, W) into the interior of the padded pixels

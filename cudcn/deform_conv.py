@@ -134,10 +134,10 @@ class _Plan:
 
     ``buffers`` is how many column-sized buffers the call keeps at once; the
     chunk is as many images as fit them under the workspace limit, with what
-    the strategy adds per image (the plane strategy's corner buffers and padded
-    planes, or the forward's channels-last copy of the input; the
-    offset gradients' partial sums, the sorted strategy's entries) and, for
-    16-bit dtypes, the float32 copies the GEMMs multiply.
+    the strategy adds per image (the plane strategy's padded pixels, the
+    forward's pixel-major product, the backward's cells and padded planes; the
+    item strategy's offset gradients' partial sums, the sorted strategy's
+    entries) and, for 16-bit dtypes, the float32 copies the GEMMs multiply.
     """
 
     def __init__(self, g, buffers, deterministic, coord=False, col2im=False, weight=False,

@@ -264,9 +264,9 @@ def make_launch(kernel, dtype, n, index, work=None, **values):
 
 def grid_and_block(n):
     """As few blocks of at most BLOCK threads as cover n, each sized (to a
-    warp multiple) so that idle threads stay under one warp. Small launches,
-    such as one thread per plane, would otherwise leave most of a block idle,
-    and the CPU executor, which splits the threads evenly, one core idle."""
+    warp multiple) so that idle threads stay under one warp: small launches,
+    such as one thread per plane, would otherwise leave most of a block idle.
+    (The CPU executor runs only the first n threads whatever the block.)"""
     grid = min(max(1, math.ceil(n / BLOCK)), MAX_GRID)
     block = min(BLOCK, max(32, math.ceil(n / grid / 32) * 32))
     return grid, block

@@ -179,6 +179,11 @@ class Launch:
     def xp(self):
         return _backend.array_module(next(a for a in self.args if _backend.is_array(a)))
 
+    @property
+    def items(self):
+        """The launch's work items: its argument n, which every kernel loops over."""
+        return int(self.args[self.kernel.param_names.index("n")])
+
 
 @dataclasses.dataclass(frozen=True)
 class _Param:
@@ -274,7 +279,7 @@ def grid_and_block(n):
 
 def run(launch):
     """Execute a launch on the backend of its arrays. No work items, no launch."""
-    if int(launch.args[launch.kernel.param_names.index("n")]) == 0:
+    if launch.items == 0:
         return
     if launch.xp is np:
         from ._executors import cpu as executor

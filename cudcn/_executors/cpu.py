@@ -245,15 +245,10 @@ def run(launch):
     values = [ctypes.c_void_p(a.ctypes.data) if isinstance(a, np.ndarray)
               else _C_SCALARS[a.dtype](a) for a in launch.args]
     params = (ctypes.c_void_p * len(values))(*map(ctypes.addressof, values))
-    # Every kernel loops over its argument n: threads from n on have no work.
-    fn(launch.grid, launch.block, int(launch.args[_item_count_at(launch.kernel)]), params)
+    # Threads from launch.items on have no work: the shim does not run them.
+    fn(launch.grid, launch.block, launch.items, params)
     if lib.race_report is not None:
         _raise_on_race(launch, lib.race_report)
-
-
-@functools.cache
-def _item_count_at(kernel):
-    return kernel.param_names.index("n")
 
 
 _RACES = {1: "is stored by {a} and by {b}",

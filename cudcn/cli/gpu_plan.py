@@ -168,7 +168,7 @@ def plan(target, dtype="float32", conv_shapes=CONV_SHAPES, on_device=False):
 
 
 def _row(op, shape, mode, launch, target):
-    n = int(launch.args[launch.kernel.param_names.index("n")])
+    n = launch.items
     work = launch.work or _launch.Work(0, 0, 0)
     return Row(op, shape, mode, launch.kernel.name.rsplit("::", 1)[-1], n, launch.block,
                target.registers(launch.kernel, launch.scalar, launch.index),

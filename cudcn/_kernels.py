@@ -108,8 +108,8 @@ DEFORM_CONV2D_IM2COL_PIXELS = Kernel(
 DEFORM_CONV2D_WEIGHT_FOR_PIXELS = Kernel(
     "cudcn::deform_conv2d_weight_for_pixels",
     "deform_conv2d.cu",
-    (("weight", "const T*"), ("weight_t", "A*"), ("n", "I"), ("groups", "int"),
-     ("group_out_channels", "int"), ("group_channels", "int"), ("kernel_points", "int")),
+    (("weight", "const T*"), ("weight_t", "A*"), ("n", "I"), ("group_out_channels", "int"),
+     ("group_channels", "int"), ("kernel_points", "int")),
 )
 DEFORM_CONV2D_OUTPUT_FROM_PIXELS = Kernel(
     "cudcn::deform_conv2d_output_from_pixels",

@@ -242,8 +242,8 @@ class _Plan:
         _launch.run(_launch.make_launch(
             _kernels.DEFORM_CONV2D_WEIGHT_FOR_PIXELS, g.dtype, g.groups * tiles,
             _launch.index_type(weight.size),
-            weight=weight, weight_t=weight_t, groups=g.groups, group_out_channels=c_out_g,
-            group_channels=c_g, kernel_points=g.kernel_points))
+            weight=weight, weight_t=weight_t, group_out_channels=c_out_g, group_channels=c_g,
+            kernel_points=g.kernel_points))
         return weight_t
 
     def output_from_pixels(self, product, bias, out):

@@ -489,8 +489,8 @@ constexpr int kOutputTile = 16;
 template <typename T, typename I>
 __global__ void deform_conv2d_weight_for_pixels(const T* __restrict__ weight,
                                                 acc_t<T>* __restrict__ weight_t, I n,
-                                                int groups, int group_out_channels,
-                                                int group_channels, int kernel_points) {
+                                                int group_out_channels, int group_channels,
+                                                int kernel_points) {
   const int columns = group_channels * kernel_points;
   const int channel_tiles = (group_out_channels + kOutputTile - 1) / kOutputTile;
   const int column_tiles = (columns + kOutputTile - 1) / kOutputTile;

@@ -231,8 +231,6 @@ def test_scratch_memory_is_reused_and_never_returned(launches):
     cudcn.release_scratch()
 
 
-
-
 # The channels of an offset group across two convolution groups (the other
 # cases' offset groups lie within one).
 _PIXEL_LAYOUTS = dict(across_groups=dict(in_channels=6, out_channels=4, groups=2, size=(5, 19)))

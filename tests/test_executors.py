@@ -136,6 +136,8 @@ def test_coord_block_matches_the_kernel_source():
     assert int(value) == _kernels.COORD_BLOCK
     (value,) = re.findall(r"constexpr int kPlaneChannels = (\d+);", text)
     assert int(value) == _kernels.PLANE_CHANNELS
+    (value,) = re.findall(r"constexpr int kOutputTile = (\d+);", text)
+    assert int(value) == _kernels.OUTPUT_TILE
     (value,) = re.findall(r"p.width = I\(s.width\) \+ (\d+);", text)
     assert int(value) == _kernels.PLANE_PADDING
 

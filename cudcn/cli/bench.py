@@ -152,7 +152,7 @@ def conv_rows(shape, rounds):
     return fwd, both
 
 
-def _row(ours, peer, peer_name, rounds):
+def _pooling_row(ours, peer, peer_name, rounds):
     """(forward ms, forward+backward ms, peer_name) of a pooling against its peer."""
     import torch
 
@@ -183,7 +183,7 @@ def roi_rows(rounds):
         mask = None if args["mask"] is None else torch.from_numpy(args["mask"])
         ours = lambda: ct.deform_roi_pool(x, rois, offset, 7, 1 / 16, 2, 0.1, mask)  # noqa: E731
         peer = lambda: torchvision.ops.roi_align(x, rois, 7, 1 / 16, 2, aligned=True)  # noqa: E731
-        rows[f"deform_roi_pool ({variant})"] = _row(ours, peer, "roi_align", rounds)
+        rows[f"deform_roi_pool ({variant})"] = _pooling_row(ours, peer, "roi_align", rounds)
     args = deform_psroi_pool_inputs(batch=batch, output_dim=21, group_size=7, pooled_size=7,
                                     num_classes=1, size=(h, w), rois=ROIS, spatial_scale=1 / 16,
                                     sample_per_part=4, trans_std=0.0, offset=False,
@@ -193,7 +193,7 @@ def roi_rows(rounds):
     ours = lambda: ct.deform_psroi_pool(x, rois, None, output_dim=21, group_size=7,  # noqa: E731
                                         pooled_size=7, sample_per_part=4, spatial_scale=1 / 16)
     peer = lambda: torchvision.ops.ps_roi_align(x, rois, 7, 1 / 16, 4)  # noqa: E731
-    rows["deform_psroi_pool (R-FCN)"] = _row(ours, peer, "ps_roi_align", rounds)
+    rows["deform_psroi_pool (R-FCN)"] = _pooling_row(ours, peer, "ps_roi_align", rounds)
     return rows
 
 

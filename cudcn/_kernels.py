@@ -121,8 +121,8 @@ DEFORM_CONV2D_COL2IM_PLANES = Kernel(
     "cudcn::deform_conv2d_col2im_planes",
     "deform_conv2d.cu",
     (("grad_columns", "const T*"), ("mask", "const T*"), ("corner_base", "const I*"),
-     ("corner_weight", "const A*"), ("padded_grad_input", "A*"), ("n", "I"),
-     ("use_mask", "int")) + _DEFORM_CONV_GEOMETRY,
+     ("corner_weight", "const A*"), ("padded_grad_input", "A*"), ("grad_input", "A*"),
+     ("n", "I"), ("use_mask", "int")) + _DEFORM_CONV_GEOMETRY,
 )
 
 DEFORM_CONV2D_COL2IM_COORD_PLANES = Kernel(

@@ -203,7 +203,7 @@ class _Plan:
                       g.width + _kernels.PLANE_PADDING)
             # Zeros around each plane, written once; chunks fill the interior.
             self.padded_input = _workspace.scratch(xp, "padded_input", padded, g.dtype, zero=True)
-            if col2im:
+            if col2im:  # each col2im thread clears its own planes
                 self.padded_grad_input = _workspace.scratch(xp, "padded_grad_input", padded,
                                                             self.acc)
 
@@ -327,17 +327,16 @@ class _Plan:
                                       2 * items, auxiliary=True))
 
     def col2im(self, grad_columns, offset, mask, grad_input):
-        """grad_input += adjoint of im2col; planes: after corners(offset)."""
+        """grad_input += adjoint of im2col; planes: grad_input = adjoint (every
+        element written), after corners(offset)."""
         images = offset.shape[0]
         mask_arg = offset if mask is None else mask
         if self.strategy == "planes":
-            g = self.g
-            padded = self.padded_grad_input[:images]
-            padded[...] = 0
             self.launch(_kernels.DEFORM_CONV2D_COL2IM_PLANES, self._plane_blocks(images),
-                        grad_columns=grad_columns, mask=mask_arg, padded_grad_input=padded,
-                        use_mask=int(mask is not None), **self._corner_args(images))
-            grad_input[...] = padded[:, :, 1:g.height + 1, 1:g.width + 1]
+                        grad_columns=grad_columns, mask=mask_arg,
+                        padded_grad_input=self.padded_grad_input[:images],
+                        grad_input=grad_input, use_mask=int(mask is not None),
+                        **self._corner_args(images))
         elif self.strategy == "items":
             kernel = _kernels.DEFORM_CONV2D_COL2IM
             block, threads, peer = self._sampling_threads(kernel, images)
@@ -485,7 +484,6 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
     want_coord = "offset" in wanted or want_mask
 
     grad_bias = grad_output.sum(axis=(0, 2, 3), dtype=acc_dtype).astype(g.dtype) if want_bias else None
-    grad_input = xp.zeros(x.shape, dtype=acc_dtype) if want_input else None
     grad_offset = xp.empty(offset.shape, dtype=g.dtype) if want_coord else None
     grad_mask = xp.empty(mask.shape, dtype=g.dtype) if want_mask else None
     grad_weight = None
@@ -498,6 +496,9 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
     plan = _Plan(g, buffers=int(want_weight) + int(want_input or want_coord),
                  deterministic=deterministic, coord=want_coord, col2im=want_input,
                  weight=want_weight)
+    grad_input = None
+    if want_input:  # the plane strategy's col2im writes it whole; the others add into it
+        grad_input = (xp.empty if plan.strategy == "planes" else xp.zeros)(x.shape, acc_dtype)
     if want_weight and plan.pixels:  # in the pixel-major columns' order, (KK, C / groups)
         grad_weight = grad_weight.reshape(g.groups, c_out_g, -1)
     columns = (_workspace.scratch(xp, "columns", (plan.size, g.column_rows, g.out_pixels),

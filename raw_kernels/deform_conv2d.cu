@@ -543,17 +543,24 @@ __global__ void deform_conv2d_output_from_pixels(const acc_t<T>* __restrict__ pr
   }
 }
 
+// col2im of the plane strategy: each thread clears its block's padded planes
+// of padded_grad_input, adds every item of the group into them, then writes
+// their interiors to grad_input (B, C, H, W), every element of its planes:
+// the planes are still in the core's cache, and neither buffer needs
+// clearing or copying by the array library, one thread for the whole array.
 template <typename T, typename I>
 __global__ void deform_conv2d_col2im_planes(const T* __restrict__ grad_columns,
                                             const T* __restrict__ mask,
                                             const I* __restrict__ corner_base,
                                             const acc_t<T>* __restrict__ corner_weight,
-                                            acc_t<T>* __restrict__ padded_grad_input, I n,
+                                            acc_t<T>* __restrict__ padded_grad_input,
+                                            acc_t<T>* __restrict__ grad_input, I n,
                                             int use_mask, CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
   CUDCN_DEFORM_CONV_GEOMETRY;
   using A = acc_t<T>;
   const PaddedPlanes<I> padded = padded_planes<I>(s);
   const I items = I(s.kernel_h) * s.kernel_w * s.out_h * s.out_w;
+  const I plane = I(s.height) * s.width;
   CUDCN_KERNEL_LOOP(i, I, n) {
     const PlaneBlock<I> b = plane_block(i, s);
     const I first = b.group * items;
@@ -562,6 +569,9 @@ __global__ void deform_conv2d_col2im_planes(const T* __restrict__ grad_columns,
     for (int t = 0; t < b.count; ++t) {
       gcol[t] = grad_columns + (b.first_plane + t) * items;
       gin[t] = padded_grad_input + (b.first_plane + t) * padded.size;
+      for (I q = 0; q < padded.size; ++q) {
+        store(gin[t] + q, A(0));
+      }
     }
     for (I j = 0; j < items; ++j) {
       const I base = load(corner_base + (first + j) * 2);
@@ -575,6 +585,15 @@ __global__ void deform_conv2d_col2im_planes(const T* __restrict__ grad_columns,
         store(p + 1, load(p + 1) + w1 * gc);
         store(p + padded.width, load(p + padded.width) + w2 * gc);
         store(p + padded.width + 1, load(p + padded.width + 1) + w3 * gc);
+      }
+    }
+    for (int t = 0; t < b.count; ++t) {
+      A* to = grad_input + (b.first_plane + t) * plane;
+      for (int h = 0; h < s.height; ++h) {
+        const A* from = gin[t] + I(h + 1) * padded.width + 1;
+        for (int w = 0; w < s.width; ++w) {
+          store(to + I(h) * s.width + w, load(from + w));
+        }
       }
     }
   }

@@ -231,6 +231,41 @@ def test_scratch_memory_is_reused_and_never_returned(launches):
     cudcn.release_scratch()
 
 
+def test_backward_never_reads_memory_it_did_not_write(monkeypatch):
+    """Every buffer the backward takes uninitialised (its scratch, the plane
+    col2im's gradient, which its threads clear and write whole) starts as
+    NaN here: the gradients are those of a run on zeroed memory, bit for bit."""
+    args = deform_conv2d_inputs(batch=3, in_channels=6, out_channels=4, groups=2,
+                                offset_groups=3, size=(7, 5), seed=40)
+    grad_output = np.random.default_rng(41).standard_normal(
+        cudcn.deform_conv2d(**args).shape)
+    cudcn.release_scratch()
+    monkeypatch.setattr(np, "empty", _zeroed(np.empty))
+    clean = cudcn.deform_conv2d_backward(grad_output, **args)
+    cudcn.release_scratch()
+    monkeypatch.setattr(np, "empty", _poisoned(np.empty))
+    poisoned = cudcn.deform_conv2d_backward(grad_output, **args)
+    cudcn.release_scratch()
+    for name in DIFFERENTIABLE:
+        assert np.array_equal(getattr(poisoned, name), getattr(clean, name)), name
+
+
+def _zeroed(empty):
+    def zeroed(shape, dtype=float, *args, **kwargs):
+        array = empty(shape, dtype, *args, **kwargs)
+        array.fill(0)
+        return array
+    return zeroed
+
+
+def _poisoned(empty):
+    def poisoned(shape, dtype=float, *args, **kwargs):
+        array = empty(shape, dtype, *args, **kwargs)
+        array.view(np.uint8).fill(0xFF)  # NaN in every float dtype, -1 in the integers
+        return array
+    return poisoned
+
+
 # The channels of an offset group across two convolution groups (the other
 # cases' offset groups lie within one).
 _PIXEL_LAYOUTS = dict(across_groups=dict(in_channels=6, out_channels=4, groups=2, size=(5, 19)))

@@ -40,6 +40,15 @@ SCALAR_TYPES = {
     "float16": ScalarType("float16", "__half", "float32", "float"),
     "bfloat16": ScalarType("bfloat16", "__nv_bfloat16", "float32", "float"),
 }
+
+
+@functools.lru_cache(maxsize=None)
+def scalar_type(dtype):
+    """The ScalarType of a dtype (or anything np.dtype takes): looked up once
+    per dtype, since NumPy computes ``dtype.name`` in Python on every read."""
+    return SCALAR_TYPES[np.dtype(dtype).name]
+
+
 # Both backends run the same instantiations: the CPU shim has the 16-bit types.
 GPU_DTYPES = ("float32", "float64", "float16", "bfloat16")
 CPU_DTYPES = GPU_DTYPES

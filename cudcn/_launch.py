@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from . import _backend
-from ._kernels import INDEX_DTYPES, SCALAR_TYPES
+from ._kernels import INDEX_DTYPES, scalar_type
 
 BLOCK = 256
 GPU_BLOCKS = (128, 256, 512)  # the candidates; 256 where they hold as many threads
@@ -125,7 +125,7 @@ def channel_block(xp, kernel, dtype, index, items, channels, peer_threads, per_c
     planned = target(xp)
     if planned.kind == "cpu" or channels <= 1:
         return max(1, channels)
-    scalar = SCALAR_TYPES[np.dtype(dtype).name]
+    scalar = scalar_type(dtype)
     want = min(WAVES * planned.resident_threads(kernel, scalar, index), peer_threads)
     largest = max(1, min(channels, MAX_SERIAL // max(per_channel, 1)))
     smallest = math.ceil(channels / max_blocks) if max_blocks else 1
@@ -201,7 +201,8 @@ class _Param:
 @functools.lru_cache(maxsize=None)
 def _params(kernel, scalar, index):
     """The parameters of ``kernel`` instantiated for ``scalar`` and ``index``,
-    resolved once: launches are made per call, often with small work."""
+    resolved once: launches are made per call, often with small work. With
+    them, the set of their names."""
     resolved = []
     for name, ctype in kernel.params:
         base = ctype.replace("const ", "").rstrip("*")
@@ -216,7 +217,7 @@ def _params(kernel, scalar, index):
             info = np.iinfo(dtype)
             resolved.append(_Param(name, index if base == "I" else ctype, dtype, False, False,
                                    False, int(info.min), int(info.max)))
-    return tuple(resolved)
+    return tuple(resolved), frozenset(kernel.param_names)
 
 
 def _convert(kernel, param, value):
@@ -227,12 +228,15 @@ def _convert(kernel, param, value):
             raise TypeError(f"{kernel.name}: {name} must be an array, got {type(value).__name__}")
         if value.dtype != param.dtype:
             raise TypeError(f"{kernel.name}: {name} must be {param.dtype.name}, got {value.dtype}")
-        if not value.flags.c_contiguous:
+        flags = value.flags  # a new object on every read
+        if not flags.c_contiguous:
             raise ValueError(f"{kernel.name}: {name} must be C-contiguous")
         # CuPy arrays have no writeable flag: they are always writeable.
-        if param.written and not getattr(value.flags, "writeable", True):
+        if param.written and not getattr(flags, "writeable", True):
             raise ValueError(f"{kernel.name}: {name} is written and must be writeable")
         return value
+    if type(value) is int and not param.real and param.low <= value <= param.high:
+        return param.dtype.type(value)  # the common case, checked below otherwise
     if param.real:
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
             raise TypeError(f"{kernel.name}: {name} must be a real number, got {type(value).__name__}")
@@ -250,11 +254,10 @@ def make_launch(kernel, dtype, n, index, work=None, **values):
     ``values`` names every kernel parameter except ``n``; ``work`` is what
     gpu-plan reports of it.
     """
-    scalar = SCALAR_TYPES[np.dtype(dtype).name]
+    scalar = scalar_type(dtype)
     values["n"] = n
-    params = _params(kernel, scalar, index)
-    if len(values) != len(params) or any(p.name not in values for p in params):
-        names = {p.name for p in params}
+    params, names = _params(kernel, scalar, index)
+    if values.keys() != names:
         raise TypeError(f"{kernel.name}: missing {sorted(names - set(values))}, "
                         f"unexpected {sorted(set(values) - names)}")
     args = tuple(_convert(kernel, param, values[param.name]) for param in params)

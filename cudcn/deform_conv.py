@@ -147,7 +147,7 @@ class _Plan:
         self.strategy = _launch.strategy(xp, deterministic)
         self.group_channels = g.channels // g.offset_groups
         self.items_per_image = g.offset_groups * g.kernel_points * g.out_pixels
-        self.acc = xp.dtype(_kernels.SCALAR_TYPES[g.dtype.name].acc_dtype_name)
+        self.acc = xp.dtype(_kernels.scalar_type(g.dtype).acc_dtype_name)
         per_image = buffers * g.column_rows * g.out_pixels * g.dtype.itemsize
         if _gemm.compute_dtype(g.dtype) != g.dtype:
             per_image += ((g.column_rows + g.out_channels) * g.out_pixels
@@ -476,7 +476,7 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
                   extra=dict(grad_output=grad_output))
     xp = g.xp
     grad_output, x, offset, weight, mask = _contiguous(xp, grad_output, input, offset, weight, mask)
-    acc_dtype = xp.dtype(_kernels.SCALAR_TYPES[g.dtype.name].acc_dtype_name)
+    acc_dtype = xp.dtype(_kernels.scalar_type(g.dtype).acc_dtype_name)
     want_bias = "bias" in wanted and bias is not None
     want_mask = "mask" in wanted and mask is not None
     want_weight = "weight" in wanted

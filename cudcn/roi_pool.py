@@ -22,7 +22,7 @@ def _common(input, rois, arrays):
     _checks.array("rois", rois, 2, "(K, 5): batch index, x1, y1, x2, y2")
     xp = _checks.same_backend(dict(input=input, rois=rois, **arrays))
     dtype = _checks.float_dtype(dict(input=input, **arrays), xp)
-    acc_dtype = xp.dtype(_kernels.SCALAR_TYPES[dtype.name].acc_dtype_name)
+    acc_dtype = xp.dtype(_kernels.scalar_type(dtype).acc_dtype_name)
     rois = _checks.rois(rois, xp, acc_dtype)
     _checks.fits_int32(**{"input channels": input.shape[1], "input height": input.shape[2],
                           "input width": input.shape[3], "number of RoIs": rois.shape[0]})

@@ -44,12 +44,21 @@ def test_grid_is_capped_and_covers_the_work_by_striding():
     assert launch.grid == _launch.MAX_GRID
 
 
+def _read_only(array):
+    array.flags.writeable = False
+    return array
+
+
 @pytest.mark.parametrize("change, error, words", [
     (dict(channels=2**31), ValueError, ["channels", "int"]),
     (dict(channels=4.0), TypeError, ["channels", "integer"]),
     (dict(columns=np.zeros((1, 4, 25), np.float64)), TypeError, ["columns", "float32"]),
     (dict(columns=np.zeros((1, 25, 4), np.float32).T), ValueError, ["columns", "contiguous"]),
     (dict(use_mask=None), TypeError, ["use_mask"]),
+    (dict(use_mask=True), TypeError, ["use_mask", "integer"]),
+    (dict(channels=-2**31 - 1), ValueError, ["channels", "int"]),
+    (dict(columns=_read_only(np.zeros((1, 4, 25), np.float32))), ValueError,
+     ["columns", "writeable"]),
 ])
 def test_launch_rejects_wrong_argument_types(change, error, words):
     with pytest.raises(error) as info:

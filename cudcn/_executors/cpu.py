@@ -38,6 +38,7 @@ class RaceError(RuntimeError):
     """A launch whose threads would race on a GPU (race-checking builds only)."""
 
 
+@functools.lru_cache(maxsize=None)  # a launch asks for it every time
 def symbol(kernel, scalar, index):
     short = kernel.name.rsplit("::", 1)[-1]
     return f"cudcn_cpu_{short}_{scalar.dtype_name}_{'i64' if index == 'long long' else 'i32'}"

@@ -128,6 +128,20 @@ def test_bad_rois_pool_zeros_and_get_no_gradient(strategy, dtype):
     assert not grads.offset[7, :, 0, 0].any()
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_inverted_boxes_with_a_fixed_sampling_ratio_match_the_reference(strategy, dtype):
+    """x2 < x1 and y2 < y1: negative bins, sampled backwards (mmcv does not
+    clamp the size), some of their samples outside the image."""
+    args = deform_roi_pool_inputs(rois=4, mask=True, sampling_ratio=2, spatial_scale=1.0,
+                                  size=(9, 8), seed=12, dtype=dtype)
+    args["rois"][:, 1:] = [[7.5, 6.0, 1.0, 2.5], [9.5, 8.5, -2.0, -1.0],
+                           [3.0, 7.0, 2.0, 1.0], [6.0, 2.0, 5.5, 1.5]]
+    out = cudcn.deform_roi_pool(**args)
+    expected = reference.deform_roi_pool(**args)
+    assert np.abs(expected).max() > 0.1
+    assert_close(out, expected, **TOL[dtype])
+
+
 BAD = [
     ("rois-shape", dict(rois=np.zeros((5, 4))), ValueError, ["rois", "(K, 5)"]),
     ("rois-rank", dict(rois=np.zeros(5)), ValueError, ["rois", "2-D"]),

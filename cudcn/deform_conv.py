@@ -440,7 +440,11 @@ def _pixel_major_forward(plan, x, offset, weight, bias, mask, columns, out):
         cols = columns[:images].reshape(images, g.out_pixels, g.groups, -1)
         plan.im2col_pixels(x[start:stop], offset[start:stop],
                            None if mask is None else mask[start:stop], cols)
-        _gemm.matmul(xp, cols.swapaxes(1, 2), weight_t, out=product[:images])
+        if g.groups == 1:  # one GEMM for the chunk's images: the weights are packed once
+            _gemm.matmul(xp, cols.reshape(images * g.out_pixels, -1), weight_t[0],
+                         out=product[:images].reshape(images * g.out_pixels, c_out_g))
+        else:
+            _gemm.matmul(xp, cols.swapaxes(1, 2), weight_t, out=product[:images])
         plan.output_from_pixels(product[:images], bias, out[start:stop])
 
 

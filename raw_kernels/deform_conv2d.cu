@@ -545,9 +545,9 @@ __global__ void deform_conv2d_output_from_pixels(const acc_t<T>* __restrict__ pr
 
 // col2im of the plane strategy: each thread clears its block's padded planes
 // of padded_grad_input, adds every item of the group into them, then writes
-// their interiors to grad_input (B, C, H, W), every element of its planes:
-// the planes are still in the core's cache, and neither buffer needs
-// clearing or copying by the array library, one thread for the whole array.
+// their interiors to grad_input (B, C, H, W), every element of its planes,
+// while they are still in the core's cache. (The array library would clear
+// and copy the whole arrays on one thread.)
 template <typename T, typename I>
 __global__ void deform_conv2d_col2im_planes(const T* __restrict__ grad_columns,
                                             const T* __restrict__ mask,

@@ -440,9 +440,13 @@ def _pixel_major_forward(plan, x, offset, weight, bias, mask, columns, out):
         cols = columns[:images].reshape(images, g.out_pixels, g.groups, -1)
         plan.im2col_pixels(x[start:stop], offset[start:stop],
                            None if mask is None else mask[start:stop], cols)
-        if g.groups == 1:  # one GEMM for the chunk's images: the weights are packed once
-            _gemm.matmul(xp, cols.reshape(images * g.out_pixels, -1), weight_t[0],
-                         out=product[:images].reshape(images * g.out_pixels, c_out_g))
+        if g.groups == 1:  # one GEMM for several small images: the weights packed once
+            step = max(1, _gemm.STACKED_ROWS // g.out_pixels)
+            for first in range(0, images, step):
+                last = min(images, first + step)
+                rows = (last - first) * g.out_pixels
+                _gemm.matmul(xp, cols[first:last].reshape(rows, -1), weight_t[0],
+                             out=product[first:last].reshape(rows, c_out_g))
         else:
             _gemm.matmul(xp, cols.swapaxes(1, 2), weight_t, out=product[:images])
         plan.output_from_pixels(product[:images], bias, out[start:stop])

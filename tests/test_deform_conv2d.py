@@ -231,6 +231,29 @@ def test_scratch_memory_is_reused_and_never_returned(launches):
     cudcn.release_scratch()
 
 
+@pytest.mark.parametrize("rows, gemms", [(50, 5), (100, 3), (1000, 1)])
+def test_forward_stacks_small_images_into_gemms_of_bounded_rows(rows, gemms, monkeypatch):
+    """With one group, a GEMM takes as many images (42 pixels each) as fit
+    STACKED_ROWS: 1, 2 (and the last alone) or all 5 of them."""
+    from cudcn import deform_conv
+
+    monkeypatch.setattr(cudcn._launch, "_force_strategy", "planes")
+    monkeypatch.setattr(deform_conv._gemm, "STACKED_ROWS", rows)
+    products = []
+    real = deform_conv._gemm.matmul
+
+    def counted(xp, a, b, *rest, **kwargs):
+        products.append(a.shape)
+        return real(xp, a, b, *rest, **kwargs)
+
+    monkeypatch.setattr(deform_conv._gemm, "matmul", counted)
+    args = deform_conv2d_inputs(batch=5, size=(7, 6), seed=45)
+    out = cudcn.deform_conv2d(**args)
+    assert len(products) == gemms
+    assert sum(shape[0] for shape in products) == 5 * 42
+    assert_close(out, reference.deform_conv2d(**args), rtol=1e-10, atol=1e-12)
+
+
 def test_backward_never_reads_memory_it_did_not_write(monkeypatch):
     """Every buffer the backward takes uninitialised (its scratch, the plane
     col2im's gradient, which its threads clear and write whole) starts as

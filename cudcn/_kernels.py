@@ -164,14 +164,21 @@ DEFORM_ROI_POOL_FORWARD = Kernel(
      ("output", "T*"), ("n", "I"), ("use_offset", "int"), ("use_mask", "int"))
     + _ROI_POOL_SCALARS + _ROI_POOL_GEOMETRY,
 )
-DEFORM_ROI_POOL_FORWARD_PLANES = Kernel(
-    "cudcn::deform_roi_pool_forward_planes",
+DEFORM_ROI_POOL_FILL_PIXELS = Kernel(
+    "cudcn::deform_roi_pool_fill_pixels",
     "deform_roi_pool.cu",
-    (("input", "const T*"), ("rois", "const A*"), ("offset", "const T*"), ("mask", "const T*"),
+    (("input", "const T*"), ("pixels", "T*"), ("n", "I")) + _ROI_POOL_GEOMETRY,
+)
+DEFORM_ROI_POOL_FORWARD_PIXELS = Kernel(
+    "cudcn::deform_roi_pool_forward_pixels",
+    "deform_roi_pool.cu",
+    (("pixels", "const T*"), ("rois", "const A*"), ("offset", "const T*"), ("mask", "const T*"),
      ("output", "T*"), ("n", "I"), ("use_offset", "int"), ("use_mask", "int"))
     + _ROI_POOL_SCALARS + _ROI_POOL_GEOMETRY,
 )
-# Channels per thread of the RoI pooling's plane kernels (kRoIChannels in the .cu).
+# Channels per thread of the CPU's RoI forward (kPixelChannels in the .cu).
+ROI_PIXEL_CHANNELS = 128
+# Channels per thread of the CPU's RoI grad-input (kRoIChannels in the .cu).
 ROI_CHANNELS = 16
 DEFORM_ROI_POOL_BACKWARD_INPUT = Kernel(
     "cudcn::deform_roi_pool_backward_input",
@@ -279,8 +286,9 @@ KERNELS = (
     DEFORM_CONV2D_CORNERS, DEFORM_CONV2D_COL2IM_PLANES,
     DEFORM_CONV2D_COL2IM_COORD_PLANES, DEFORM_CONV2D_FILL_PIXELS, DEFORM_CONV2D_IM2COL_PIXELS,
     DEFORM_CONV2D_WEIGHT_FOR_PIXELS, DEFORM_CONV2D_OUTPUT_FROM_PIXELS,
-    DEFORM_ROI_POOL_FORWARD, DEFORM_ROI_POOL_FORWARD_PLANES, DEFORM_ROI_POOL_BACKWARD_INPUT,
-    DEFORM_ROI_POOL_BACKWARD_INPUT_PLANES, DEFORM_ROI_POOL_SCATTER_ENTRIES,
+    DEFORM_ROI_POOL_FORWARD, DEFORM_ROI_POOL_FILL_PIXELS, DEFORM_ROI_POOL_FORWARD_PIXELS,
+    DEFORM_ROI_POOL_BACKWARD_INPUT, DEFORM_ROI_POOL_BACKWARD_INPUT_PLANES,
+    DEFORM_ROI_POOL_SCATTER_ENTRIES,
     DEFORM_ROI_POOL_BACKWARD_OFFSET_PARTIAL, DEFORM_ROI_POOL_BACKWARD_OFFSET_REDUCE,
     DEFORM_PSROI_POOL_FORWARD, DEFORM_PSROI_POOL_BACKWARD_INPUT,
     DEFORM_PSROI_POOL_BACKWARD_INPUT_PLANES, DEFORM_PSROI_POOL_SCATTER_ENTRIES,

@@ -8,7 +8,7 @@ any floating dtype is accepted for them.
 import collections
 
 
-from . import _backend, _checks, _kernels, _launch, _sorted_sum
+from . import _backend, _checks, _kernels, _launch, _sorted_sum, _workspace
 
 DeformRoIPoolGrads = collections.namedtuple("DeformRoIPoolGrads", ("input", "offset", "mask"))
 DeformRoIPoolGrads.__doc__ = "Gradients of deform_roi_pool; None where not asked for or not given."
@@ -85,17 +85,19 @@ class _RoIPool:
         grid = grid[np.all(np.isfinite(grid), axis=1)].clip(0, None)
         return int((grid[:, 0] * grid[:, 1]).max()) if grid.size else 0
 
-    def values(self):
+    def geometry(self):
+        """The geometry arguments every RoI pooling kernel takes."""
         n, c, h, w = self.input.shape
+        return dict(batch=n, channels=c, height=h, width=w, pooled_h=self.pooled[0],
+                    pooled_w=self.pooled[1], sampling_ratio=self.sampling_ratio)
+
+    def values(self):
         # Absent offset and mask are never read; input stands in for their pointers.
         return dict(
             rois=self.rois, offset=self.input if self.offset is None else self.offset,
             mask=self.input if self.mask is None else self.mask,
             use_offset=int(self.offset is not None), use_mask=int(self.mask is not None),
-            spatial_scale=self.spatial_scale, gamma=self.gamma, batch=n, channels=c, height=h,
-            width=w, pooled_h=self.pooled[0], pooled_w=self.pooled[1],
-            sampling_ratio=self.sampling_ratio,
-        )
+            spatial_scale=self.spatial_scale, gamma=self.gamma, **self.geometry())
 
 
 @_backend.on_arrays_device
@@ -126,11 +128,17 @@ def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0,
     samples = p.samples_per_bin()
     item = p.dtype.itemsize
     if _launch.strategy(p.xp, deterministic=False) == "planes":
-        k, c, ph, pw = p.output_shape
-        blocks = -(-c // _kernels.ROI_CHANNELS)
+        # Channels-last pixels: each sample's corners have their channels side by side.
+        n, c, h, w = p.input.shape
+        pixels = _workspace.scratch(p.xp, "roi_pixels", (n, h, w, c), p.dtype)
         _launch.run(_launch.make_launch(
-            _kernels.DEFORM_ROI_POOL_FORWARD_PLANES, p.dtype, k * ph * pw * blocks, p.index,
-            input=p.input, output=output, **p.values()))
+            _kernels.DEFORM_ROI_POOL_FILL_PIXELS, p.dtype, n * h, p.index, input=p.input,
+            pixels=pixels, **p.geometry()))
+        k, c, ph, pw = p.output_shape
+        blocks = -(-c // _kernels.ROI_PIXEL_CHANNELS)
+        _launch.run(_launch.make_launch(
+            _kernels.DEFORM_ROI_POOL_FORWARD_PIXELS, p.dtype, k * ph * pw * blocks, p.index,
+            pixels=pixels, output=output, **p.values()))
         return output
     _launch.run(_launch.make_launch(
         _kernels.DEFORM_ROI_POOL_FORWARD, p.dtype, output.size, p.index, input=p.input,

@@ -58,6 +58,18 @@ CUDCN_DEVICE void store(T* p, acc_t<T> v) {
   *p = narrow<T>(v);
 }
 
+// One row of `width` pixels of an image's (C, H, W) planes, starting at
+// `from`, as channels-last pixels at `to`: (width, C), channel c of pixel w
+// at to[w * C + c]. Writes are sequential; each plane row is read through.
+template <typename T, typename I>
+CUDCN_DEVICE void row_to_pixels(const T* from, I plane, int channels, int width, T* to) {
+  for (int w = 0; w < width; ++w) {
+    for (int c = 0; c < channels; ++c) {
+      store(to + I(w) * channels + c, load(from + c * plane + w));
+    }
+  }
+}
+
 template <typename A>
 CUDCN_DEVICE void atomic_add(A* p, A v) {
   CUDCN_RECORD_ATOMIC(p);

@@ -389,11 +389,7 @@ __global__ void deform_conv2d_fill_pixels(const T* __restrict__ input,
     const I b = row / s.height;
     const T* from = input + b * s.channels * plane + I(h) * s.width;
     T* to = padded_pixels + ((b * padded.size) + I(h + 1) * padded.width + 1) * s.channels;
-    for (int w = 0; w < s.width; ++w) {
-      for (int c = 0; c < s.channels; ++c) {
-        store(to + I(w) * s.channels + c, load(from + c * plane + w));
-      }
-    }
+    row_to_pixels(from, plane, s.channels, s.width, to);
   }
 }
 

@@ -8,7 +8,9 @@
 // Thread mapping. Forward and grad-input: one thread per output element
 // (k, c, ph, pw), pw fastest, so neighbouring threads write neighbouring
 // outputs and read nearby points of one input plane; the bin geometry is a
-// few flops, cheaper to recompute than to share. Grad-input scatters with
+// few flops, cheaper to recompute than to share. On the CPU (the plane
+// strategy) the forward reads a channels-last copy of the input instead
+// (deform_roi_pool_forward_pixels). Grad-input scatters with
 // atomics (the GPU's default); by planes (the CPU's default) one thread per
 // input plane (n, c) walks the RoIs of image n in order and accumulates into
 // its own plane only; sorted (deterministic mode on the GPU) lists every
@@ -178,37 +180,57 @@ __global__ void deform_roi_pool_forward(const T* __restrict__ input,
   }
 }
 
-// The CPU's forward (the plane strategy): a thread per (bin, block of
-// kRoIChannels channels) finds each kept sample's corners once for the
-// block's channels, as RoIAlign's CPU implementations do.
-constexpr int kRoIChannels = 16;
+// The CPU's forward (the plane strategy) reads a channels-last copy of the
+// input, pixels (N, H, W, C): a thread per (bin, block of kPixelChannels
+// channels) finds each kept sample's corners once for the block's channels,
+// as RoIAlign's CPU implementations do, and reads each corner's channels side
+// by side (a loop the host compiler vectorizes; from (N, C, H, W) planes each
+// channel was a plane apart).
+constexpr int kPixelChannels = 128;
+
+// The input (N, C, H, W) as pixels (N, H, W, C): one thread per input row of
+// one image.
+template <typename T, typename I>
+__global__ void deform_roi_pool_fill_pixels(const T* __restrict__ input, T* __restrict__ pixels,
+                                            I n, CUDCN_ROI_POOL_GEOMETRY_PARAMS) {
+  CUDCN_ROI_POOL_GEOMETRY;
+  const I plane = I(s.height) * s.width;
+  CUDCN_KERNEL_LOOP(row, I, n) {
+    const int h = static_cast<int>(row % s.height);
+    const I b = row / s.height;
+    row_to_pixels(input + b * s.channels * plane + I(h) * s.width, plane, s.channels, s.width,
+                  pixels + row * s.width * s.channels);
+  }
+}
 
 template <typename T, typename I>
-__global__ void deform_roi_pool_forward_planes(
-    const T* __restrict__ input, const acc_t<T>* __restrict__ rois, const T* __restrict__ offset,
+__global__ void deform_roi_pool_forward_pixels(
+    const T* __restrict__ pixels, const acc_t<T>* __restrict__ rois, const T* __restrict__ offset,
     const T* __restrict__ mask, T* __restrict__ output, I n, int use_offset, int use_mask,
     acc_t<T> spatial_scale, acc_t<T> gamma, CUDCN_ROI_POOL_GEOMETRY_PARAMS) {
   CUDCN_ROI_POOL_GEOMETRY;
   using A = acc_t<T>;
   const I bins = I(s.pooled_h) * s.pooled_w;
-  const int blocks = (s.channels + kRoIChannels - 1) / kRoIChannels;
-  const I plane_size = I(s.height) * s.width;
+  const int blocks = (s.channels + kPixelChannels - 1) / kPixelChannels;
   CUDCN_KERNEL_LOOP(i, I, n) {
     const I bin_index = i / blocks;  // k * PH * PW + ph * PW + pw
-    const int c0 = static_cast<int>(i % blocks) * kRoIChannels;
-    const int count = min(kRoIChannels, s.channels - c0);
+    const int c0 = static_cast<int>(i % blocks) * kPixelChannels;
+    const int count = min(kPixelChannels, s.channels - c0);
     const int pw = static_cast<int>(bin_index % s.pooled_w);
     const int ph = static_cast<int>((bin_index / s.pooled_w) % s.pooled_h);
     const I k = bin_index / bins;
     const RoIBin<A> bin = roi_bin<T, I>(rois, offset, use_offset, spatial_scale, gamma, k, ph, pw, s);
-    const T* planes = input + (I(bin.batch) * s.channels + c0) * plane_size;
-    A sums[kRoIChannels];
+    const T* image = pixels + I(bin.batch) * s.height * s.width * s.channels + c0;
+    A sums[kPixelChannels];
     for (int t = 0; t < count; ++t) sums[t] = A(0);
     for_each_kept_sample<A, I>(bin, s.height, s.width, [&](const ClampedCorners<A, I>& q) {
+      const T* p0 = image + q.index[0] * s.channels;
+      const T* p1 = image + q.index[1] * s.channels;
+      const T* p2 = image + q.index[2] * s.channels;
+      const T* p3 = image + q.index[3] * s.channels;
       for (int t = 0; t < count; ++t) {
-        const T* plane = planes + t * plane_size;
-        sums[t] += q.weight[0] * load(plane + q.index[0]) + q.weight[1] * load(plane + q.index[1]) +
-                   q.weight[2] * load(plane + q.index[2]) + q.weight[3] * load(plane + q.index[3]);
+        sums[t] += q.weight[0] * load(p0 + t) + q.weight[1] * load(p1 + t) +
+                   q.weight[2] * load(p2 + t) + q.weight[3] * load(p3 + t);
       }
     });
     const A m = use_mask ? load(mask + bin_index) : A(1);
@@ -217,8 +239,9 @@ __global__ void deform_roi_pool_forward_planes(
   }
 }
 
-// grad_input, in the accumulation type, receives every sample's share by
-// atomics: samples of different bins and RoIs may share input points.
+// Channels a thread of the CPU's grad-input (below).
+constexpr int kRoIChannels = 16;
+
 template <typename T, typename I>
 __global__ void deform_roi_pool_backward_input(
     const T* __restrict__ grad_output, const acc_t<T>* __restrict__ rois,

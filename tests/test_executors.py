@@ -151,6 +151,16 @@ def test_coord_block_matches_the_kernel_source():
     assert int(value) == _kernels.PLANE_PADDING
 
 
+def test_roi_channel_blocks_match_the_kernel_source():
+    import re
+
+    text = (_sources.kernel_dir() / "deform_roi_pool.cu").read_text()
+    (value,) = re.findall(r"constexpr int kPixelChannels = (\d+);", text)
+    assert int(value) == _kernels.ROI_PIXEL_CHANNELS
+    (value,) = re.findall(r"constexpr int kRoIChannels = (\d+);", text)
+    assert int(value) == _kernels.ROI_CHANNELS
+
+
 def test_gemms_run_on_the_kernels_threads_and_give_openblas_own_bits():
     """With OpenBLAS's caller-managed threading, cudcn's GEMMs run on the
     kernels' pool: the same bits as OpenBLAS's own threads."""

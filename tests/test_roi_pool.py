@@ -142,6 +142,42 @@ def test_inverted_boxes_with_a_fixed_sampling_ratio_match_the_reference(strategy
     assert_close(out, expected, **TOL[dtype])
 
 
+@pytest.mark.parametrize("index64", [False, True], ids=["int", "long-long"])
+@pytest.mark.parametrize("dtype_name", ["float64", "float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("channels", [3, 130])
+def test_pixel_forward_pools_what_the_item_forward_pools(channels, dtype_name, index64,
+                                                         launches, monkeypatch):
+    """The CPU's forward (channels-last pixels, blocks of ROI_PIXEL_CHANNELS
+    channels: 130 is a full block and a partial one) against the GPU's (a
+    thread per output element, from the planes), with offsets, a mask and
+    RoIs on both images and outside them. The two add a sample's four
+    corners in another order: equal up to rounding."""
+    import ml_dtypes
+
+    from cudcn import _kernels
+
+    assert _kernels.ROI_PIXEL_CHANNELS < 130 < 2 * _kernels.ROI_PIXEL_CHANNELS
+    dtype = np.dtype(ml_dtypes.bfloat16) if dtype_name == "bfloat16" else np.dtype(dtype_name)
+    monkeypatch.setattr(cudcn._launch, "_force_index64", index64)
+    args = deform_roi_pool_inputs(channels=channels, rois=7, mask=True, sampling_ratio=2,
+                                  seed=14)
+    args["rois"][6, 1:] = [-30.0, -30.0, -20.0, -25.0]  # outside the image: pools zeros
+    args = {k: v.astype(dtype) if isinstance(v, np.ndarray) and k != "rois" else v
+            for k, v in args.items()}
+    monkeypatch.setattr(cudcn._launch, "_force_strategy", "planes")
+    pixels = cudcn.deform_roi_pool(**args)
+    monkeypatch.setattr(cudcn._launch, "_force_strategy", "items")
+    items = cudcn.deform_roi_pool(**args)
+    names = [launch.kernel.name.rsplit("::", 1)[-1] for launch in launches]
+    assert names == ["deform_roi_pool_fill_pixels", "deform_roi_pool_forward_pixels",
+                     "deform_roi_pool_forward"]
+    assert all(launch.index == ("long long" if index64 else "int") for launch in launches)
+    tolerance = {"float64": 1e-14, "float32": 1e-6, "float16": 2e-3, "bfloat16": 1.6e-2}
+    assert_close(pixels.astype(np.float64), items.astype(np.float64),
+                 rtol=tolerance[dtype_name], atol=tolerance[dtype_name])
+    assert np.abs(items.astype(np.float64)).max() > 0.1 and not pixels[6].astype(np.float64).any()
+
+
 BAD = [
     ("rois-shape", dict(rois=np.zeros((5, 4))), ValueError, ["rois", "(K, 5)"]),
     ("rois-rank", dict(rois=np.zeros(5)), ValueError, ["rois", "2-D"]),

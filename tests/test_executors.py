@@ -137,28 +137,19 @@ def test_gpu_source_carries_the_digest_of_every_kernel_file():
     assert f"-I{_sources.kernel_dir()}" in _gpu_build.options()
 
 
-def test_coord_block_matches_the_kernel_source():
+@pytest.mark.parametrize("source, pattern, name", [
+    ("deform_conv2d.cu", r"constexpr int kCoordBlock = (\d+);", "COORD_BLOCK"),
+    ("deform_conv2d.cu", r"constexpr int kPlaneChannels = (\d+);", "PLANE_CHANNELS"),
+    ("deform_conv2d.cu", r"constexpr int kOutputTile = (\d+);", "OUTPUT_TILE"),
+    ("deform_conv2d.cu", r"p.width = I\(s.width\) \+ (\d+);", "PLANE_PADDING"),
+    ("deform_roi_pool.cu", r"constexpr int kPixelChannels = (\d+);", "ROI_PIXEL_CHANNELS"),
+    ("deform_roi_pool.cu", r"constexpr int kRoIChannels = (\d+);", "ROI_CHANNELS"),
+])
+def test_kernel_constants_match_the_python_ones(source, pattern, name):
     import re
 
-    text = (_sources.kernel_dir() / "deform_conv2d.cu").read_text()
-    (value,) = re.findall(r"constexpr int kCoordBlock = (\d+);", text)
-    assert int(value) == _kernels.COORD_BLOCK
-    (value,) = re.findall(r"constexpr int kPlaneChannels = (\d+);", text)
-    assert int(value) == _kernels.PLANE_CHANNELS
-    (value,) = re.findall(r"constexpr int kOutputTile = (\d+);", text)
-    assert int(value) == _kernels.OUTPUT_TILE
-    (value,) = re.findall(r"p.width = I\(s.width\) \+ (\d+);", text)
-    assert int(value) == _kernels.PLANE_PADDING
-
-
-def test_roi_channel_blocks_match_the_kernel_source():
-    import re
-
-    text = (_sources.kernel_dir() / "deform_roi_pool.cu").read_text()
-    (value,) = re.findall(r"constexpr int kPixelChannels = (\d+);", text)
-    assert int(value) == _kernels.ROI_PIXEL_CHANNELS
-    (value,) = re.findall(r"constexpr int kRoIChannels = (\d+);", text)
-    assert int(value) == _kernels.ROI_CHANNELS
+    (value,) = re.findall(pattern, (_sources.kernel_dir() / source).read_text())
+    assert int(value) == getattr(_kernels, name)
 
 
 def test_gemms_run_on_the_kernels_threads_and_give_openblas_own_bits():

@@ -239,9 +239,8 @@ __global__ void deform_roi_pool_forward_pixels(
   }
 }
 
-// Channels a thread of the CPU's grad-input (below).
-constexpr int kRoIChannels = 16;
-
+// grad_input, in the accumulation type, receives every sample's share by
+// atomics: samples of different bins and RoIs may share input points.
 template <typename T, typename I>
 __global__ void deform_roi_pool_backward_input(
     const T* __restrict__ grad_output, const acc_t<T>* __restrict__ rois,
@@ -262,6 +261,8 @@ __global__ void deform_roi_pool_backward_input(
     });
   }
 }
+
+constexpr int kRoIChannels = 16;
 
 // The CPU's grad-input: a thread per (image, block of kRoIChannels channels)
 // walks the image's RoIs, bins and kept samples in order, finding each

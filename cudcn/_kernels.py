@@ -25,6 +25,11 @@ class Kernel:
     def param_names(self):
         return tuple(name for name, _ in self.params)
 
+    @functools.cached_property
+    def items_at(self):
+        """The position of n, the work items every kernel loops over."""
+        return self.param_names.index("n")
+
 
 @dataclasses.dataclass(frozen=True)
 class ScalarType:

@@ -182,7 +182,7 @@ class Launch:
     @property
     def items(self):
         """The launch's work items: its argument n, which every kernel loops over."""
-        return int(self.args[self.kernel.param_names.index("n")])
+        return int(self.args[self.kernel.items_at])
 
 
 @dataclasses.dataclass(frozen=True)

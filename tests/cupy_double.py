@@ -376,7 +376,7 @@ class RawKernel:
             raise LaunchError(f"{where}: {len(args)} arguments for {len(kernel.params)} parameters")
         arg_types = tuple(_check_argument(where, name, ctype, value, scalar, index)
                           for (name, ctype), value in zip(kernel.params, args))
-        n = int(args[kernel.param_names.index("n")])
+        n = int(args[kernel.items_at])
         if grid[0] * block[0] < n and not _grid_strided(self.code, _short(self.name)):
             raise LaunchError(f"{where}: grid {grid[0]} x block {block[0]} threads do not cover "
                               f"n = {n} and the kernel is no grid-stride loop")

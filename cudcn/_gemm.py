@@ -31,7 +31,7 @@ def _widened(xp, a):
     return a if a.dtype == compute_dtype(a.dtype) else a.astype(compute_dtype(a.dtype))
 
 
-def _product(xp, a, b, out=None):
+def _product(xp, a, b, out=None, one_thread=False):
     """On the CPU, the BLAS's parallel jobs run on the kernels' own threads
     (cudcn/_executors/cpu.py): NumPy's OpenBLAS otherwise wakes threads of
     its own, which then spin for tens of milliseconds on the cores the next
@@ -40,23 +40,25 @@ def _product(xp, a, b, out=None):
         return xp.matmul(a, b, out=out)
     from ._executors import cpu
 
-    with cpu.blas_on_kernel_threads("deform_conv2d.cu"):
+    with cpu.blas_on_kernel_threads("deform_conv2d.cu", one_thread=one_thread):
         return np.matmul(a, b, out=out)
 
 
-def matmul(xp, a, b, out=None, addend=None):
+def matmul(xp, a, b, out=None, addend=None, one_thread=False):
     """``a @ b + addend`` (NumPy broadcasting rules) computed in ``compute_dtype``.
 
     With ``out``, the result is rounded into it once and ``out`` is returned;
-    otherwise the result has the compute dtype.
+    otherwise the result has the compute dtype. With ``one_thread``, a CPU
+    product runs in NumPy's OpenBLAS on one thread, in the same bits
+    whatever the number of threads (see cudcn/_executors/cpu.py).
     """
     a, b = _widened(xp, a), _widened(xp, b)
     if out is not None and out.dtype == a.dtype:
-        _product(xp, a, b, out)
+        _product(xp, a, b, out, one_thread)
         if addend is not None:
             out += addend
         return out
-    product = _product(xp, a, b)
+    product = _product(xp, a, b, one_thread=one_thread)
     if addend is not None:
         product += _widened(xp, addend)
     if out is None:

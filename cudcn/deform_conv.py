@@ -466,7 +466,9 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
             "bias", "mask" (default all). Work only another one needs is skipped.
         deterministic: bit-identical gradients run after run and for any
             number of threads, on both backends (no floating-point atomics).
-            The CPU backend always runs this way; on the GPU it is slower.
+            The CPU backend's kernels always run this way; its matrix
+            products then run on one thread (NumPy's OpenBLAS gives other
+            bits on one thread than on several), and on the GPU it is slower.
 
     Returns:
         DeformConv2dGrads(input, offset, weight, bias, mask), each of the shape
@@ -526,19 +528,22 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
             plan.im2col_pixels(x_c, off_c, mask_c, cols)
             for i in range(images):
                 grad_weight += _gemm.matmul(xp, grad_out_grouped[start + i],
-                                            cols[i].swapaxes(0, 1))
+                                            cols[i].swapaxes(0, 1),
+                                            one_thread=deterministic)
         elif want_weight:
             cols = columns[:images]
             plan.im2col(x_c, off_c, mask_c, cols)
             cols_grouped = cols.reshape(images, g.groups, -1, g.out_pixels)
             for i in range(images):
                 grad_weight += _gemm.matmul(xp, grad_out_grouped[start + i],
-                                            cols_grouped[i].swapaxes(-1, -2))
+                                            cols_grouped[i].swapaxes(-1, -2),
+                                            one_thread=deterministic)
         if not (want_input or want_coord):
             continue
         gcols = grad_columns[:images]
         _gemm.matmul(xp, weight_grouped.swapaxes(-1, -2), grad_out_grouped[start:stop],
-                     out=gcols.reshape(images, g.groups, -1, g.out_pixels))
+                     out=gcols.reshape(images, g.groups, -1, g.out_pixels),
+                     one_thread=deterministic)
         if want_input:
             plan.col2im(gcols, off_c, mask_c, grad_input[start:stop])
         if want_coord:

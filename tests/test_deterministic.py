@@ -19,6 +19,11 @@ OPS = {
     "deform_conv2d": (cudcn.deform_conv2d, cudcn.deform_conv2d_backward,
                       "deform_conv2d_inputs(batch=3, in_channels=8, out_channels=6, size=(20, 17),"
                       " offset_groups=2, offset_scale=0.7, dtype=np.float32, seed=50)"),
+    # Products large enough that OpenBLAS's threaded driver blocks them
+    # differently from its single-threaded one.
+    "deform_conv2d_wide": (cudcn.deform_conv2d, cudcn.deform_conv2d_backward,
+                           "deform_conv2d_inputs(batch=2, in_channels=64, out_channels=64,"
+                           " size=(28, 28), dtype=np.float32, seed=55)"),
     "deform_roi_pool": (cudcn.deform_roi_pool, cudcn.deform_roi_pool_backward,
                         "deform_roi_pool_inputs(rois=40, channels=6, size=(16, 14), mask=True,"
                         " sampling_ratio=3, dtype=np.float32, seed=51)"),
@@ -44,9 +49,10 @@ print(json.dumps({k: hashlib.sha256(v.tobytes()).hexdigest() for k, v in grads._
 
 
 def _digests(op, threads, strategy):
-    _, backward, build = OPS[op]
+    forward, backward, build = OPS[op]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    result = subprocess.run([sys.executable, "-c", _CHILD, op, backward.__name__, build, strategy],
+    result = subprocess.run([sys.executable, "-c", _CHILD, forward.__name__, backward.__name__,
+                             build, strategy],
                             env=env, capture_output=True, text=True, check=True)
     return json.loads(result.stdout)
 
@@ -106,3 +112,32 @@ def test_deterministic_mode_on_a_gpu_sorts_instead_of_atomics(launches):
             assert default & ATOMIC_KERNELS and not deterministic & ATOMIC_KERNELS
             assert "cudcn::segmented_sum_chunks" in deterministic
             assert not any(name.endswith("_planes") for name in default | deterministic)
+
+
+_TORCH_CHILD = """
+import hashlib, json, sys
+import torch
+import cudcn.adapters.torch as ct
+from cudcn.testing import deform_conv2d_inputs
+torch.use_deterministic_algorithms(True)
+a = deform_conv2d_inputs(batch=2, in_channels=64, out_channels=64, size=(28, 28), seed=55)
+t = {k: torch.from_numpy(v).requires_grad_() for k, v in a.items() if k in
+     ("input", "offset", "weight", "bias", "mask")}
+y = ct.deform_conv2d(t["input"], t["offset"], t["weight"], t["bias"], padding=1, mask=t["mask"])
+y.backward(torch.from_numpy(a["input"][:, :1].repeat(64, axis=1)))
+print(json.dumps({k: hashlib.sha256(v.grad.numpy().tobytes()).hexdigest() for k, v in t.items()}))
+"""
+
+
+def test_torch_adapter_deterministic_gradients_for_any_thread_count():
+    """torch.use_deterministic_algorithms(True) through the adapter: the same
+    bits on 1 and 2 threads."""
+    pytest.importorskip("torch")
+    digests = []
+    for threads in (1, 2):
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        result = subprocess.run([sys.executable, "-c", _TORCH_CHILD], env=env,
+                                capture_output=True, text=True, check=True)
+        digests.append(json.loads(result.stdout.splitlines()[-1]))
+    assert digests[0] == digests[1]
+    assert len(digests[0]) == 5

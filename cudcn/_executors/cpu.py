@@ -183,17 +183,14 @@ def share_torchs_openmp(lib):
         lib.openmp_state = want
 
 
-# OpenBLAS's caller-managed threading (0.3.27+), by its exported names:
-# NumPy's bundled build prefixes and suffixes them.
-_OPENBLAS_CALLBACK_SETTERS = ("scipy_openblas_set_threads_callback_function64_",
-                              "scipy_openblas_set_threads_callback_function",
-                              "openblas_set_threads_callback_function64_",
-                              "openblas_set_threads_callback_function")
+# OpenBLAS's functions by their exported names: NumPy's bundled build prefixes
+# and suffixes them.
+_OPENBLAS_NAMES = ("scipy_openblas_{}64_", "scipy_openblas_{}", "openblas_{}64_", "openblas_{}")
 
 
 @functools.cache
-def _openblas_callback_setter():
-    """OpenBLAS's set-threads-callback function in this process, or None."""
+def _openblas_function(stem, argtypes, restype):
+    """OpenBLAS's function ``openblas_<stem>`` in this process, or None."""
     try:
         with open("/proc/self/maps") as maps:
             paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
@@ -204,20 +201,51 @@ def _openblas_callback_setter():
             blas = ctypes.CDLL(path)  # already loaded: the same handle
         except OSError:
             continue
-        for name in _OPENBLAS_CALLBACK_SETTERS:
-            setter = getattr(blas, name, None)
-            if setter is not None:
-                setter.argtypes = (ctypes.c_void_p,)
-                setter.restype = None
-                return setter
+        for name in _OPENBLAS_NAMES:
+            function = getattr(blas, name.format(stem), None)
+            if function is not None:
+                function.argtypes = argtypes
+                function.restype = restype
+                return function
     return None
 
 
+def _openblas_callback_setter():
+    """OpenBLAS's caller-managed threading (0.3.27+): its set-threads-callback
+    function, or None."""
+    return _openblas_function("set_threads_callback_function", (ctypes.c_void_p,), None)
+
+
 @contextlib.contextmanager
-def blas_on_kernel_threads(source):
+def _openblas_on_one_thread():
+    """OpenBLAS's single-threaded driver inside the block. Its threaded one
+    blocks the inner dimension differently, so that one thread and two give
+    different bits (the weight gradient at N=2, C=64, 28x28); two and more
+    give the same. A no-op for another BLAS."""
+    get = _openblas_function("get_num_threads", (), ctypes.c_int)
+    set_ = _openblas_function("set_num_threads", (ctypes.c_int,), None)
+    if get is None or set_ is None:
+        yield
+        return
+    threads = get()
+    set_(1)
+    try:
+        yield
+    finally:
+        set_(threads)
+
+
+@contextlib.contextmanager
+def blas_on_kernel_threads(source, one_thread=False):
     """Inside the block, OpenBLAS runs its parallel GEMM jobs on the thread
-    pool of ``source``'s kernels: one pool for the whole op. A no-op for
-    another BLAS (MKL, Accelerate) or an OpenBLAS older than 0.3.27."""
+    pool of ``source``'s kernels: one pool for the whole op; with
+    ``one_thread``, on the calling thread alone, in bits that do not depend
+    on the number of threads. A no-op for another BLAS (MKL, Accelerate)
+    or an OpenBLAS older than 0.3.27."""
+    if one_thread:
+        with _openblas_on_one_thread():
+            yield
+        return
     setter = _openblas_callback_setter()
     if setter is None:
         yield

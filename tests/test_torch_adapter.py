@@ -13,6 +13,7 @@ from cudcn.testing import (  # noqa: E402
     deform_psroi_pool_inputs,
     deform_roi_pool_inputs,
 )
+from cudcn.adapters.torch import _bridge  # noqa: E402
 from torch_inputs import as_tensors  # noqa: E402
 
 
@@ -138,6 +139,64 @@ def test_arrays_and_results_share_memory_with_tensors(monkeypatch, dtype):
         assert isinstance(seen[name], np.ndarray) and seen[name].dtype.name == str(dtype)[6:]
         assert seen[name].ctypes.data == a[name].data_ptr()
     assert y.dtype == dtype and y.data_ptr() == seen["output"].ctypes.data
+
+
+@pytest.fixture
+def torch_products(monkeypatch):
+    """The operand shapes of every product torch's BLAS computed for cudcn."""
+    shapes = []
+    real = _bridge._product
+
+    def counted(a, b, out):
+        shapes.append((a.shape, b.shape))
+        return real(a, b, out)
+
+    monkeypatch.setattr(_bridge, "_product", counted)
+    return shapes
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16],
+                         ids=["float64", "float32", "bfloat16"])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_products_through_the_adapter_run_on_torchs_blas(torch_products, dtype, groups):
+    """Every GEMM of an adapter call (forward; backward: the weight gradient
+    and the columns' gradient) is torch's, on the arrays' own memory, and the
+    results are the NumPy API's, whose products stay NumPy's."""
+    names = ("input", "offset", "weight", "bias", "mask")
+    arrays = deform_conv2d_inputs(batch=3, in_channels=4, out_channels=6, size=(7, 6),
+                                  groups=groups, offset_groups=2, seed=12)
+    a = as_tensors(arrays, requires_grad=names, dtype=dtype)
+    y = ct.deform_conv2d(*(a[n] for n in names[:4]), padding=1, mask=a["mask"])
+    forward = len(torch_products)
+    assert forward >= 1
+    y.backward(torch.ones_like(y))
+    assert len(torch_products) > forward
+
+    torch_products.clear()
+    native = {k: _bridge.to_array(a[k]) if isinstance(a[k], torch.Tensor) else v
+              for k, v in arrays.items()}  # the tensors' own memory, bfloat16 as ml_dtypes'
+    want = cudcn.deform_conv2d(**native)
+    grads = cudcn.deform_conv2d_backward(np.ones_like(want), **native)
+    assert torch_products == []
+    rtol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2.0**-7}[dtype]
+    got = y.detach().float().numpy()
+    np.testing.assert_allclose(got, np.asarray(want, np.float32), rtol=rtol,
+                               atol=rtol * np.abs(got).max())
+    for n, g in zip(names, grads):
+        mine = a[n].grad.float().numpy()
+        np.testing.assert_allclose(mine, np.asarray(g, np.float32), rtol=rtol,
+                                   atol=rtol * np.abs(mine).max(), err_msg=n)
+
+
+def test_torchs_products_end_with_the_call(torch_products):
+    """An adapter call's choice of BLAS does not outlive it, even when it raises."""
+    from cudcn import _gemm
+
+    a = as_tensors(deform_conv2d_inputs(seed=6))
+    ct.deform_conv2d(a["input"], a["offset"], a["weight"], padding=1)
+    with pytest.raises(ValueError):
+        ct.deform_conv2d(a["input"], a["offset"][:, :3], a["weight"], padding=1)
+    assert _gemm._cpu_product.get() is None
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])

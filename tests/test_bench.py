@@ -42,11 +42,14 @@ def test_what_runs_before_each_call_is_not_timed():
 def test_measure_prints_every_contender_and_ratio():
     out = io.StringIO()
     result = bench.measure(rounds=1, conv_shapes=((1, 4, 8),), memory=False, threads=False,
-                           environment=False, rois=False, out=out)
+                           environment=False, rois=False, profile_shape=(1, 4, 8), out=out)
     text = out.getvalue()
     for word in ("cudcn torch ms", "cudcn NumPy ms", "torchvision ms", "F.conv2d ms",
-                 "tv / cudcn", "cudcn / conv2d", "torch / NumPy", "forward+backward"):
+                 "tv / cudcn", "cudcn / conv2d", "torch / NumPy", "forward+backward",
+                 "where the time goes", "deform_conv2d_im2col_pixels", "matrix products"):
         assert word in text
+    backward = result["profile"]["backward"]
+    assert {"deform_conv2d_col2im_planes", "matrix products", "total"} <= set(backward)
     forward = result["conv"][(1, 4, 8)]["forward"]
     # onnxruntime is in the test extra: ONNX Runtime's DeformConv is a peer.
     assert {"cudcn (torch)", "cudcn (NumPy)", "torchvision", "F.conv2d",
@@ -62,3 +65,35 @@ def test_the_measuring_process_runs_without_the_openblas_variables(monkeypatch):
 def test_a_fresh_process_measures_one_case():
     times = bench._in_subprocess("time", (1, 4, 8), threads=1)
     assert set(times) == {"forward", "forward+backward"} and times["forward"] > 0
+
+
+def test_profile_times_each_kernel_and_product_and_restores_them():
+    import numpy as np
+
+    import cudcn
+    from cudcn import _gemm, _launch
+    from cudcn.cli import profile
+    from cudcn.testing import deform_conv2d_inputs
+
+    args = deform_conv2d_inputs(batch=2, in_channels=4, size=(9, 8), dtype=np.float32, seed=3)
+    run, matmul = _launch.run, _gemm.matmul
+    times = profile.phases(lambda: cudcn.deform_conv2d(**args), rounds=3)
+    assert {"deform_conv2d_fill_pixels", "deform_conv2d_im2col_pixels",
+            "deform_conv2d_output_from_pixels", profile.GEMMS, profile.REST,
+            profile.TOTAL} <= set(times)
+    assert all(t >= 0 for name, t in times.items() if name != profile.REST)
+    assert times[profile.TOTAL] >= times[profile.GEMMS]
+    calls = []
+
+    def second_fails():  # the warm-up passes; the timed call raises inside the timers
+        calls.append(1)
+        offset = args["offset"] if len(calls) == 1 else args["offset"][:, :2]
+        cudcn.deform_conv2d(**{**args, "offset": offset})
+
+    with pytest.raises(ValueError):
+        profile.phases(second_fails, rounds=1)
+    assert len(calls) == 2
+    assert (_launch.run, _gemm.matmul) == (run, matmul)
+    rows = profile.table({"forward": times, "again": times})
+    assert rows[0][0] == profile.TOTAL and rows[-1][0] == profile.REST
+    assert rows[1][0] in (profile.GEMMS, "deform_conv2d_im2col_pixels")

@@ -52,7 +52,7 @@ def _bench(args):
     from . import bench as _bench
 
     return _bench.run(rounds=args.rounds, memory=not args.no_memory, threads=not args.no_threads,
-                      environment=not args.no_environment)
+                      environment=not args.no_environment, profile=not args.no_profile)
 
 
 def _info(args):
@@ -172,7 +172,9 @@ def build_parser():
                     "through cudcn.adapters.torch and the NumPy API) against torchvision's "
                     "deform_conv2d, roi_align and ps_roi_align, a dense F.conv2d and ONNX "
                     "Runtime's DeformConv, in interleaved rounds (medians, ratios in one "
-                    "process, OpenBLAS's build-machine variables unset); then peak memory, "
+                    "process, OpenBLAS's build-machine variables unset); then where the "
+                    "time goes at N=2, C=64, 56x56 (each kernel, the matrix products, the "
+                    "rest), peak memory, "
                     "1 -> 2 thread scaling, and cudcn's time with torch, ONNX Runtime or NumPy's "
                     "BLAS in the process, each in a fresh process.")
     bench.add_argument("--rounds", type=int, default=9,
@@ -181,6 +183,8 @@ def build_parser():
     bench.add_argument("--no-threads", action="store_true", help="skip the thread-scaling line")
     bench.add_argument("--no-environment", action="store_true",
                        help="skip the rows of cudcn's time beside other libraries")
+    bench.add_argument("--no-profile", action="store_true",
+                       help="skip where the time goes at N=2, C=64, 56x56")
     bench.set_defaults(run=_bench)
     return parser
 

@@ -82,6 +82,16 @@ def _tensors(args, grad=False):
             if isinstance(v, np.ndarray)}
 
 
+def _conv_calls(shape):
+    """The NumPy arrays, their tensors, and the keyword arguments of the torch
+    calls: without gradients (ours) and with them (leaves)."""
+    args = _conv_inputs(*shape)
+    t, g = _tensors(args), _tensors(args, grad=True)
+    ours, leaves = ({**{k: a[k] for k in ("input", "offset", "weight", "bias", "mask")},
+                     "padding": 1} for a in (t, g))
+    return args, t, ours, leaves
+
+
 def _backward(y):
     y.backward(y.detach())
 
@@ -122,12 +132,7 @@ def conv_rows(shape, rounds):
     import cudcn
     import cudcn.adapters.torch as ct
 
-    args = _conv_inputs(*shape)
-    t, g = _tensors(args), _tensors(args, grad=True)
-    ours = dict(input=t["input"], offset=t["offset"], weight=t["weight"], bias=t["bias"],
-                padding=1, mask=t["mask"])
-    leaves = dict(input=g["input"], offset=g["offset"], weight=g["weight"], bias=g["bias"],
-                  padding=1, mask=g["mask"])
+    args, t, ours, leaves = _conv_calls(shape)
     forward = {
         "cudcn (torch)": lambda: ct.deform_conv2d(**ours),
         "cudcn (NumPy)": lambda: cudcn.deform_conv2d(**args),
@@ -148,7 +153,7 @@ def conv_rows(shape, rounds):
         "cudcn (torch)": lambda: _backward(ct.deform_conv2d(**leaves)),
         "cudcn (NumPy)": numpy_both,
         "torchvision": lambda: _backward(torchvision.ops.deform_conv2d(**leaves)),
-    }, max(3, rounds // 2))
+    }, rounds)  # as many as the forward: the adapter's ratio was noise on 4
     return fwd, both
 
 
@@ -278,8 +283,24 @@ def _table(header, rows):
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in text)
 
 
+def profile_columns(shape, rounds):
+    """{"forward": phases, "backward": phases} of deform_conv2d through the
+    torch adapter, calls back to back (cudcn.cli.profile)."""
+    import torch
+
+    import cudcn.adapters.torch as ct
+
+    from . import profile
+
+    _, _, ours, leaves = _conv_calls(shape)
+    with torch.no_grad():
+        forward = profile.phases(lambda: ct.deform_conv2d(**ours), rounds)
+    backward = profile.phases(_backward, rounds, before=lambda: (ct.deform_conv2d(**leaves),))
+    return {"forward": forward, "backward": backward}
+
+
 def measure(rounds=9, conv_shapes=CONV_SHAPES, memory=True, threads=True, environment=True,
-            rois=True, out=sys.stdout):
+            rois=True, profile_shape=SCALING_SHAPE, out=sys.stdout):
     """Every row, printed as they come; returns them as a dict."""
     import torch  # noqa: F401 - first, as users import it
 
@@ -303,8 +324,18 @@ def measure(rounds=9, conv_shapes=CONV_SHAPES, memory=True, threads=True, enviro
                      None, None, both["torchvision"] / ours, None, None,
                      ours / both["cudcn (NumPy)"]))
     print("deform_conv2d, float32, 3x3, padding 1, with mask and bias (medians of "
-          f"{rounds} interleaved rounds; forward+backward: {max(3, rounds // 2)})", file=out)
+          f"{rounds} interleaved rounds)", file=out)
     print(_table(header, rows), file=out)
+    if profile_shape:
+        from . import profile
+
+        columns = profile_columns(profile_shape, 3 * rounds)
+        result["profile"] = columns
+        n, c, size = profile_shape
+        print(f"\nwhere the time goes at N={n}, C={c}, {size}x{size}, through the torch adapter "
+              f"(calls back to back, medians of {3 * rounds}; the parts' medians need not add "
+              "up to the total's)", file=out)
+        print(_table(("phase", "forward ms", "backward ms"), profile.table(columns)), file=out)
     if rois:
         rows = []
         for name, (fwd, both, peer) in roi_rows(rounds).items():
@@ -349,7 +380,7 @@ def measure(rounds=9, conv_shapes=CONV_SHAPES, memory=True, threads=True, enviro
     return result
 
 
-def run(rounds=9, memory=True, threads=True, environment=True, out=sys.stdout):
+def run(rounds=9, memory=True, threads=True, environment=True, profile=True, out=sys.stdout):
     """Measure in a fresh process without the OpenBLAS variables (as users run)."""
     missing = [m for m in ("torch", "torchvision") if _importable(m) is False]
     if missing:
@@ -357,7 +388,8 @@ def run(rounds=9, memory=True, threads=True, environment=True, out=sys.stdout):
               f"({', '.join(missing)} missing)", file=out)
         return 1
     code = (f"import sys, cudcn.cli.bench as b; b.measure(rounds={rounds}, memory={memory}, "
-            f"threads={threads}, environment={environment})")
+            f"threads={threads}, environment={environment}, "
+            f"profile_shape={SCALING_SHAPE if profile else None})")
     result = subprocess.run([sys.executable, "-c", code], env=_clean_env(), text=True,
                             capture_output=True)
     print(result.stdout, end="", file=out)

@@ -37,7 +37,7 @@ def cpu_products_by(product):
     stacks of them, possibly transposed views), written into ``out`` and
     returned, or returned as a new array if ``out`` is None. The torch adapter
     passes torch's BLAS, faster than NumPy's OpenBLAS on these products (the
-    forward at N=2, C=64, 56x56: 0.93x the time) and on the OpenMP threads
+    forward at N=2, C=64, 56x56: 0.93-0.97x the time) and on the OpenMP threads
     that cudcn's kernels share with torch."""
     token = _cpu_product.set(product)
     try:

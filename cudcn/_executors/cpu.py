@@ -218,10 +218,12 @@ def _openblas_callback_setter():
 
 @contextlib.contextmanager
 def _openblas_on_one_thread():
-    """OpenBLAS's single-threaded driver inside the block. Its threaded one
-    blocks the inner dimension differently, so that one thread and two give
-    different bits (the weight gradient at N=2, C=64, 28x28); two and more
-    give the same. A no-op for another BLAS."""
+    """OpenBLAS's single-threaded driver inside the block. It gives other
+    bits than the threaded one (the weight gradient at N=2, C=64, 28x28, by
+    our reading a different blocking of the inner dimension); two, three,
+    four and eight threads give the same. A no-op for another BLAS. The
+    thread count is OpenBLAS's global: another thread's NumPy product in
+    the meantime also runs on one thread."""
     get = _openblas_function("get_num_threads", (), ctypes.c_int)
     set_ = _openblas_function("set_num_threads", (ctypes.c_int,), None)
     if get is None or set_ is None:

@@ -19,8 +19,8 @@ OPS = {
     "deform_conv2d": (cudcn.deform_conv2d, cudcn.deform_conv2d_backward,
                       "deform_conv2d_inputs(batch=3, in_channels=8, out_channels=6, size=(20, 17),"
                       " offset_groups=2, offset_scale=0.7, dtype=np.float32, seed=50)"),
-    # Products large enough that OpenBLAS's threaded driver blocks them
-    # differently from its single-threaded one.
+    # Products large enough that OpenBLAS's single-threaded driver gives
+    # other bits than its threaded one.
     "deform_conv2d_wide": (cudcn.deform_conv2d, cudcn.deform_conv2d_backward,
                            "deform_conv2d_inputs(batch=2, in_channels=64, out_channels=64,"
                            " size=(28, 28), dtype=np.float32, seed=55)"),

@@ -179,12 +179,12 @@ def test_products_through_the_adapter_run_on_torchs_blas(torch_products, dtype, 
     grads = cudcn.deform_conv2d_backward(np.ones_like(want), **native)
     assert torch_products == []
     rtol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2.0**-7}[dtype]
-    got = y.detach().float().numpy()
-    np.testing.assert_allclose(got, np.asarray(want, np.float32), rtol=rtol,
+    got = y.detach().double().numpy()  # float64: a float32 cast could round apart
+    np.testing.assert_allclose(got, np.asarray(want, np.float64), rtol=rtol,
                                atol=rtol * np.abs(got).max())
     for n, g in zip(names, grads):
-        mine = a[n].grad.float().numpy()
-        np.testing.assert_allclose(mine, np.asarray(g, np.float32), rtol=rtol,
+        mine = a[n].grad.double().numpy()
+        np.testing.assert_allclose(mine, np.asarray(g, np.float64), rtol=rtol,
                                    atol=rtol * np.abs(mine).max(), err_msg=n)
 
 

@@ -1,5 +1,7 @@
 """cudcn.adapters.torch: autograd, zero-copy DLPack, registered ops, autocast, modules."""
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -302,6 +304,168 @@ def test_torch_compile_fullgraph_matches_eager():
     torch.testing.assert_close(out, eager, rtol=1e-10, atol=1e-10)
     for p, g in zip(model.parameters(), eager_grads):
         torch.testing.assert_close(p.grad, g, rtol=1e-9, atol=1e-9)
+
+
+# --- eager calls and torch's dispatcher ----------------------------------------
+
+from cudcn.adapters.torch import ops  # noqa: E402
+
+_OPS = {"deform_conv2d": ops._deform_conv2d_op, "deform_roi_pool": ops._deform_roi_pool_op,
+        "deform_psroi_pool": ops._deform_psroi_pool_op}
+
+
+@pytest.fixture
+def dispatched(monkeypatch):
+    """The names of the public functions whose calls went through their
+    custom op (torch's dispatcher), in call order."""
+    names = []
+    for name, op in _OPS.items():
+        def counted(*args, name=name, real=op.op):
+            names.append(name)
+            return real(*args)
+
+        monkeypatch.setattr(op, "op", counted)
+    return names
+
+
+def _public_calls(requires_grad, input_class=None):
+    """{name: call} of each public function on small float64 CPU tensors
+    (the input of class ``input_class``, if given), and the tensors that
+    take gradients."""
+    conv = as_tensors(deform_conv2d_inputs(away_from_kinks=True, seed=21),
+                      requires_grad=("input", "offset", "weight", "bias", "mask")
+                      if requires_grad else ())
+    roi = as_tensors(deform_roi_pool_inputs(mask=True, rois=3, seed=22),
+                     requires_grad=("input", "offset", "mask") if requires_grad else ())
+    ps = as_tensors(deform_psroi_pool_inputs(rois=3, seed=23),
+                    requires_grad=("input", "offset") if requires_grad else ())
+    if input_class is not None:
+        for tensors in (conv, roi, ps):
+            tensors["input"] = tensors["input"].as_subclass(input_class)
+    calls = {
+        "deform_conv2d": lambda: ct.deform_conv2d(conv["input"], conv["offset"], conv["weight"],
+                                                  conv["bias"], padding=1, mask=conv["mask"]),
+        "deform_roi_pool": lambda: ct.deform_roi_pool(roi["input"], roi["rois"], roi["offset"],
+                                                      3, 0.5, 0, 0.1, roi["mask"]),
+        "deform_psroi_pool": lambda: ct.deform_psroi_pool(
+            ps["input"], ps["rois"], ps["offset"], output_dim=4, group_size=2, pooled_size=3,
+            sample_per_part=2, trans_std=0.1, spatial_scale=0.5),
+    }
+    leaves = {"deform_conv2d": [conv[n] for n in ("input", "offset", "weight", "bias", "mask")],
+              "deform_roi_pool": [roi[n] for n in ("input", "offset", "mask")],
+              "deform_psroi_pool": [ps[n] for n in ("input", "offset")]}
+    return calls, leaves
+
+
+class _Watching(torch.overrides.TorchFunctionMode):
+    """A mode that changes nothing but, as any mode, must see every op."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def _value_and_grads(call, leaves):
+    out = call()
+    grads = torch.autograd.grad(out, leaves, torch.ones_like(out)) if leaves else ()
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["forward", "backward"])
+def test_eager_cpu_calls_skip_the_dispatcher_with_the_ops_results(dispatched, requires_grad):
+    """Plain CPU tensors in eager mode run without the custom op (and its
+    backward op), to the values and gradients of the calls through it."""
+    calls, leaves = _public_calls(requires_grad)
+    for name, call in calls.items():
+        wanted = leaves[name] if requires_grad else []
+        direct = _value_and_grads(call, wanted)
+        assert dispatched == []
+        with _Watching():
+            through_op = _value_and_grads(call, wanted)
+        assert dispatched == [name]
+        dispatched.clear()
+        for mine, theirs in zip((direct[0], *direct[1]), (through_op[0], *through_op[1])):
+            torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-12)
+        assert direct[0].requires_grad is False
+
+
+def test_eager_backward_runs_no_op(monkeypatch):
+    """The backward of an eager call computes its gradients directly too."""
+    calls, leaves = _public_calls(True)
+    for name, op in _OPS.items():
+        def refuse(*args, name=name):
+            raise AssertionError(f"cudcn::{name}_backward was dispatched")
+
+        monkeypatch.setattr(op, "backward_op", refuse)
+    for name, call in calls.items():
+        out = call()
+        out.sum().backward()
+        assert all(t.grad is not None for t in leaves[name])
+
+
+def _dispatch_mode_names(seen):
+    class Recording(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    return Recording()
+
+
+class _Subclass(torch.Tensor):
+    pass
+
+
+@pytest.mark.parametrize("watcher", ["function mode", "dispatch mode", "profiler",
+                                     "forward AD level", "subclass"])
+def test_what_watches_a_call_sees_the_op(dispatched, watcher):
+    """Modes, the profiler, forward AD and tensor subclasses see the custom op
+    (torch.compile, export and FX tracing have tests of their own), and its
+    results are the eager ones."""
+    import torch.autograd.forward_ad as forward_ad
+
+    eager = {name: call() for name, call in _public_calls(False)[0].items()}
+    calls, _ = _public_calls(False, _Subclass if watcher == "subclass" else None)
+    seen = []
+    watching = {"function mode": _Watching, "dispatch mode": lambda: _dispatch_mode_names(seen),
+                "profiler": torch.profiler.profile, "forward AD level": forward_ad.dual_level,
+                "subclass": contextlib.nullcontext}[watcher]
+    with watching() as context:
+        results = {name: call() for name, call in calls.items()}
+    assert dispatched == list(calls)
+    for name, out in results.items():
+        torch.testing.assert_close(out.as_subclass(torch.Tensor), eager[name], rtol=1e-12,
+                                   atol=1e-12)
+    if watcher == "dispatch mode":
+        assert [s for s in seen if s.startswith("cudcn.")] == [f"cudcn.{n}.default"
+                                                                for n in calls]
+    if watcher == "profiler":
+        events = {e.name for e in context.events()}
+        assert {f"cudcn::{n}" for n in calls} <= events
+
+
+def test_vmap_sees_the_op(dispatched):
+    """Under torch.func's transforms the tensors are wrappers without storage:
+    only the op (torch's fallback, one call per element) can run them."""
+    a = as_tensors(deform_conv2d_inputs(seed=25))
+    offset, weight = a["offset"][:1], a["weight"]
+    per_image = torch.vmap(lambda x: ct.deform_conv2d(x[None], offset, weight, padding=1)[0])
+    got = per_image(a["input"])
+    assert set(dispatched) == {"deform_conv2d"}
+    want = ct.deform_conv2d(a["input"], offset.expand(len(a["input"]), -1, -1, -1), weight,
+                            padding=1)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated")
+def test_jit_trace_records_the_op(dispatched):
+    a = as_tensors(deform_conv2d_inputs(seed=24))
+    traced = torch.jit.trace(lambda x: ct.deform_conv2d(x, a["offset"], a["weight"], padding=1),
+                             (a["input"],), check_trace=False)
+    assert "cudcn::deform_conv2d" in str(traced.graph)
+    assert dispatched == ["deform_conv2d"]
+    torch.testing.assert_close(traced(a["input"]),
+                               ct.deform_conv2d(a["input"], a["offset"], a["weight"], padding=1),
+                               rtol=1e-12, atol=1e-12)
 
 
 # --- autocast ----------------------------------------------------------------

@@ -35,7 +35,7 @@ def test_what_runs_before_each_call_is_not_timed():
     calls = []
     times = bench.interleaved_ms({"fast": lambda: calls.append("fast")}, rounds=3,
                                  before=lambda: (calls.append("before"), time.sleep(0.01)))
-    assert calls == ["fast"] + ["before", "fast"] * 3  # not before the warm-up
+    assert calls == ["before", "fast"] * 4  # the warm-up and 3 rounds
     assert times["fast"] < 5
 
 
@@ -54,6 +54,41 @@ def test_measure_prints_every_contender_and_ratio():
     # onnxruntime is in the test extra: ONNX Runtime's DeformConv is a peer.
     assert {"cudcn (torch)", "cudcn (NumPy)", "torchvision", "F.conv2d",
             "ONNX Runtime"} <= set(forward)
+
+
+def _leaves(node):
+    """The leaf tensors a backward from ``node`` accumulates into."""
+    leaves, stack, visited = [], [node], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in visited:
+            continue
+        visited.add(node)
+        if hasattr(node, "variable"):  # AccumulateGrad
+            leaves.append(node.variable)
+        stack.extend(f for f, _ in node.next_functions)
+    return leaves
+
+
+def test_each_torch_backward_starts_as_after_zero_grad(monkeypatch):
+    """As in a training step after optimizer.zero_grad(): every leaf's
+    gradient is None, for cudcn and its peers alike, in the rows and the
+    profile."""
+    seen = []
+    real = bench._backward
+
+    def checked(y):
+        leaves = _leaves(y.grad_fn)
+        seen.append(bool(leaves) and all(t.grad is None for t in leaves))
+        real(y)
+
+    monkeypatch.setattr(bench, "_backward", checked)
+    bench.measure(rounds=2, conv_shapes=((1, 4, 8),), memory=False, threads=False,
+                  environment=False, rois=True, profile_shape=(1, 4, 8), out=io.StringIO())
+    # Each (warm-up + rounds): conv, 2 torch contenders x (1 + 2); pools, 3 rows x 2
+    # contenders x (1 + 3); the profile, 1 + 3 x 2.
+    assert len(seen) == 2 * 3 + 3 * 2 * 4 + 7
+    assert all(seen)
 
 
 def test_the_measuring_process_runs_without_the_openblas_variables(monkeypatch):

@@ -11,6 +11,8 @@ the way users meet it.
   following the adapter's call on the same arrays, found them in cache
   (at N=1, C=128, 28x28 the adapter measured 1.41x the NumPy API's time in
   rotating rounds, 1.16-1.19x in shuffled ones);
+- a forward+backward through torch starts with the leaves' gradients set
+  to None, as ``optimizer.zero_grad()`` leaves them in a training step;
 - the measuring process runs without ``OPENBLAS_CORETYPE`` and
   ``OPENBLAS_L2_SIZE`` (set on some build machines, they slow NumPy's BLAS;
   users do not have them).
@@ -50,9 +52,11 @@ def _clean_env(extra=None):
 def interleaved_ms(calls, rounds, seed=0, before=None):
     """{name: median milliseconds} of ``calls`` ({name: callable}) over
     ``rounds`` rounds after one warm-up round, each round in a random order.
-    ``before``, if given, runs untimed before every timed call."""
+    ``before``, if given, runs untimed before every call, the warm-up's too."""
     names = list(calls)
     for name in names:
+        if before is not None:
+            before()
         calls[name]()
     times = {name: [] for name in names}
     order = random.Random(seed)
@@ -94,6 +98,19 @@ def _conv_calls(shape):
 
 def _backward(y):
     y.backward(y.detach())
+
+
+def _grads_to_none(tensors):
+    """What ``optimizer.zero_grad()`` does before a training step (its
+    default since torch 2.0): the backward then hands each leaf its gradient
+    instead of adding it into the last one. Runs untimed before each call."""
+    leaves = [t for t in tensors if getattr(t, "requires_grad", False)]
+
+    def clear():
+        for t in leaves:
+            t.grad = None
+
+    return clear
 
 
 def ort_deform_conv(args):
@@ -153,18 +170,19 @@ def conv_rows(shape, rounds):
         "cudcn (torch)": lambda: _backward(ct.deform_conv2d(**leaves)),
         "cudcn (NumPy)": numpy_both,
         "torchvision": lambda: _backward(torchvision.ops.deform_conv2d(**leaves)),
-    }, rounds)  # as many as the forward: the adapter's ratio was noise on 4
+    }, rounds, before=_grads_to_none(leaves.values()))  # as many as the forward: 4 was noise
     return fwd, both
 
 
-def _pooling_row(ours, peer, peer_name, rounds):
+def _pooling_row(ours, peer, peer_name, rounds, leaves):
     """(forward ms, forward+backward ms, peer_name) of a pooling against its peer."""
     import torch
 
     with torch.no_grad():
         fwd = interleaved_ms({"cudcn": ours, peer_name: peer}, rounds)
     both = interleaved_ms({"cudcn": lambda: _backward(ours()),
-                           peer_name: lambda: _backward(peer())}, max(3, rounds // 2))
+                           peer_name: lambda: _backward(peer())}, max(3, rounds // 2),
+                          before=_grads_to_none(leaves))
     return fwd, both, peer_name
 
 
@@ -188,7 +206,7 @@ def roi_rows(rounds):
         mask = None if args["mask"] is None else torch.from_numpy(args["mask"])
         ours = lambda: ct.deform_roi_pool(x, rois, offset, 7, 1 / 16, 2, 0.1, mask)  # noqa: E731
         peer = lambda: torchvision.ops.roi_align(x, rois, 7, 1 / 16, 2, aligned=True)  # noqa: E731
-        rows[f"deform_roi_pool ({variant})"] = _pooling_row(ours, peer, "roi_align", rounds)
+        rows[f"deform_roi_pool ({variant})"] = _pooling_row(ours, peer, "roi_align", rounds, (x,))
     args = deform_psroi_pool_inputs(batch=batch, output_dim=21, group_size=7, pooled_size=7,
                                     num_classes=1, size=(h, w), rois=ROIS, spatial_scale=1 / 16,
                                     sample_per_part=4, trans_std=0.0, offset=False,
@@ -198,7 +216,8 @@ def roi_rows(rounds):
     ours = lambda: ct.deform_psroi_pool(x, rois, None, output_dim=21, group_size=7,  # noqa: E731
                                         pooled_size=7, sample_per_part=4, spatial_scale=1 / 16)
     peer = lambda: torchvision.ops.ps_roi_align(x, rois, 7, 1 / 16, 4)  # noqa: E731
-    rows["deform_psroi_pool (R-FCN)"] = _pooling_row(ours, peer, "ps_roi_align", rounds)
+    rows["deform_psroi_pool (R-FCN)"] = _pooling_row(ours, peer, "ps_roi_align", rounds,
+                                                    (x,))
     return rows
 
 
@@ -295,7 +314,13 @@ def profile_columns(shape, rounds):
     _, _, ours, leaves = _conv_calls(shape)
     with torch.no_grad():
         forward = profile.phases(lambda: ct.deform_conv2d(**ours), rounds)
-    backward = profile.phases(_backward, rounds, before=lambda: (ct.deform_conv2d(**leaves),))
+    clear = _grads_to_none(leaves.values())
+
+    def output():  # untimed: the backward's argument
+        clear()
+        return (ct.deform_conv2d(**leaves),)
+
+    backward = profile.phases(_backward, rounds, before=output)
     return {"forward": forward, "backward": backward}
 
 

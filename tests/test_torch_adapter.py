@@ -443,6 +443,30 @@ def test_what_watches_a_call_sees_the_op(dispatched, watcher):
         assert {f"cudcn::{n}" for n in calls} <= events
 
 
+@pytest.mark.parametrize("reentrant", [True, False], ids=["reentrant", "non-reentrant"])
+def test_activation_checkpointing_keeps_values_and_gradients(reentrant):
+    """torch.utils.checkpoint (mmdet's with_cp) recomputes the eager forward
+    in the backward, through either of its two mechanisms."""
+    import torch.utils.checkpoint as checkpoint
+
+    torch.manual_seed(26)
+    layer = ct.DeformConv2dPack(4, 6, 3, padding=1).double()
+    torch.nn.init.normal_(layer.conv_offset.weight, std=0.1)
+    x = torch.randn(2, 4, 9, 8, dtype=torch.float64, requires_grad=True)
+
+    def run(f):
+        layer.zero_grad()
+        x.grad = None
+        y = f(x)
+        y.square().sum().backward()
+        return [y.detach(), x.grad] + [p.grad for p in layer.parameters()]
+
+    plain = run(layer)
+    again = run(lambda t: checkpoint.checkpoint(layer, t, use_reentrant=reentrant))
+    for mine, theirs in zip(again, plain):
+        torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-12)
+
+
 def test_vmap_sees_the_op(dispatched):
     """Under torch.func's transforms the tensors are wrappers without storage:
     only the op (torch's fallback, one call per element) can run them."""

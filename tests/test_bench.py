@@ -91,6 +91,20 @@ def test_each_torch_backward_starts_as_after_zero_grad(monkeypatch):
     assert all(seen)
 
 
+def test_fresh_process_cases_run_round_by_round_to_medians(monkeypatch):
+    calls = []
+    times = iter([1.0, 10.0, 3.0, 30.0, 2.0, 20.0])
+
+    def measured(kind, shape, threads=None, workspace_mib=None):
+        calls.append((kind, threads))
+        return {"forward": next(times)}
+
+    monkeypatch.setattr(bench, "_in_subprocess", measured)
+    result = bench.processes_interleaved({"a": ("time", 1), "b": ("env-x", None)})
+    assert calls == [("time", 1), ("env-x", None)] * 3
+    assert result == {"a": {"forward": 2.0}, "b": {"forward": 20.0}}
+
+
 def test_the_measuring_process_runs_without_the_openblas_variables(monkeypatch):
     monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
     env = bench._clean_env({"OMP_NUM_THREADS": "1"})

@@ -21,7 +21,8 @@ Peers: torchvision's ``deform_conv2d``, ``roi_align(aligned=True)`` and
 ``ps_roi_align``, a dense ``F.conv2d`` of the same shape (the floor), and
 ONNX Runtime's ``DeformConv`` where onnxruntime is installed (CPU provider,
 2 intra-op threads, spinning off). Memory, thread scaling and the
-environment rows run each case in a fresh process.
+environment rows run each case in a fresh process; the thread and
+environment cases three times each, round by round.
 """
 
 import json
@@ -293,6 +294,21 @@ def _in_subprocess(kind, shape, threads=None, workspace_mib=None):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def processes_interleaved(cases, repeats=3):
+    """{name: {field: median}} of fresh-process measurements, each case
+    ({name: (kind, threads)}) run ``repeats`` times, round by round, so that
+    the machine's drift over the minute they take meets every case alike
+    (one process each, in sequence, read the ORT-session case at 1.23x and
+    then 0.97x of the same baseline in two runs)."""
+    runs = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, (kind, threads) in cases.items():
+            runs[name].append(_in_subprocess(kind, SCALING_SHAPE, threads=threads))
+    return {name: {field: statistics.median(r[field] for r in results)
+                   for field in results[0]}
+            for name, results in runs.items()}
+
+
 # --- the report ---------------------------------------------------------------------------
 
 def _table(header, rows):
@@ -380,20 +396,22 @@ def measure(rounds=9, conv_shapes=CONV_SHAPES, memory=True, threads=True, enviro
               f"(default workspace), torchvision {theirs:.0f} MiB, ratio {ours / theirs:.2f}",
               file=out)
     if threads:
-        one = _in_subprocess("time", SCALING_SHAPE, threads=1)
-        two = _in_subprocess("time", SCALING_SHAPE, threads=2)
-        result["threads"] = {"1": one, "2": two}
-        print(f"1 -> 2 threads at N=2, C=64, 56x56 (NumPy API): forward "
+        timed = processes_interleaved({"1": ("time", 1), "2": ("time", 2)})
+        one, two = timed["1"], timed["2"]
+        result["threads"] = timed
+        print(f"1 -> 2 threads at N=2, C=64, 56x56 (NumPy API; medians of 3 fresh processes "
+              f"each, interleaved): forward "
               f"{one['forward']:.1f} -> {two['forward']:.1f} ms ({one['forward'] / two['forward']:.2f}x), "
               f"forward+backward {one['forward+backward']:.1f} -> {two['forward+backward']:.1f} ms "
               f"({one['forward+backward'] / two['forward+backward']:.2f}x)", file=out)
     if environment:
         kinds = ("time", "env-torch-first", "env-cudcn-first", "env-ort-session", "env-numpy-blas")
-        times = {k: _in_subprocess(k, SCALING_SHAPE) for k in kinds}
+        times = processes_interleaved({k: (k, None) for k in kinds})
         result["environment"] = times
         base = times["time"]
-        print("\nthe NumPy API at N=2, C=64, 56x56 in a fresh process, as a share of its time "
-              "alone (forward / forward+backward):", file=out)
+        print("\nthe NumPy API at N=2, C=64, 56x56 in fresh processes (medians of 3 each, "
+              "interleaved), as a share of its time alone (forward / forward+backward):",
+              file=out)
         labels = {"env-torch-first": "torch imported first", "env-cudcn-first":
                   "cudcn imported first, then torch", "env-ort-session":
                   "an ONNX Runtime session alive", "env-numpy-blas":

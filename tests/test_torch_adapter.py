@@ -328,9 +328,9 @@ def dispatched(monkeypatch):
     return names
 
 
-def _public_calls(requires_grad, input_class=None):
+def _public_calls(requires_grad, input_as=None):
     """{name: call} of each public function on small float64 CPU tensors
-    (the input of class ``input_class``, if given), and the tensors that
+    (the input passed through ``input_as``, if given), and the tensors that
     take gradients."""
     conv = as_tensors(deform_conv2d_inputs(away_from_kinks=True, seed=21),
                       requires_grad=("input", "offset", "weight", "bias", "mask")
@@ -339,9 +339,9 @@ def _public_calls(requires_grad, input_class=None):
                      requires_grad=("input", "offset", "mask") if requires_grad else ())
     ps = as_tensors(deform_psroi_pool_inputs(rois=3, seed=23),
                     requires_grad=("input", "offset") if requires_grad else ())
-    if input_class is not None:
+    if input_as is not None:
         for tensors in (conv, roi, ps):
-            tensors["input"] = tensors["input"].as_subclass(input_class)
+            tensors["input"] = input_as(tensors["input"])
     calls = {
         "deform_conv2d": lambda: ct.deform_conv2d(conv["input"], conv["offset"], conv["weight"],
                                                   conv["bias"], padding=1, mask=conv["mask"]),
@@ -424,7 +424,8 @@ def test_what_watches_a_call_sees_the_op(dispatched, watcher):
     import torch.autograd.forward_ad as forward_ad
 
     eager = {name: call() for name, call in _public_calls(False)[0].items()}
-    calls, _ = _public_calls(False, _Subclass if watcher == "subclass" else None)
+    calls, _ = _public_calls(False, (lambda t: t.as_subclass(_Subclass))
+                             if watcher == "subclass" else None)
     seen = []
     watching = {"function mode": _Watching, "dispatch mode": lambda: _dispatch_mode_names(seen),
                 "profiler": torch.profiler.profile, "forward AD level": forward_ad.dual_level,
@@ -478,6 +479,28 @@ def test_vmap_sees_the_op(dispatched):
     want = ct.deform_conv2d(a["input"], offset.expand(len(a["input"]), -1, -1, -1), weight,
                             padding=1)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_forward_mode_derivatives_are_a_clear_error():
+    """torch gives a custom op without a forward-mode rule no tangent (a
+    silent zero under torch.func.jvp); cudcn's functions raise instead."""
+    import torch.autograd.forward_ad as forward_ad
+
+    with forward_ad.dual_level():
+        calls, _ = _public_calls(False, lambda t: forward_ad.make_dual(t, torch.ones_like(t)))
+        for name, call in calls.items():
+            with pytest.raises(NotImplementedError, match=f"cudcn::{name} has no forward-mode"):
+                call()
+    a = as_tensors(deform_conv2d_inputs(seed=27))
+
+    def conv(x):
+        return ct.deform_conv2d(x, a["offset"], a["weight"], padding=1)
+
+    with pytest.raises(NotImplementedError, match="no forward-mode derivative"):
+        torch.func.jvp(conv, (a["input"],), (torch.ones_like(a["input"]),))
+    with pytest.raises(NotImplementedError, match="no forward-mode derivative"):
+        torch.func.jacfwd(lambda x: conv(x).sum())(a["input"])
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated")

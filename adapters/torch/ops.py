@@ -124,6 +124,7 @@ class _Op:
     """
 
     def __init__(self, name, impl, backward_impl, tensor_count, differentiable):
+        self.name = name
         self.tensor_count = tensor_count
         self.impl = impl
         self.op = getattr(torch.ops.cudcn, name)
@@ -152,6 +153,7 @@ class _Op:
     def __call__(self, *args):
         tensors = args[: self.tensor_count]
         if not _unwatched(tensors):
+            _refuse_forward_mode(self.name, tensors)
             return self.op(*args)
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
             return self.function.apply(*args)
@@ -169,6 +171,19 @@ def _unwatched(tensors):
             and torch._C._functorch.peek_interpreter_stack() is None
             and torch.autograd.forward_ad._current_level < 0
             and not torch._C._autograd._profiler_enabled())
+
+
+def _refuse_forward_mode(name, tensors):
+    """cudcn has no forward-mode derivatives, and torch gives a custom op
+    without one no error but no tangent (torch.func.jvp returns zeros,
+    forward_ad None; torchvision's ops do the same): raise instead."""
+    # torch.func.jvp and jacfwd make dual tensors at a forward-AD level too.
+    if torch.autograd.forward_ad._current_level >= 0 and any(
+            t is not None and torch.autograd.forward_ad.unpack_dual(t).tangent is not None
+            for t in tensors):
+        raise NotImplementedError(
+            f"cudcn::{name} has no forward-mode derivative (torch.func.jvp, jacfwd, "
+            f"torch.autograd.forward_ad); use reverse mode (backward, torch.autograd.grad)")
 
 
 def _custom_op(name, impl):

@@ -79,8 +79,8 @@ def _not_twice(name):
     return backward, setup
 
 
-def _autograd(name, tensor_count, differentiable, run_backward):
-    """(setup_context, backward) of cudcn::<name>: the first ``tensor_count``
+def _autograd(tensor_count, differentiable, run_backward):
+    """(setup_context, backward) of an op whose first ``tensor_count``
     arguments are tensors, ``differentiable`` their positions with gradients,
     in the order ``run_backward(grad, *tensors, *params, needs, deterministic)``
     returns them."""
@@ -129,7 +129,7 @@ class _Op:
         self.impl = impl
         self.op = getattr(torch.ops.cudcn, name)
         self.backward_op = backward_op = getattr(torch.ops.cudcn, f"{name}_backward")
-        setup, backward = _autograd(name, tensor_count, differentiable, backward_op)
+        setup, backward = _autograd(tensor_count, differentiable, backward_op)
         torch.library.register_autograd(f"cudcn::{name}", backward, setup_context=setup)
         twice, twice_setup = _not_twice(f"{name}_backward")
         torch.library.register_autograd(f"cudcn::{name}_backward", twice,
@@ -139,7 +139,7 @@ class _Op:
             # With create_graph, through the op: its autograd raises "no double backward".
             return (self.backward_op if torch.is_grad_enabled() else backward_impl)(*args)
 
-        eager_setup, eager_backward = _autograd(name, tensor_count, differentiable, run_backward)
+        eager_setup, eager_backward = _autograd(tensor_count, differentiable, run_backward)
 
         def forward(ctx, *args):
             # ctx set up here, not in a setup_context: with one, every apply

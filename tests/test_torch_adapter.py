@@ -15,7 +15,7 @@ from cudcn.testing import (  # noqa: E402
     deform_psroi_pool_inputs,
     deform_roi_pool_inputs,
 )
-from cudcn.adapters.torch import _bridge  # noqa: E402
+from cudcn.adapters.torch import _bridge, ops  # noqa: E402
 from torch_inputs import as_tensors  # noqa: E402
 
 
@@ -307,8 +307,6 @@ def test_torch_compile_fullgraph_matches_eager():
 
 
 # --- eager calls and torch's dispatcher ----------------------------------------
-
-from cudcn.adapters.torch import ops  # noqa: E402
 
 _OPS = {"deform_conv2d": ops._deform_conv2d_op, "deform_roi_pool": ops._deform_roi_pool_op,
         "deform_psroi_pool": ops._deform_psroi_pool_op}

@@ -103,7 +103,7 @@ def test_batch_33_runs_in_chunks_under_the_workspace_limit(launches, strategy):
 
 def test_workspace_limit_is_restored_and_checked():
     before = cudcn.get_workspace_limit()
-    assert before == cudcn.DEFAULT_CPU_WORKSPACE_LIMIT == 64 * 2**20
+    assert before == cudcn.DEFAULT_CPU_WORKSPACE_LIMIT == 16 * 2**20
     assert cudcn.get_workspace_limit("gpu") == cudcn.DEFAULT_WORKSPACE_LIMIT == 256 * 2**20
     with cudcn.workspace_limit(1024):
         assert cudcn.get_workspace_limit() == 1024

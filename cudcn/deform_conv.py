@@ -374,6 +374,24 @@ class _Plan:
             peer)
 
 
+def _add_weight_gradient_of_pixels(xp, grad_out, cols, grad_weight, first, one_thread):
+    """grad_weight (groups, C_out / groups, KK * C / groups) += (or, for the
+    ``first`` chunk, =) the sum over a chunk's images of grad_out (images,
+    groups, C_out / groups, P) times their pixel-major columns (images, P,
+    groups, KK * C / groups): one GEMM whose inner dimension runs over the
+    images' pixels, rather than a GEMM and an addition of the whole
+    gradient per image."""
+    images, groups, c_out_g, pixels = grad_out.shape
+    # (groups, C_out / groups, images * P); a view for one image
+    rows = xp.ascontiguousarray(grad_out.transpose(1, 2, 0, 3)).reshape(
+        groups, c_out_g, images * pixels)
+    stacked = cols.reshape(images * pixels, groups, -1).swapaxes(0, 1)
+    if first:
+        _gemm.matmul(xp, rows, stacked, out=grad_weight, one_thread=one_thread)
+    else:
+        grad_weight += _gemm.matmul(xp, rows, stacked, one_thread=one_thread)
+
+
 def _contiguous(xp, *arrays):
     return [None if a is None else xp.ascontiguousarray(a) for a in arrays]
 
@@ -500,17 +518,15 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
     c_out_g = g.out_channels // g.groups
     weight_grouped = weight.reshape(g.groups, c_out_g, -1)
     grad_out_grouped = grad_output.reshape(g.batch, g.groups, c_out_g, g.out_pixels)
-    if want_weight:
-        grad_weight = xp.zeros(weight_grouped.shape, dtype=acc_dtype)
-
     plan = _Plan(g, buffers=int(want_weight) + int(want_input or want_coord),
                  deterministic=deterministic, coord=want_coord, col2im=want_input,
                  weight=want_weight)
     grad_input = None
     if want_input:  # the plane strategy's col2im writes it whole; the others add into it
         grad_input = (xp.empty if plan.strategy == "planes" else xp.zeros)(x.shape, acc_dtype)
-    if want_weight and plan.pixels:  # in the pixel-major columns' order, (KK, C / groups)
-        grad_weight = grad_weight.reshape(g.groups, c_out_g, -1)
+    if want_weight:  # pixel-major columns' order, (KK, C / groups), with plan.pixels
+        grad_weight = (xp.empty if plan.pixels and g.batch else xp.zeros)(weight_grouped.shape,
+                                                                           acc_dtype)
     columns = (_workspace.scratch(xp, "columns", (plan.size, g.column_rows, g.out_pixels),
                                   g.dtype)
                if want_weight else None)
@@ -526,10 +542,8 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
         if want_weight and plan.pixels:
             cols = columns[:images].reshape(images, g.out_pixels, g.groups, -1)
             plan.im2col_pixels(x_c, off_c, mask_c, cols)
-            for i in range(images):
-                grad_weight += _gemm.matmul(xp, grad_out_grouped[start + i],
-                                            cols[i].swapaxes(0, 1),
-                                            one_thread=deterministic)
+            _add_weight_gradient_of_pixels(xp, grad_out_grouped[start:stop], cols, grad_weight,
+                                           first=start == 0, one_thread=deterministic)
         elif want_weight:
             cols = columns[:images]
             plan.im2col(x_c, off_c, mask_c, cols)

@@ -39,13 +39,37 @@ def test_what_runs_before_each_call_is_not_timed():
     assert times["fast"] < 5
 
 
+def test_short_rounds_run_more_within_the_seconds_and_the_cap():
+    counts = {"a": 0, "b": 0}
+
+    def call(name):
+        counts[name] += 1
+        time.sleep(0.002)
+
+    times = bench.interleaved_ms({n: (lambda n=n: call(n)) for n in counts}, rounds=3,
+                                 seconds=0.1, most=12)
+    # The warm-up round takes about 4 ms: 0.1 s holds about 25 rounds, capped at 12.
+    assert counts == {"a": 13, "b": 13} and times.rounds == 12
+    counts.update(a=0, b=0)
+    times = bench.interleaved_ms({n: (lambda n=n: call(n)) for n in counts}, rounds=3,
+                                 seconds=0.05, most=100)
+    assert 4 <= times.rounds <= 13 and counts["a"] == times.rounds + 1
+    counts.update(a=0, b=0)
+    # Rounds longer than the seconds: the rounds asked for, no fewer.
+    times = bench.interleaved_ms({n: (lambda n=n: call(n)) for n in counts}, rounds=3,
+                                 seconds=0.001)
+    assert counts == {"a": 4, "b": 4} and times.rounds == 3
+    assert bench.interleaved_ms({"a": lambda: None}, rounds=5).rounds == 5
+
+
 def test_measure_prints_every_contender_and_ratio():
     out = io.StringIO()
     result = bench.measure(rounds=1, conv_shapes=((1, 4, 8),), memory=False, threads=False,
-                           environment=False, rois=False, profile_shape=(1, 4, 8), out=out)
+                           environment=False, rois=False, profile_shape=(1, 4, 8),
+                           seconds=None, out=out)
     text = out.getvalue()
     for word in ("cudcn torch ms", "cudcn NumPy ms", "torchvision ms", "F.conv2d ms",
-                 "tv / cudcn", "cudcn / conv2d", "torch / NumPy", "forward+backward",
+                 "tv / cudcn", "cudcn / conv2d", "torch / NumPy", "rounds", "forward+backward",
                  "where the time goes", "deform_conv2d_im2col_pixels", "matrix products"):
         assert word in text
     backward = result["profile"]["backward"]
@@ -84,7 +108,8 @@ def test_each_torch_backward_starts_as_after_zero_grad(monkeypatch):
 
     monkeypatch.setattr(bench, "_backward", checked)
     bench.measure(rounds=2, conv_shapes=((1, 4, 8),), memory=False, threads=False,
-                  environment=False, rois=True, profile_shape=(1, 4, 8), out=io.StringIO())
+                  environment=False, rois=True, profile_shape=(1, 4, 8), seconds=None,
+                  out=io.StringIO())
     # Each (warm-up + rounds): conv, 2 torch contenders x (1 + 2); pools, 3 rows x 2
     # contenders x (1 + 3); the profile, 1 + 3 x 2.
     assert len(seen) == 2 * 3 + 3 * 2 * 4 + 7

@@ -4,7 +4,8 @@ the way users meet it.
 - torch is imported before cudcn, and cudcn runs both through
   ``cudcn.adapters.torch`` and through the NumPy API;
 - the contenders of a row run in interleaved rounds, each round calling each
-  once in a fresh random order (seeded), and a time is the median of its
+  once in a fresh random order (seeded), at least 9 rounds and as many more
+  (up to 45) as fit in about 5 s, and a time is the median of its
   rounds, so that whatever else loads the machine meets every contender
   alike; ratios are of those medians, in one process. Not a rotating order:
   there each contender always follows the same one, and the NumPy call,
@@ -50,15 +51,37 @@ def _clean_env(extra=None):
     return env
 
 
-def interleaved_ms(calls, rounds, seed=0, before=None):
-    """{name: median milliseconds} of ``calls`` ({name: callable}) over
-    ``rounds`` rounds after one warm-up round, each round in a random order.
-    ``before``, if given, runs untimed before every call, the warm-up's too."""
+# A row runs more rounds than asked where its rounds are short: as many as
+# fit in ROW_SECONDS, at most MAX_ROUNDS. With 10 rounds, the adapter's
+# forward at N=1, C=128, 28x28 measured 0.82-1.19x the NumPy API's from one
+# run to the next (same code, one process); a contender's time depends on
+# which one ran before it, and 10 random orders give each a different mix.
+ROW_SECONDS = 5.0
+MAX_ROUNDS = 45
+
+
+class Medians(dict):
+    """{name: median milliseconds}, and ``rounds``: how many rounds they are
+    the medians of."""
+
+    rounds = 0
+
+
+def interleaved_ms(calls, rounds, seed=0, before=None, seconds=None, most=MAX_ROUNDS):
+    """Medians of ``calls`` ({name: callable}) over ``rounds`` rounds after
+    one warm-up round, each round in a random order. ``before``, if given,
+    runs untimed before every call, the warm-up's too. With ``seconds``, as
+    many more rounds, up to ``most``, as the warm-up round's time says fit
+    in ``seconds``."""
     names = list(calls)
+    start = time.perf_counter()
     for name in names:
         if before is not None:
             before()
         calls[name]()
+    if seconds is not None:
+        per_round = time.perf_counter() - start
+        rounds = max(rounds, min(most, int(seconds / max(per_round, 1e-9))))
     times = {name: [] for name in names}
     order = random.Random(seed)
     for _ in range(rounds):
@@ -68,7 +91,9 @@ def interleaved_ms(calls, rounds, seed=0, before=None):
             start = time.perf_counter()
             calls[name]()
             times[name].append(time.perf_counter() - start)
-    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+    medians = Medians((name, 1e3 * statistics.median(t)) for name, t in times.items())
+    medians.rounds = rounds
+    return medians
 
 
 # --- contenders ---------------------------------------------------------------------
@@ -143,7 +168,7 @@ def ort_deform_conv(args):
     return lambda: session.run(None, feed)
 
 
-def conv_rows(shape, rounds):
+def conv_rows(shape, rounds, seconds=None):
     import torch
     import torchvision
 
@@ -162,7 +187,7 @@ def conv_rows(shape, rounds):
     if ort is not None:
         forward["ONNX Runtime"] = ort
     with torch.no_grad():
-        fwd = interleaved_ms(forward, rounds)
+        fwd = interleaved_ms(forward, rounds, seconds=seconds)
 
     def numpy_both():
         cudcn.deform_conv2d_backward(cudcn.deform_conv2d(**args), **args)
@@ -171,23 +196,24 @@ def conv_rows(shape, rounds):
         "cudcn (torch)": lambda: _backward(ct.deform_conv2d(**leaves)),
         "cudcn (NumPy)": numpy_both,
         "torchvision": lambda: _backward(torchvision.ops.deform_conv2d(**leaves)),
-    }, rounds, before=_grads_to_none(leaves.values()))  # as many as the forward: 4 was noise
+    }, rounds, before=_grads_to_none(leaves.values()),  # at least the forward's: 4 was noise
+       seconds=seconds)
     return fwd, both
 
 
-def _pooling_row(ours, peer, peer_name, rounds, leaves):
+def _pooling_row(ours, peer, peer_name, rounds, leaves, seconds=None):
     """(forward ms, forward+backward ms, peer_name) of a pooling against its peer."""
     import torch
 
     with torch.no_grad():
-        fwd = interleaved_ms({"cudcn": ours, peer_name: peer}, rounds)
+        fwd = interleaved_ms({"cudcn": ours, peer_name: peer}, rounds, seconds=seconds)
     both = interleaved_ms({"cudcn": lambda: _backward(ours()),
                            peer_name: lambda: _backward(peer())}, max(3, rounds // 2),
-                          before=_grads_to_none(leaves))
+                          before=_grads_to_none(leaves), seconds=seconds)
     return fwd, both, peer_name
 
 
-def roi_rows(rounds):
+def roi_rows(rounds, seconds=None):
     import torch
     import torchvision
 
@@ -207,7 +233,8 @@ def roi_rows(rounds):
         mask = None if args["mask"] is None else torch.from_numpy(args["mask"])
         ours = lambda: ct.deform_roi_pool(x, rois, offset, 7, 1 / 16, 2, 0.1, mask)  # noqa: E731
         peer = lambda: torchvision.ops.roi_align(x, rois, 7, 1 / 16, 2, aligned=True)  # noqa: E731
-        rows[f"deform_roi_pool ({variant})"] = _pooling_row(ours, peer, "roi_align", rounds, (x,))
+        rows[f"deform_roi_pool ({variant})"] = _pooling_row(ours, peer, "roi_align", rounds, (x,),
+                                                            seconds)
     args = deform_psroi_pool_inputs(batch=batch, output_dim=21, group_size=7, pooled_size=7,
                                     num_classes=1, size=(h, w), rois=ROIS, spatial_scale=1 / 16,
                                     sample_per_part=4, trans_std=0.0, offset=False,
@@ -218,7 +245,7 @@ def roi_rows(rounds):
                                         pooled_size=7, sample_per_part=4, spatial_scale=1 / 16)
     peer = lambda: torchvision.ops.ps_roi_align(x, rois, 7, 1 / 16, 4)  # noqa: E731
     rows["deform_psroi_pool (R-FCN)"] = _pooling_row(ours, peer, "ps_roi_align", rounds,
-                                                    (x,))
+                                                    (x,), seconds)
     return rows
 
 
@@ -341,17 +368,19 @@ def profile_columns(shape, rounds):
 
 
 def measure(rounds=9, conv_shapes=CONV_SHAPES, memory=True, threads=True, environment=True,
-            rois=True, profile_shape=SCALING_SHAPE, out=sys.stdout):
-    """Every row, printed as they come; returns them as a dict."""
+            rois=True, profile_shape=SCALING_SHAPE, seconds=ROW_SECONDS, out=sys.stdout):
+    """Every row, printed as they come; returns them as a dict. A row runs
+    at least ``rounds`` rounds, more where they fit in ``seconds`` (None:
+    exactly ``rounds``)."""
     import torch  # noqa: F401 - first, as users import it
 
     result = {"conv": {}, "roi": {}}
     header = ("op", "shape (N, C, HxW)", "cudcn torch ms", "cudcn NumPy ms", "torchvision ms",
               "F.conv2d ms", "ORT ms", "tv / cudcn", "cudcn / conv2d", "cudcn / ORT",
-              "torch / NumPy")
+              "torch / NumPy", "rounds")
     rows = []
     for shape in conv_shapes:
-        fwd, both = conv_rows(shape, rounds)
+        fwd, both = conv_rows(shape, rounds, seconds)
         result["conv"][shape] = {"forward": fwd, "forward+backward": both}
         name = f"{shape[0]}, {shape[1]}, {shape[2]}x{shape[2]}"
         ours = fwd["cudcn (torch)"]
@@ -359,13 +388,13 @@ def measure(rounds=9, conv_shapes=CONV_SHAPES, memory=True, threads=True, enviro
                      fwd["F.conv2d"], fwd.get("ONNX Runtime"), fwd["torchvision"] / ours,
                      ours / fwd["F.conv2d"],
                      ours / fwd["ONNX Runtime"] if "ONNX Runtime" in fwd else None,
-                     ours / fwd["cudcn (NumPy)"]))
+                     ours / fwd["cudcn (NumPy)"], fwd.rounds))
         ours = both["cudcn (torch)"]
         rows.append(("forward+backward", name, ours, both["cudcn (NumPy)"], both["torchvision"],
                      None, None, both["torchvision"] / ours, None, None,
-                     ours / both["cudcn (NumPy)"]))
+                     ours / both["cudcn (NumPy)"], both.rounds))
     print("deform_conv2d, float32, 3x3, padding 1, with mask and bias (medians of "
-          f"{rounds} interleaved rounds)", file=out)
+          "interleaved rounds, as many as the last column says)", file=out)
     print(_table(header, rows), file=out)
     if profile_shape:
         from . import profile
@@ -379,14 +408,16 @@ def measure(rounds=9, conv_shapes=CONV_SHAPES, memory=True, threads=True, enviro
         print(_table(("phase", "forward ms", "backward ms"), profile.table(columns)), file=out)
     if rois:
         rows = []
-        for name, (fwd, both, peer) in roi_rows(rounds).items():
+        for name, (fwd, both, peer) in roi_rows(rounds, seconds).items():
             result["roi"][name] = {"forward": fwd, "forward+backward": both}
-            rows.append((name, "forward", fwd["cudcn"], peer, fwd[peer], fwd[peer] / fwd["cudcn"]))
+            rows.append((name, "forward", fwd["cudcn"], peer, fwd[peer], fwd[peer] / fwd["cudcn"],
+                         fwd.rounds))
             rows.append((name, "forward+backward", both["cudcn"], peer, both[peer],
-                         both[peer] / both["cudcn"]))
+                         both[peer] / both["cudcn"], both.rounds))
         print(f"\nRoI pooling, float32, {ROIS} RoIs on {ROI_MAP}, 7x7, through the torch adapter",
               file=out)
-        print(_table(("op", "pass", "cudcn ms", "peer", "peer ms", "peer / cudcn"), rows), file=out)
+        print(_table(("op", "pass", "cudcn ms", "peer", "peer ms", "peer / cudcn", "rounds"),
+                     rows), file=out)
     if memory:
         ours = _in_subprocess("cudcn-memory", MEMORY_SHAPE)["mib"]
         theirs = _in_subprocess("torch-memory", MEMORY_SHAPE)["mib"]

@@ -108,6 +108,29 @@ def test_builds_are_cached_by_sources_flags_and_compiler(cache, monkeypatch):
     assert cpu._build("deform_conv2d.cu", cpu.compiler(), cpu.CXXFLAGS) != first
 
 
+def test_kernels_are_built_for_the_host_cpu():
+    assert cpu.library("deform_conv2d.cu").build_flags == cpu.FLAG_SETS[0]
+    assert "-march=native" in cpu.FLAG_SETS[0]
+
+
+def test_builds_are_cached_by_the_target_instruction_set(cache, monkeypatch):
+    """A cache directory shared by machines of different CPUs (an NFS home)
+    must not hand one the other's -march=native library."""
+    first = cpu._build("segmented_sum.cu", cpu.compiler(), cpu.FLAG_SETS[0])
+    monkeypatch.setattr(cpu, "_target_macros", lambda command, flags: "#define __AVX512F__ 1")
+    assert cpu._build("segmented_sum.cu", cpu.compiler(), cpu.FLAG_SETS[0]) != first
+
+
+def test_a_flag_set_the_compiler_refuses_falls_back_to_the_next(cache, monkeypatch):
+    refused = cpu.CXXFLAGS + cpu.OPENMP_FLAGS + ("-march=no-such-cpu",)
+    monkeypatch.setattr(cpu, "FLAG_SETS", (refused,) + cpu.FLAG_SETS[1:])
+    lib = cpu.library.__wrapped__("segmented_sum.cu")
+    assert lib.build_flags == cpu.CXXFLAGS + cpu.OPENMP_FLAGS
+    monkeypatch.setattr(cpu, "FLAG_SETS", (refused,))
+    with pytest.raises(cpu.CompileError, match="no-such-cpu"):
+        cpu.library.__wrapped__("segmented_sum.cu")
+
+
 def test_missing_compiler_says_what_to_install(monkeypatch):
     monkeypatch.setenv("CXX", "/nonexistent/c++")
     with pytest.raises(cudcn.CompilerNotFoundError) as info:

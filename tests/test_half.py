@@ -71,7 +71,8 @@ def shim(tmp_path_factory):
     """tests/shim_conversions.cpp, built like the kernels (compiler, flags, cpu_shim.h)."""
     library = tmp_path_factory.mktemp("shim") / "conversions.so"
     source = pathlib.Path(__file__).with_name("shim_conversions.cpp")
-    subprocess.run([*cpu.compiler(), *cpu.CXXFLAGS, *cpu.extra_flags(),
+    flags = cpu.library("deform_conv2d.cu").build_flags
+    subprocess.run([*cpu.compiler(), *flags, *cpu.extra_flags(),
                     f"-I{_sources.kernel_dir()}", str(source), "-o", str(library)],
                    check=True, env=cpu._compiler_env())
     return ctypes.CDLL(str(library))

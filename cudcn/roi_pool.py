@@ -200,7 +200,9 @@ def deform_roi_pool_backward(grad_output, input, rois, offset=None, output_size=
     want_mask = "mask" in wanted and p.mask is not None
     if want_offset or want_mask:
         bins = k * ph * pw
-        kernel = _kernels.DEFORM_ROI_POOL_BACKWARD_OFFSET_PARTIAL
+        kernel = (_kernels.DEFORM_ROI_POOL_BACKWARD_OFFSET_PARTIAL_PLANES
+                  if _launch.strategy(xp, deterministic) == "planes"
+                  else _kernels.DEFORM_ROI_POOL_BACKWARD_OFFSET_PARTIAL)
         # The peer (mmcv) has a thread per output element for this work.
         block = _launch.channel_block(xp, kernel, p.dtype, p.index, bins, c, k * c * ph * pw,
                                       per_channel=max(samples, 1),

@@ -16,7 +16,8 @@
 // its own plane only; sorted (deterministic mode on the GPU) lists every
 // sample corner as an entry for segmented_sum.cu. Grad offset/mask: one
 // thread per (bin, block of channels) sums its channels
-// (backward_offset_partial), a second kernel adds the blocks in order
+// (backward_offset_partial; on the CPU backward_offset_partial_planes, sample
+// by sample), a second kernel adds the blocks in order
 // (backward_offset_reduce): each offset and mask entry has one writer.
 #include "cudcn_common.cuh"
 
@@ -392,6 +393,60 @@ __global__ void deform_roi_pool_backward_offset_partial(
       grad_x += g * dx;
       grad_m += g * value;
     }
+    A* out = partials + I(block) * 3 * all_bins + bin_index;
+    store(out, grad_y);
+    store(out + all_bins, grad_x);
+    store(out + 2 * all_bins, grad_m);
+  }
+}
+
+// The plane strategy's (the CPU's) partial sums: the same sums with the
+// samples outside the channels, so that each sample's corners and weights are
+// computed once for the thread's channels (all of them on the CPU), not once
+// a channel (512 RoIs, 7x7, 2x2 samples on (2, 256, 50, 68): 177 -> 39 ms).
+// On a GPU this order takes more registers (79 against 56 for float32 at
+// sm_80), so the items and sorted strategies keep the kernel above.
+template <typename T, typename I>
+__global__ void deform_roi_pool_backward_offset_partial_planes(
+    const T* __restrict__ grad_output, const T* __restrict__ input,
+    const acc_t<T>* __restrict__ rois, const T* __restrict__ offset,
+    acc_t<T>* __restrict__ partials, I n, int use_offset, int channel_block,
+    acc_t<T> spatial_scale, acc_t<T> gamma, CUDCN_ROI_POOL_GEOMETRY_PARAMS) {
+  CUDCN_ROI_POOL_GEOMETRY;
+  using A = acc_t<T>;
+  const I bins = I(s.pooled_h) * s.pooled_w;
+  const int blocks = (s.channels + channel_block - 1) / channel_block;
+  const I all_bins = n / blocks;
+  const I plane_size = I(s.height) * s.width;
+  CUDCN_KERNEL_LOOP(i, I, n) {
+    const I bin_index = i % all_bins;
+    const int block = static_cast<int>(i / all_bins);
+    const int pw = static_cast<int>(bin_index % s.pooled_w);
+    const int ph = static_cast<int>((bin_index / s.pooled_w) % s.pooled_h);
+    const I k = bin_index / bins;
+    const RoIBin<A> bin =
+        roi_bin<T, I>(rois, offset, use_offset, spatial_scale, gamma, k, ph, pw, s);
+    A grad_y = A(0), grad_x = A(0), grad_m = A(0);
+    const int c_begin = block * channel_block;
+    const int c_end = min(s.channels, c_begin + channel_block);
+    const T* grads = grad_output + k * s.channels * bins + ph * s.pooled_w + pw;
+    const T* planes = input + I(bin.batch) * s.channels * plane_size;
+    for_each_kept_sample<A, I>(bin, s.height, s.width, [&](const ClampedCorners<A, I>& q) {
+      for (int c = c_begin; c < c_end; ++c) {
+        const A g = load(grads + I(c) * bins);
+        const T* plane = planes + I(c) * plane_size;
+        A value = A(0), dy = A(0), dx = A(0);
+        for (int j = 0; j < 4; ++j) {
+          const A v = load(plane + q.index[j]);
+          value += q.weight[j] * v;
+          dy += q.dweight_y[j] * v;
+          dx += q.dweight_x[j] * v;
+        }
+        grad_y += g * dy;
+        grad_x += g * dx;
+        grad_m += g * value;
+      }
+    });
     A* out = partials + I(block) * 3 * all_bins + bin_index;
     store(out, grad_y);
     store(out + all_bins, grad_x);

@@ -178,6 +178,39 @@ def test_pixel_forward_pools_what_the_item_forward_pools(channels, dtype_name, i
     assert np.abs(items.astype(np.float64)).max() > 0.1 and not pixels[6].astype(np.float64).any()
 
 
+@pytest.mark.parametrize("block", [None, 3], ids=["all-channels", "blocks-of-3"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_plane_offset_gradients_sum_what_the_item_kernel_sums(dtype, block, launches,
+                                                              monkeypatch):
+    """The CPU's offset and mask gradients (each sample's corners computed
+    once for all channels) against the GPU's kernel (once a channel), with
+    RoIs on both images and one outside them: the same terms, added in
+    another order."""
+    args = deform_roi_pool_inputs(channels=7, rois=6, mask=True, sampling_ratio=2, seed=21,
+                                  dtype=dtype)
+    args["rois"][5, 1:] = [-30.0, -30.0, -20.0, -25.0]
+    grad_output = np.random.default_rng(22).standard_normal(
+        cudcn.deform_roi_pool(**args).shape).astype(dtype)
+    grads = {}
+    for strategy in ("planes", "items"):
+        monkeypatch.setattr(cudcn._launch, "_force_strategy", strategy)
+        monkeypatch.setattr(cudcn._launch, "_force_channel_block", block)
+        grads[strategy] = cudcn.deform_roi_pool_backward(grad_output, **args,
+                                                         needs=("offset", "mask"))
+    names = [launch.kernel.name.rsplit("::", 1)[-1] for launch in launches
+             if "offset_partial" in launch.kernel.name]
+    assert names == ["deform_roi_pool_backward_offset_partial_planes",
+                     "deform_roi_pool_backward_offset_partial"]
+    blocks = [launch.args[launch.kernel.param_names.index("channel_block")]
+              for launch in launches if "offset_partial" in launch.kernel.name]
+    assert blocks == ([7, 7] if block is None else [3, 3])
+    tolerance = 1e-13 if dtype == np.float64 else 2e-6
+    for name in ("offset", "mask"):
+        planes, items = getattr(grads["planes"], name), getattr(grads["items"], name)
+        assert np.abs(items).max() > 0.1 and not planes[5].any()
+        assert_close(planes, items, rtol=tolerance, atol=tolerance, what=name)
+
+
 BAD = [
     ("rois-shape", dict(rois=np.zeros((5, 4))), ValueError, ["rois", "(K, 5)"]),
     ("rois-rank", dict(rois=np.zeros(5)), ValueError, ["rois", "2-D"]),

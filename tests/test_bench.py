@@ -116,6 +116,23 @@ def test_each_torch_backward_starts_as_after_zero_grad(monkeypatch):
     assert all(seen)
 
 
+def test_the_modulated_roi_pool_row_learns_its_offset_and_mask(monkeypatch):
+    """As DeformRoIPoolPack trains them: the row's backward computes the
+    offset and mask gradients too."""
+    monkeypatch.setattr(bench, "ROI_MAP", (1, 4, 16, 16))
+    monkeypatch.setattr(bench, "ROIS", 3)
+    seen = []
+    real = bench._backward
+
+    def recorded(y):
+        seen.append(sorted(tuple(t.shape) for t in _leaves(y.grad_fn)))
+        real(y)
+
+    monkeypatch.setattr(bench, "_backward", recorded)
+    bench.roi_rows(rounds=1)
+    assert [(1, 4, 16, 16), (3, 1, 7, 7), (3, 2, 7, 7)] in seen
+
+
 def test_fresh_process_cases_run_round_by_round_to_medians(monkeypatch):
     calls = []
     times = iter([1.0, 10.0, 3.0, 30.0, 2.0, 20.0])

@@ -229,12 +229,15 @@ def roi_rows(rounds, seconds=None):
                                       dtype=np.float32)
         x = torch.from_numpy(args["input"]).requires_grad_()
         rois = torch.from_numpy(args["rois"]).float()
-        offset = None if args["offset"] is None else torch.from_numpy(args["offset"])
-        mask = None if args["mask"] is None else torch.from_numpy(args["mask"])
+        # Learned, as in mmdet's DeformRoIPoolPack: their gradients are part
+        # of the backward (roi_align, without them, computes the input's only).
+        offset, mask = (None if args[n] is None else torch.from_numpy(args[n]).requires_grad_()
+                        for n in ("offset", "mask"))
         ours = lambda: ct.deform_roi_pool(x, rois, offset, 7, 1 / 16, 2, 0.1, mask)  # noqa: E731
         peer = lambda: torchvision.ops.roi_align(x, rois, 7, 1 / 16, 2, aligned=True)  # noqa: E731
-        rows[f"deform_roi_pool ({variant})"] = _pooling_row(ours, peer, "roi_align", rounds, (x,),
-                                                            seconds)
+        leaves = tuple(t for t in (x, offset, mask) if t is not None)
+        rows[f"deform_roi_pool ({variant})"] = _pooling_row(ours, peer, "roi_align", rounds,
+                                                            leaves, seconds)
     args = deform_psroi_pool_inputs(batch=batch, output_dim=21, group_size=7, pooled_size=7,
                                     num_classes=1, size=(h, w), rois=ROIS, spatial_scale=1 / 16,
                                     sample_per_part=4, trans_std=0.0, offset=False,

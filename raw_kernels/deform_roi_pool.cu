@@ -220,7 +220,8 @@ __global__ void deform_roi_pool_forward_pixels(
     const int pw = static_cast<int>(bin_index % s.pooled_w);
     const int ph = static_cast<int>((bin_index / s.pooled_w) % s.pooled_h);
     const I k = bin_index / bins;
-    const RoIBin<A> bin = roi_bin<T, I>(rois, offset, use_offset, spatial_scale, gamma, k, ph, pw, s);
+    const RoIBin<A> bin =
+      roi_bin<T, I>(rois, offset, use_offset, spatial_scale, gamma, k, ph, pw, s);
     const T* image = pixels + I(bin.batch) * s.height * s.width * s.channels + c0;
     A sums[kPixelChannels];
     for (int t = 0; t < count; ++t) sums[t] = A(0);
@@ -354,103 +355,97 @@ __global__ void deform_roi_pool_scatter_entries(
 // The offset and mask gradients' sums over one block of channels of bin
 // (k, ph, pw), before the factors of the bin: partials (blocks, 3, K * PH * PW)
 // holds the sums of grad_output * d(sample sum)/dy, * d/dx, and * sample sum.
-template <typename T, typename I>
-__global__ void deform_roi_pool_backward_offset_partial(
-    const T* __restrict__ grad_output, const T* __restrict__ input,
-    const acc_t<T>* __restrict__ rois, const T* __restrict__ offset,
-    acc_t<T>* __restrict__ partials, I n, int use_offset, int channel_block,
-    acc_t<T> spatial_scale, acc_t<T> gamma, CUDCN_ROI_POOL_GEOMETRY_PARAMS) {
-  CUDCN_ROI_POOL_GEOMETRY;
+// Work item i is (block, bin). kSamplesOutside orders the loops: channels
+// outside the samples (the GPU's kernel: each thread's block is a few
+// channels, and this order keeps the default path within 64 registers), or
+// samples outside the channels (the CPU's, whose threads take all channels of
+// a bin: each sample's corners and weights are computed once, not once a
+// channel; 512 RoIs, 7x7, 2x2 samples on (2, 256, 50, 68): 177 -> 39 ms).
+template <bool kSamplesOutside, typename T, typename I>
+CUDCN_DEVICE void roi_offset_partial_sums(const T* grad_output, const T* input,
+                                          const acc_t<T>* rois, const T* offset,
+                                          acc_t<T>* partials, I i, I n, int use_offset,
+                                          int channel_block, acc_t<T> spatial_scale,
+                                          acc_t<T> gamma, const RoIPoolGeometry& s) {
   using A = acc_t<T>;
   const I bins = I(s.pooled_h) * s.pooled_w;
   const int blocks = (s.channels + channel_block - 1) / channel_block;
   const I all_bins = n / blocks;
-  CUDCN_KERNEL_LOOP(i, I, n) {
-    const I bin_index = i % all_bins;
-    const int block = static_cast<int>(i / all_bins);
-    const int pw = static_cast<int>(bin_index % s.pooled_w);
-    const int ph = static_cast<int>((bin_index / s.pooled_w) % s.pooled_h);
-    const I k = bin_index / bins;
-    const RoIBin<A> bin =
-        roi_bin<T, I>(rois, offset, use_offset, spatial_scale, gamma, k, ph, pw, s);
-    // Channels outside the samples: on a GPU each thread's block is a few
-    // channels, and this order keeps the default path within 64 registers.
-    A grad_y = A(0), grad_x = A(0), grad_m = A(0);
-    const int c_end = min(s.channels, (block + 1) * channel_block);
-    for (int c = block * channel_block; c < c_end; ++c) {
-      const A g = load(grad_output + (k * s.channels + c) * bins + ph * s.pooled_w + pw);
-      const T* plane = input + (I(bin.batch) * s.channels + c) * s.height * s.width;
-      A value = A(0), dy = A(0), dx = A(0);
-      for_each_kept_sample<A, I>(bin, s.height, s.width, [&](const ClampedCorners<A, I>& q) {
-        for (int j = 0; j < 4; ++j) {
-          const A v = load(plane + q.index[j]);
-          value += q.weight[j] * v;
-          dy += q.dweight_y[j] * v;
-          dx += q.dweight_x[j] * v;
-        }
-      });
-      grad_y += g * dy;
-      grad_x += g * dx;
-      grad_m += g * value;
+  const I bin_index = i % all_bins;
+  const int block = static_cast<int>(i / all_bins);
+  const int pw = static_cast<int>(bin_index % s.pooled_w);
+  const int ph = static_cast<int>((bin_index / s.pooled_w) % s.pooled_h);
+  const I k = bin_index / bins;
+  const RoIBin<A> bin =
+      roi_bin<T, I>(rois, offset, use_offset, spatial_scale, gamma, k, ph, pw, s);
+  const int c_begin = block * channel_block;
+  const int c_end = min(s.channels, c_begin + channel_block);
+  const T* grads = grad_output + k * s.channels * bins + ph * s.pooled_w + pw;
+  const T* planes = input + I(bin.batch) * s.channels * s.height * s.width;
+  // One channel's terms at one sample.
+  auto add_sample = [&](int c, const ClampedCorners<A, I>& q, A& value, A& dy, A& dx) {
+    const T* plane = planes + I(c) * s.height * s.width;
+    for (int j = 0; j < 4; ++j) {
+      const A v = load(plane + q.index[j]);
+      value += q.weight[j] * v;
+      dy += q.dweight_y[j] * v;
+      dx += q.dweight_x[j] * v;
     }
-    A* out = partials + I(block) * 3 * all_bins + bin_index;
-    store(out, grad_y);
-    store(out + all_bins, grad_x);
-    store(out + 2 * all_bins, grad_m);
-  }
-}
-
-// The plane strategy's (the CPU's) partial sums: the same sums with the
-// samples outside the channels, so that each sample's corners and weights are
-// computed once for the thread's channels (all of them on the CPU), not once
-// a channel (512 RoIs, 7x7, 2x2 samples on (2, 256, 50, 68): 177 -> 39 ms).
-// On a GPU this order takes more registers (79 against 56 for float32 at
-// sm_80), so the items and sorted strategies keep the kernel above.
-template <typename T, typename I>
-__global__ void deform_roi_pool_backward_offset_partial_planes(
-    const T* __restrict__ grad_output, const T* __restrict__ input,
-    const acc_t<T>* __restrict__ rois, const T* __restrict__ offset,
-    acc_t<T>* __restrict__ partials, I n, int use_offset, int channel_block,
-    acc_t<T> spatial_scale, acc_t<T> gamma, CUDCN_ROI_POOL_GEOMETRY_PARAMS) {
-  CUDCN_ROI_POOL_GEOMETRY;
-  using A = acc_t<T>;
-  const I bins = I(s.pooled_h) * s.pooled_w;
-  const int blocks = (s.channels + channel_block - 1) / channel_block;
-  const I all_bins = n / blocks;
-  const I plane_size = I(s.height) * s.width;
-  CUDCN_KERNEL_LOOP(i, I, n) {
-    const I bin_index = i % all_bins;
-    const int block = static_cast<int>(i / all_bins);
-    const int pw = static_cast<int>(bin_index % s.pooled_w);
-    const int ph = static_cast<int>((bin_index / s.pooled_w) % s.pooled_h);
-    const I k = bin_index / bins;
-    const RoIBin<A> bin =
-        roi_bin<T, I>(rois, offset, use_offset, spatial_scale, gamma, k, ph, pw, s);
-    A grad_y = A(0), grad_x = A(0), grad_m = A(0);
-    const int c_begin = block * channel_block;
-    const int c_end = min(s.channels, c_begin + channel_block);
-    const T* grads = grad_output + k * s.channels * bins + ph * s.pooled_w + pw;
-    const T* planes = input + I(bin.batch) * s.channels * plane_size;
+  };
+  A grad_y = A(0), grad_x = A(0), grad_m = A(0);
+  if constexpr (kSamplesOutside) {
     for_each_kept_sample<A, I>(bin, s.height, s.width, [&](const ClampedCorners<A, I>& q) {
       for (int c = c_begin; c < c_end; ++c) {
         const A g = load(grads + I(c) * bins);
-        const T* plane = planes + I(c) * plane_size;
         A value = A(0), dy = A(0), dx = A(0);
-        for (int j = 0; j < 4; ++j) {
-          const A v = load(plane + q.index[j]);
-          value += q.weight[j] * v;
-          dy += q.dweight_y[j] * v;
-          dx += q.dweight_x[j] * v;
-        }
+        add_sample(c, q, value, dy, dx);
         grad_y += g * dy;
         grad_x += g * dx;
         grad_m += g * value;
       }
     });
-    A* out = partials + I(block) * 3 * all_bins + bin_index;
-    store(out, grad_y);
-    store(out + all_bins, grad_x);
-    store(out + 2 * all_bins, grad_m);
+  } else {
+    for (int c = c_begin; c < c_end; ++c) {
+      const A g = load(grads + I(c) * bins);
+      A value = A(0), dy = A(0), dx = A(0);
+      for_each_kept_sample<A, I>(bin, s.height, s.width, [&](const ClampedCorners<A, I>& q) {
+        add_sample(c, q, value, dy, dx);
+      });
+      grad_y += g * dy;
+      grad_x += g * dx;
+      grad_m += g * value;
+    }
+  }
+  A* out = partials + I(block) * 3 * all_bins + bin_index;
+  store(out, grad_y);
+  store(out + all_bins, grad_x);
+  store(out + 2 * all_bins, grad_m);
+}
+
+#define CUDCN_ROI_OFFSET_PARTIAL_PARAMS                                                  \
+  const T* __restrict__ grad_output, const T* __restrict__ input,                       \
+      const acc_t<T>* __restrict__ rois, const T* __restrict__ offset,                  \
+      acc_t<T>* __restrict__ partials, I n, int use_offset, int channel_block,          \
+      acc_t<T> spatial_scale, acc_t<T> gamma, CUDCN_ROI_POOL_GEOMETRY_PARAMS
+
+template <typename T, typename I>
+__global__ void deform_roi_pool_backward_offset_partial(CUDCN_ROI_OFFSET_PARTIAL_PARAMS) {
+  CUDCN_ROI_POOL_GEOMETRY;
+  CUDCN_KERNEL_LOOP(i, I, n) {
+    roi_offset_partial_sums<false, T, I>(grad_output, input, rois, offset, partials, i, n,
+                                         use_offset, channel_block, spatial_scale, gamma, s);
+  }
+}
+
+// The plane strategy's (the CPU's) order; on a GPU it takes more registers
+// (79 against 56 for float32 at sm_80), so the items and sorted strategies
+// keep the kernel above.
+template <typename T, typename I>
+__global__ void deform_roi_pool_backward_offset_partial_planes(CUDCN_ROI_OFFSET_PARTIAL_PARAMS) {
+  CUDCN_ROI_POOL_GEOMETRY;
+  CUDCN_KERNEL_LOOP(i, I, n) {
+    roi_offset_partial_sums<true, T, I>(grad_output, input, rois, offset, partials, i, n,
+                                        use_offset, channel_block, spatial_scale, gamma, s);
   }
 }
 

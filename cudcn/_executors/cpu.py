@@ -25,13 +25,15 @@ from .. import _kernels, _sources
 CXXFLAGS = ("-std=c++17", "-O3", "-fPIC", "-shared", "-fno-math-errno", "-pthread")
 OPENMP_FLAGS = ("-fopenmp",)
 # The kernels are built where they run, so for this CPU's instruction set:
-# with AVX-512 the gather's channel loops run 16 wide (at N=2, C=64, 56x56 the
-# forward's gather 1.02-1.08 -> 0.55-0.83 ms, the backward 0.92-0.93x the
-# time). -ffp-contract=off keeps a * b + c two roundings, as without FMA
-# instructions: the same bits as a baseline build's, and two kernels that
-# compute one value (the pixel and the item gathers) still agree. The cache key holds
-# the target's predefined macros: machines sharing a cache directory get a
-# library per instruction set.
+# with AVX-512 the gathers' channel loops run wider (at N=2, C=64, 56x56 the
+# forward's gather 1.04-1.13 -> 0.66-0.75 ms; the forward 0.92-0.94x the
+# time, forward+backward 0.97-0.98, where the offset/mask gradients' kernel
+# is 5-10% slower). -ffp-contract=off keeps a * b + c two roundings, as
+# without FMA instructions: the same bits as a baseline build's, and two
+# kernels that compute one value (the pixel and the item gathers, the 32-
+# and 64-bit index paths) still agree. The cache key holds the target's
+# predefined macros: machines sharing a cache directory get a library per
+# instruction set.
 NATIVE_FLAGS = ("-march=native", "-ffp-contract=off")
 # Tried in order; the first that compiles is kept (a compiler without OpenMP,
 # or without -march=native, still builds the kernels).

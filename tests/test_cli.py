@@ -20,6 +20,7 @@ def test_info_lists_backends_and_caches():
     assert result.returncode == 0, result.stderr
     assert f"cudcn              {cudcn.__version__}" in result.stdout
     assert "CPU backend        yes: " in result.stdout
+    assert "CPU kernels        built for this CPU (-march=native): " in result.stdout
     assert "GPU backend" in result.stdout and "CPU kernel cache" in result.stdout
 
 

@@ -121,6 +121,22 @@ def test_builds_are_cached_by_the_target_instruction_set(cache, monkeypatch):
     assert cpu._build("segmented_sum.cu", cpu.compiler(), cpu.FLAG_SETS[0]) != first
 
 
+def test_the_native_vector_instruction_set_is_the_widest_the_compiler_targets(monkeypatch):
+    def macros(*names):
+        return lambda command, flags: "".join(f"#define {n} 1\n" for n in names)
+
+    monkeypatch.setattr(cpu, "_target_macros",
+                        macros("__cplusplus", "__SSE2__", "__AVX__", "__AVX2__", "__AVX512F__"))
+    assert cpu.native_vector_isa(["c++"]) == "AVX-512"
+    monkeypatch.setattr(cpu, "_target_macros", macros("__cplusplus", "__ARM_NEON"))
+    assert cpu.native_vector_isa(["c++"]) == "NEON"
+    monkeypatch.setattr(cpu, "_target_macros",
+                        lambda command, flags: "c++: error: unrecognized -march=native")
+    assert cpu.native_vector_isa(["c++"]) is None
+    monkeypatch.undo()
+    assert cpu.native_vector_isa(cpu.compiler()) in {name for _, name in cpu._VECTOR_ISAS}
+
+
 def test_a_flag_set_the_compiler_refuses_falls_back_to_the_next(cache, monkeypatch):
     refused = cpu.CXXFLAGS + cpu.OPENMP_FLAGS + ("-march=no-such-cpu",)
     monkeypatch.setattr(cpu, "FLAG_SETS", (refused,) + cpu.FLAG_SETS[1:])

@@ -139,6 +139,21 @@ def _target_macros(command, flags):
     return result.stdout + result.stderr
 
 
+# Predefined macros of vector instruction sets, widest first.
+_VECTOR_ISAS = (("__AVX512F__", "AVX-512"), ("__AVX2__", "AVX2"), ("__AVX__", "AVX"),
+                ("__ARM_FEATURE_SVE", "SVE"), ("__ARM_NEON", "NEON"), ("__SSE2__", "SSE2"))
+
+
+def native_vector_isa(command):
+    """The widest vector instruction set the compiler targets with
+    NATIVE_FLAGS, or None if it refuses them."""
+    macros = _target_macros(tuple(command), CXXFLAGS + NATIVE_FLAGS)
+    if "#define __cplusplus" not in macros:  # the compiler failed
+        return None
+    defined = {line.split()[1] for line in macros.splitlines() if line.startswith("#define ")}
+    return next((name for macro, name in _VECTOR_ISAS if macro in defined), "scalar")
+
+
 def _build(source, command, flags):
     flags = tuple(flags) + extra_flags()
     code = wrapper_source(source)

@@ -43,6 +43,9 @@ def collect():
         command = cpu.compiler()
         version = cpu._compiler_version(tuple(command)).splitlines()[0]
         rows.append(("CPU backend", f"yes: {' '.join(command)} ({version})"))
+        isa = cpu.native_vector_isa(command)
+        rows.append(("CPU kernels", f"built for this CPU (-march=native): {isa}" if isa else
+                     "built for the compiler's default target (it refuses -march=native)"))
     except cpu.CompilerNotFoundError as exc:
         rows.append(("CPU backend", f"no: {exc}"))
     try:

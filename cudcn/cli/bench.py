@@ -53,9 +53,10 @@ def _clean_env(extra=None):
 
 # A row runs more rounds than asked where its rounds are short: as many as
 # fit in ROW_SECONDS, at most MAX_ROUNDS. With 10 rounds, the adapter's
-# forward at N=1, C=128, 28x28 measured 0.82-1.19x the NumPy API's from one
-# run to the next (same code, one process); a contender's time depends on
-# which one ran before it, and 10 random orders give each a different mix.
+# forward measured 0.82-1.19x the NumPy API's at N=2, C=64, 56x56 from one
+# run to the next (0.92-1.12x at N=1, C=128, 28x28; same code, one
+# process): a contender's time depends on which one ran before it, and 10
+# random orders give each a different mix.
 ROW_SECONDS = 5.0
 MAX_ROUNDS = 45
 

@@ -28,10 +28,12 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include <pthread.h>
 #ifdef _OPENMP
@@ -242,11 +244,15 @@ inline void check() {
 namespace cudcn_cpu {
 
 // The worker threads. run() splits [0, total) into one contiguous part per
-// thread (the caller takes part 0, as a static OpenMP schedule would) and
-// returns when all are done. One launch at a time: a second caller thread
-// meanwhile runs its launch alone. Threads: $OMP_NUM_THREADS, else the CPUs
-// this process may use. The pool is never destroyed (its threads end with the
-// process) and is started anew in a forked child, which has none.
+// thread (the caller takes part 0) and returns when all are done. A thread
+// works through its own part first, in order, as a static OpenMP schedule
+// would, then takes what is left of the others': a thread that starts late
+// (a virtual CPU the host is slow to wake, a core shared with another
+// process's or library's spinning thread) no longer holds up the launch.
+// One launch at a time: a second caller thread meanwhile runs its launch
+// alone. Threads: $OMP_NUM_THREADS, else the CPUs this process may use. The
+// pool is never destroyed (its threads end with the process) and is started
+// anew in a forked child, which has none.
 class Pool {
  public:
   using Body = void (*)(void* context, long long begin, long long end);
@@ -267,11 +273,12 @@ class Pool {
   void run(long long total, Body body, void* context) {
 #ifdef _OPENMP
     if (openmp()) {
-#pragma omp parallel
-      {
-        const int r = omp_get_thread_num(), n = omp_get_num_threads();
-        body(context, total * r / n, total * (r + 1) / n);
-      }
+      // Parts for the threads asked for; a team that comes smaller takes them all.
+      const int parts = omp_get_max_threads();
+      std::unique_ptr<Range[]> ranges(new Range[parts]);
+      split(ranges.get(), parts, total);
+#pragma omp parallel num_threads(parts)
+      take_parts(ranges.get(), parts, omp_get_thread_num(), grain(total, parts), body, context);
       return;
     }
 #endif
@@ -280,10 +287,57 @@ class Pool {
       body(context, 0, total);
       return;
     }
+    dispatch(total, body, context);
+  }
+
+  // Runs items 0 .. total - 1 at once, each on a thread of its own, for
+  // work whose items wait for each other (OpenBLAS's level-3 jobs read the
+  // panels the others pack): in sequence on one thread they would wait
+  // forever. Items past the pool's threads get threads of their own, and a
+  // caller waits for another caller's launch instead of running alone.
+  void run_together(long long total, Body body, void* context) {
+    std::vector<std::thread> extra;
+    const auto join = [&extra] {
+      for (std::thread& t : extra) t.join();
+    };
+    const auto start_extra = [&](long long first) {
+      for (long long i = first; i < total; ++i) extra.emplace_back(body, context, i, i + 1);
+    };
+#ifdef _OPENMP
+    if (openmp()) {
+#pragma omp parallel num_threads(static_cast<int>(total))
+      {
+        const int r = omp_get_thread_num(), n = omp_get_num_threads();
+        if (r == 0) start_extra(n);
+        if (r < total) body(context, r, r + 1);
+        if (r == 0) join();
+      }
+      return;
+    }
+#endif
+    std::unique_lock<std::mutex> launch(launch_);
+    const long long pooled = total < threads_ ? total : threads_;
+    start_extra(pooled);
+    if (pooled == 1) {
+      body(context, 0, 1);
+    } else if (pooled > 1) {
+      dispatch(pooled, body, context);
+    }
+    join();
+  }
+
+ private:
+  Pool() : threads_(count_threads()) { start(); }
+
+  // Publishes a launch to the workers, takes part 0 and waits for the rest.
+  // The caller holds launch_.
+  void dispatch(long long total, Body body, void* context) {
     if (pid_ != getpid()) restart();
     body_ = body;
     context_ = context;
     total_ = total;
+    grain_ = grain(total, threads_);
+    split(ranges_.get(), threads_, total);
     remaining_.store(threads_ - 1, std::memory_order_relaxed);
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -293,9 +347,6 @@ class Pool {
     part(0);
     while (remaining_.load(std::memory_order_acquire) != 0) relax();
   }
-
- private:
-  Pool() : threads_(count_threads()) { start(); }
 
   static int count_threads() {
     if (const char* env = std::getenv("OMP_NUM_THREADS")) {
@@ -330,9 +381,38 @@ class Pool {
     start();
   }
 
-  void part(int r) {
-    body_(context_, total_ * r / threads_, total_ * (r + 1) / threads_);
+  struct alignas(64) Range {
+    std::atomic<long long> next{0};
+    long long end = 0;
+  };
+
+  static long long grain(long long total, int threads) {
+    const long long parts = static_cast<long long>(threads) * kPartsPerThread;
+    return total > parts ? total / parts : 1;
   }
+
+  static void split(Range* ranges, int n, long long total) {
+    for (int r = 0; r < n; ++r) {
+      ranges[r].next.store(total * r / n, std::memory_order_relaxed);
+      ranges[r].end = total * (r + 1) / n;
+    }
+  }
+
+  // Thread r works through its own part first, in order (the static
+  // schedule's locality), then takes what is left of the others'.
+  static void take_parts(Range* ranges, int n, int r, long long grain, Body body,
+                         void* context) {
+    for (int k = 0; k < n; ++k) {
+      Range& range = ranges[(r + k) % n];
+      for (;;) {
+        const long long begin = range.next.fetch_add(grain, std::memory_order_relaxed);
+        if (begin >= range.end) break;
+        body(context, begin, begin + grain < range.end ? begin + grain : range.end);
+      }
+    }
+  }
+
+  void part(int r) { take_parts(ranges_.get(), threads_, r, grain_, body_, context_); }
 
   void work(int r, unsigned seen) {
     const pid_t pid = pid_;
@@ -358,6 +438,7 @@ class Pool {
   }
 
   static constexpr int kSpinMicroseconds = 200;
+  static constexpr int kPartsPerThread = 8;
   const int threads_;
   pid_t pid_ = 0;
   std::mutex launch_, mutex_;
@@ -367,6 +448,8 @@ class Pool {
   Body body_ = nullptr;
   void* context_ = nullptr;
   long long total_ = 0;
+  long long grain_ = 1;
+  std::unique_ptr<Range[]> ranges_{new Range[threads_]};
 };
 
 // Runs a BLAS's parallel jobs on the pool (OpenBLAS's caller-managed threads:
@@ -383,7 +466,7 @@ inline void run_blas_jobs(void (*dojob)(int, void*, int), int jobs, std::size_t 
     char* data;
     int dojob_data;
   } context{dojob, size, static_cast<char*>(data), dojob_data};
-  Pool::instance().run(jobs, [](void* raw, long long begin, long long end) {
+  Pool::instance().run_together(jobs, [](void* raw, long long begin, long long end) {
     const Context& c = *static_cast<const Context*>(raw);
     for (long long i = begin; i < end; ++i) {
       c.dojob(static_cast<int>(i), c.data + i * c.size, c.dojob_data);

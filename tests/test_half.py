@@ -26,17 +26,15 @@ are rounded.
 """
 
 import ctypes
-import pathlib
-import subprocess
 
 import ml_dtypes
 import numpy as np
 import pytest
 
 import cudcn
-from cudcn import _sources, reference
-from cudcn._executors import cpu
+from cudcn import reference
 from cudcn.testing import deform_conv2d_inputs
+import shim_library
 from deform_conv2d_cases import case_params
 
 DTYPES = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
@@ -69,13 +67,7 @@ def _in_dtype(args, dtype):
 @pytest.fixture(scope="module")
 def shim(tmp_path_factory):
     """tests/shim_conversions.cpp, built like the kernels (compiler, flags, cpu_shim.h)."""
-    library = tmp_path_factory.mktemp("shim") / "conversions.so"
-    source = pathlib.Path(__file__).with_name("shim_conversions.cpp")
-    flags = cpu.library("deform_conv2d.cu").build_flags
-    subprocess.run([*cpu.compiler(), *flags, *cpu.extra_flags(),
-                    f"-I{_sources.kernel_dir()}", str(source), "-o", str(library)],
-                   check=True, env=cpu._compiler_env())
-    return ctypes.CDLL(str(library))
+    return shim_library.build("shim_conversions.cpp", tmp_path_factory.mktemp("shim"))
 
 
 def _convert(shim, name, values, out_dtype):

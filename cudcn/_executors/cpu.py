@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 
 import numpy as np
 
@@ -273,12 +274,50 @@ def _openblas_on_one_thread():
     if get is None or set_ is None:
         yield
         return
-    threads = get()
-    set_(1)
-    try:
+
+    def make():
+        threads = get()
+        set_(1)
+        return lambda: set_(threads)
+
+    with _BLAS_ON_ONE_THREAD.held(make):
         yield
-    finally:
-        set_(threads)
+
+
+class _HeldWhileInUse:
+    """A process-wide OpenBLAS setting, made when the first of cudcn's calls
+    needs it and undone when the last one leaves. Two Python threads calling
+    cudcn at once must not undo it under each other: a product that found
+    OpenBLAS's mode changed halfway waited forever (two threads running
+    deform_conv2d's forward and backward at N=2, C=64, 56x56 hung within a
+    few calls), and a thread count restored by one could be saved as 1 by
+    the other and left so."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._users = 0
+        self._undo = None
+
+    @contextlib.contextmanager
+    def held(self, make):
+        """Inside the block the setting holds; ``make()`` applies it and
+        returns its undo."""
+        with self._lock:
+            if self._users == 0:
+                self._undo = make()
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    self._undo()
+                    self._undo = None
+
+
+_BLAS_ON_KERNEL_THREADS = _HeldWhileInUse()
+_BLAS_ON_ONE_THREAD = _HeldWhileInUse()
 
 
 @contextlib.contextmanager
@@ -287,7 +326,8 @@ def blas_on_kernel_threads(source, one_thread=False):
     pool of ``source``'s kernels: one pool for the whole op; with
     ``one_thread``, on the calling thread alone, in bits that do not depend
     on the number of threads. A no-op for another BLAS (MKL, Accelerate)
-    or an OpenBLAS older than 0.3.27."""
+    or an OpenBLAS older than 0.3.27. The setting is OpenBLAS's global: a
+    NumPy product in another thread meanwhile runs the same way."""
     if one_thread:
         with _openblas_on_one_thread():
             yield
@@ -298,11 +338,13 @@ def blas_on_kernel_threads(source, one_thread=False):
         return
     lib = library(source)
     share_torchs_openmp(lib)
-    setter(ctypes.cast(lib.cudcn_blas_jobs, ctypes.c_void_p))
-    try:
+
+    def make():
+        setter(ctypes.cast(lib.cudcn_blas_jobs, ctypes.c_void_p))
+        return lambda: setter(None)
+
+    with _BLAS_ON_KERNEL_THREADS.held(make):
         yield
-    finally:
-        setter(None)
 
 
 _C_SCALARS = {np.dtype(np.int32): ctypes.c_int32, np.dtype(np.int64): ctypes.c_int64,

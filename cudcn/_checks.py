@@ -5,6 +5,7 @@ ValueError for a wrong shape, value or backend, naming the argument, what was
 expected and what came.
 """
 
+import functools
 import math
 import numbers
 
@@ -20,6 +21,13 @@ def array(name, x, ndim, layout):
     if x.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(x.shape)}")
     return x
+
+
+@functools.lru_cache(maxsize=None)
+def dtype_name(dtype):
+    """``dtype.name``, looked up once per dtype: NumPy computes it in Python
+    on every read, a microsecond or two each time."""
+    return dtype.name
 
 
 def same_backend(arrays):
@@ -46,7 +54,7 @@ def float_dtype(arrays, xp):
     ref_name, ref = named[0]
     supported = _kernels.CPU_DTYPES if xp is np else _kernels.GPU_DTYPES
     backend = "CPU (NumPy)" if xp is np else "GPU (CuPy)"
-    if ref.dtype.name not in supported:
+    if dtype_name(ref.dtype) not in supported:
         raise TypeError(
             f"{ref_name} has dtype {ref.dtype}; the {backend} backend supports "
             f"{', '.join(supported)}"
@@ -67,6 +75,11 @@ def shape(name, x, expected, what):
 
 def int_pair(name, value, minimum):
     """An int or a pair of ints, each >= minimum; returns a pair."""
+    if type(value) is int and value >= minimum:  # the common cases first: calls are many
+        return value, value
+    if (type(value) in (tuple, list) and len(value) == 2 and type(value[0]) is int
+            and type(value[1]) is int and value[0] >= minimum and value[1] >= minimum):
+        return tuple(value)
     items = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
     if len(items) != 2 or not all(
         isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)) for v in items

@@ -177,6 +177,9 @@ class Launch:
 
     @property
     def xp(self):
+        for a in self.args:  # asked on every run: NumPy's arrays found without a generator
+            if type(a) is np.ndarray:
+                return np
         return _backend.array_module(next(a for a in self.args if _backend.is_array(a)))
 
     @property
@@ -199,7 +202,7 @@ class _Param:
 
 
 @functools.lru_cache(maxsize=None)
-def _params(kernel, scalar, index):
+def parameters(kernel, scalar, index):
     """The parameters of ``kernel`` instantiated for ``scalar`` and ``index``,
     resolved once: launches are made per call, often with small work. With
     them, the set of their names."""
@@ -256,12 +259,33 @@ def make_launch(kernel, dtype, n, index, work=None, **values):
     """
     scalar = scalar_type(dtype)
     values["n"] = n
-    params, names = _params(kernel, scalar, index)
+    params, names = parameters(kernel, scalar, index)
     if values.keys() != names:
         raise TypeError(f"{kernel.name}: missing {sorted(names - set(values))}, "
                         f"unexpected {sorted(set(values) - names)}")
-    args = tuple(_convert(kernel, param, values[param.name]) for param in params)
-    planned = target(_backend.array_module(next(a for a in args if _backend.is_array(a))))
+    # Launches are made per call, often for little work: the common cases
+    # (C-contiguous arrays of the right dtype, in-range Python ints) are
+    # taken here, anything else by _convert, which raises where it must.
+    args = []
+    first_array = None
+    for param in params:
+        value = values[param.name]
+        if param.array:
+            if (type(value) is np.ndarray and value.dtype == param.dtype
+                    and value.flags.c_contiguous
+                    and (value.flags.writeable or not param.written)):
+                first_array = value if first_array is None else first_array
+                args.append(value)
+                continue
+            value = _convert(kernel, param, value)
+            first_array = value if first_array is None else first_array
+        elif type(value) is int and not param.real and param.low <= value <= param.high:
+            value = param.dtype.type(value)
+        else:
+            value = _convert(kernel, param, value)
+        args.append(value)
+    args = tuple(args)
+    planned = target(_backend.array_module(first_array))
     if planned.kind == "gpu":
         block = planned.block(kernel, scalar, index)
         grid = min(max(1, math.ceil(n / block)), MAX_GRID)

@@ -59,12 +59,28 @@ def _read_only(array):
     (dict(channels=-2**31 - 1), ValueError, ["channels", "int"]),
     (dict(columns=_read_only(np.zeros((1, 4, 25), np.float32))), ValueError,
      ["columns", "writeable"]),
+    (dict(input=np.zeros((1, 4, 5, 10), np.float32)[..., ::2]), ValueError,
+     ["input", "contiguous"]),
+    (dict(offset=[0.0] * 50), TypeError, ["offset", "array"]),
+    (dict(stride_h=2**31 - 1 + True), ValueError, ["stride_h", "int"]),
 ])
 def test_launch_rejects_wrong_argument_types(change, error, words):
     with pytest.raises(error) as info:
         _launch.make_launch(IM2COL, np.float32, 25, "int", **dict(_im2col_values(), **change))
     for word in words:
         assert word in str(info.value)
+
+
+def test_launch_takes_read_only_inputs_and_numpy_integers():
+    values = dict(_im2col_values(), input=_read_only(np.ones((1, 4, 5, 5), np.float32)),
+                  channels=np.int64(4), out_w=np.uint8(5))
+    launch = _launch.make_launch(IM2COL, np.float32, np.int16(25), "int", **values)
+    by_name = dict(zip(IM2COL.param_names, launch.args))
+    assert by_name["input"] is values["input"]
+    assert [(type(by_name[k]), by_name[k]) for k in ("channels", "out_w", "n")] == [
+        (np.int32, 4), (np.int32, 5), (np.int32, 25)]
+    _launch.run(launch)
+    np.testing.assert_array_equal(values["columns"], 1)
 
 
 def test_launch_rejects_missing_arguments():

@@ -8,7 +8,7 @@ import contextlib
 import numpy as np
 import torch
 
-from cudcn import _gemm
+from cudcn import _checks, _gemm
 
 _DEVICES = ("cpu", "cuda")
 
@@ -60,7 +60,7 @@ def to_tensor(a):
     so that producer and consumer streams are one and DLPack adds no sync."""
     if a is None:
         return None
-    if a.dtype.name == "bfloat16":
+    if _checks.dtype_name(a.dtype) == "bfloat16":
         return torch.from_dlpack(a.view(np.int16)).view(torch.bfloat16)
     return torch.from_dlpack(a)
 

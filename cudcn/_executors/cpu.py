@@ -14,6 +14,7 @@ import os
 import pathlib
 import shlex
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -21,7 +22,7 @@ import threading
 
 import numpy as np
 
-from .. import _kernels, _sources
+from .. import _kernels, _launch, _sources
 
 CXXFLAGS = ("-std=c++17", "-O3", "-fPIC", "-shared", "-fno-math-errno", "-pthread")
 OPENMP_FLAGS = ("-fopenmp",)
@@ -347,21 +348,36 @@ def blas_on_kernel_threads(source, one_thread=False):
         yield
 
 
-_C_SCALARS = {np.dtype(np.int32): ctypes.c_int32, np.dtype(np.int64): ctypes.c_int64,
-              np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double}
+# Each argument in a slot of 8 bytes, at which the params that the shim
+# takes (cuLaunchKernel's convention) point: an array as its data pointer, a
+# scalar in its exact C type (the launch description chose it).
+_SLOTS = {np.dtype(np.int32): "i4x", np.dtype(np.int64): "q", np.dtype(np.float32): "f4x",
+          np.dtype(np.float64): "d"}
+
+
+@functools.lru_cache(maxsize=None)
+def _entry(lib, kernel, scalar, index):
+    """(entry point, argument packer) of an instantiation in a loaded
+    library, resolved once: a launch is made per call and often has little
+    work, a few microseconds of kernel against the microsecond that each
+    ctypes object costs."""
+    params, _ = _launch.parameters(kernel, scalar, index)
+    packer = struct.Struct("=" + "".join("Q" if p.array else _SLOTS[p.dtype] for p in params))
+    return getattr(lib, symbol(kernel, scalar, index)), packer
 
 
 def run(launch):
     if launch.scalar.dtype_name not in _kernels.CPU_DTYPES:
         raise TypeError(f"the CPU backend does not run {launch.scalar.dtype_name}")
     lib = library(launch.kernel.source)
+    fn, packer = _entry(lib, launch.kernel, launch.scalar, launch.index)
     share_torchs_openmp(lib)
-    fn = getattr(lib, symbol(launch.kernel, launch.scalar, launch.index))
-    # params[i] points at argument i: at an array's data pointer, or at the
-    # scalar itself in its exact C type (the launch description chose it).
-    values = [ctypes.c_void_p(a.ctypes.data) if isinstance(a, np.ndarray)
-              else _C_SCALARS[a.dtype](a) for a in launch.args]
-    params = (ctypes.c_void_p * len(values))(*map(ctypes.addressof, values))
+    count = len(launch.args)
+    slots = (ctypes.c_uint64 * count)()
+    packer.pack_into(slots, 0, *[a.ctypes.data if isinstance(a, np.ndarray) else a
+                                 for a in launch.args])
+    first = ctypes.addressof(slots)
+    params = (ctypes.c_void_p * count)(*range(first, first + 8 * count, 8))
     # Threads from launch.items on have no work: the shim does not run them.
     fn(launch.grid, launch.block, launch.items, params)
     if lib.race_report is not None:

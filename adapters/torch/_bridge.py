@@ -26,8 +26,9 @@ def check_tensors(**tensors):
 
 def on_cuda(t):
     """Whether ``t`` takes the CUDA branches below (one place, so that the tests
-    can send CPU tensors down them to a CuPy double)."""
-    return t.device.type == "cuda"
+    can send CPU tensors down them to a CuPy double). ``is_cuda``: a call asks
+    it of each tensor several times, and ``t.device`` makes an object each time."""
+    return t.is_cuda
 
 
 def _array_module(t):

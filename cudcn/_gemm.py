@@ -8,9 +8,6 @@ cuBLAS does with a float32 compute type, whatever the array library's own
 the result, with any addend, is rounded once, when it is stored.
 """
 
-import contextlib
-import contextvars
-
 import numpy as np
 
 # Bytes of float32 copies per 16-bit element: what widening costs the workspace.
@@ -23,27 +20,6 @@ WIDENED_ITEMSIZE = 4
 # threads: 30 MiB for the 17248 rows of 22 images of 28x28. This bound keeps
 # that near 3.5 MiB.
 STACKED_ROWS = 2048
-
-
-# Who multiplies on the CPU: None for NumPy's BLAS; a framework adapter names
-# its own for the calls it makes (see cpu_products_by).
-_cpu_product = contextvars.ContextVar("cudcn_cpu_product", default=None)
-
-
-@contextlib.contextmanager
-def cpu_products_by(product):
-    """Inside the block, the CPU backend's matrix products are ``product(a, b,
-    out)``: ``a @ b`` of two NumPy arrays of the compute dtype (2-D, or
-    stacks of them, possibly transposed views), written into ``out`` and
-    returned, or returned as a new array if ``out`` is None. The torch adapter
-    passes torch's BLAS, faster than NumPy's OpenBLAS on these products (the
-    forward at N=2, C=64, 56x56: 0.93-0.97x the time) and on the OpenMP threads
-    that cudcn's kernels share with torch."""
-    token = _cpu_product.set(product)
-    try:
-        yield
-    finally:
-        _cpu_product.reset(token)
 
 
 def compute_dtype(dtype):
@@ -59,12 +35,12 @@ def _product(xp, a, b, out=None, one_thread=False):
     """On the CPU, the BLAS's parallel jobs run on the kernels' own threads
     (cudcn/_executors/cpu.py): NumPy's OpenBLAS otherwise wakes threads of
     its own, which then spin for tens of milliseconds on the cores the next
-    kernels need (the forward+backward at N=2, C=64, 56x56: 29 -> 22 ms)."""
+    kernels need (the forward+backward at N=2, C=64, 56x56: 29 -> 22 ms).
+    Calls through the torch adapter multiply here too: in torch's MKL, on
+    the same threads, the forward+backward's products took 1.12-1.17x the
+    time at the bench's four shapes, the forward's 1.00-1.06x."""
     if xp is not np:
         return xp.matmul(a, b, out=out)
-    product = None if one_thread else _cpu_product.get()
-    if product is not None:
-        return product(a, b, out)
     from ._executors import cpu
 
     with cpu.blas_on_kernel_threads("deform_conv2d.cu", one_thread=one_thread):

@@ -132,8 +132,7 @@ print(json.dumps({k: hashlib.sha256(v.grad.numpy().tobytes()).hexdigest() for k,
 @pytest.mark.torchvision
 def test_torch_adapter_deterministic_gradients_for_any_thread_count():
     """torch.use_deterministic_algorithms(True) through the adapter: the same
-    bits on 1 and 2 threads (its products then stay NumPy's, on one thread:
-    MKL's bits depend on the thread count)."""
+    bits on 1 and 2 threads (its products then run on one thread)."""
     pytest.importorskip("torch")
     digests = []
     for threads in (1, 2):

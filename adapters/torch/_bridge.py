@@ -8,7 +8,7 @@ import contextlib
 import numpy as np
 import torch
 
-from cudcn import _checks, _gemm
+from cudcn import _checks
 
 _DEVICES = ("cpu", "cuda")
 
@@ -64,24 +64,6 @@ def to_tensor(a):
     if _checks.dtype_name(a.dtype) == "bfloat16":
         return torch.from_dlpack(a.view(np.int16)).view(torch.bfloat16)
     return torch.from_dlpack(a)
-
-
-def _product(a, b, out):
-    """``a @ b`` of NumPy arrays by torch's BLAS, on their own memory."""
-    if out is None:
-        return torch.matmul(torch.from_dlpack(a), torch.from_dlpack(b)).numpy()
-    torch.matmul(torch.from_dlpack(a), torch.from_dlpack(b), out=torch.from_dlpack(out))
-    return out
-
-
-def products_of(t):
-    """Make cudcn's CPU matrix products torch's for a call on the tensor's
-    device (CUDA ones are cuBLAS's already, through CuPy). Deterministic
-    ones stay NumPy's (see cudcn/_gemm.py): MKL's bits depend on the number
-    of threads."""
-    if on_cuda(t):
-        return contextlib.nullcontext()
-    return _gemm.cpu_products_by(_product)
 
 
 @contextlib.contextmanager

@@ -59,7 +59,7 @@ def _run(reference, fn, *args, **kwargs):
 
 
 def _run_arrays(reference, fn, *args, **kwargs):
-    with _bridge.on_device_of(reference), _bridge.products_of(reference):
+    with _bridge.on_device_of(reference):
         arrays = [_bridge.to_array(a) if isinstance(a, Tensor) else a for a in args]
         kw = {k: _bridge.to_array(v) if isinstance(v, Tensor) else v for k, v in kwargs.items()}
         result = fn(*arrays, **kw)

@@ -8,6 +8,8 @@ results equal the CPU backend's running the launches planned for the same
 device.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -134,16 +136,17 @@ def test_gpu_path_equals_the_cpu_backend(gpu, monkeypatch, op, case, dtype_name,
 # --- exact C types -------------------------------------------------------
 
 def _loosened(monkeypatch, python_type):
-    """Make the launch description pass ``python_type`` scalars (int or float)
+    """Make the launch descriptions pass ``python_type`` scalars (int or float)
     instead of NumPy scalars of the exact C type."""
-    real = _launch._convert
+    real = _launch.make_launch
+    numpy_type = np.integer if python_type is int else np.floating
 
-    def convert(*args):
-        value = real(*args)
-        numpy_type = np.integer if python_type is int else np.floating
-        return python_type(value) if isinstance(value, numpy_type) else value
+    def make_launch(*args, **kwargs):
+        launch = real(*args, **kwargs)
+        loose = tuple(python_type(a) if isinstance(a, numpy_type) else a for a in launch.args)
+        return dataclasses.replace(launch, args=loose)
 
-    monkeypatch.setattr(_launch, "_convert", convert)
+    monkeypatch.setattr(_launch, "make_launch", make_launch)
 
 
 def test_a_python_int_instead_of_the_exact_c_type_fails(gpu, monkeypatch):

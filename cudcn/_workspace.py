@@ -81,14 +81,14 @@ def images_per_chunk(batch, bytes_per_image, xp=np):
 _scratch = threading.local()
 
 
-def scratch(xp, name, shape, dtype, zero=False):
-    """An uninitialised (or, with ``zero``, zeroed) array for one call's
-    temporary use, named for its role: on the CPU the same memory serves the
-    next call's buffer of that name (it grows as needed, and is freed by
-    ``release_scratch``), so no two live buffers of one call may share a name."""
+def scratch(xp, name, shape, dtype):
+    """An uninitialised array for one call's temporary use, named for its
+    role: on the CPU the same memory serves the next call's buffer of that
+    name (it grows as needed, and is freed by ``release_scratch``), so no
+    two live buffers of one call may share a name."""
     dtype = np.dtype(dtype)
     if xp is not np:
-        return xp.zeros(shape, dtype) if zero else xp.empty(shape, dtype)
+        return xp.empty(shape, dtype)
     count = math.prod(shape)  # Python ints: np.prod costs microseconds a call
     buffers = getattr(_scratch, "buffers", None)
     if buffers is None:
@@ -96,12 +96,34 @@ def scratch(xp, name, shape, dtype, zero=False):
     held = buffers.get(name)
     if held is None or held.nbytes < count * dtype.itemsize:
         held = buffers[name] = np.empty(count * dtype.itemsize, np.uint8)
-    array = held[: count * dtype.itemsize].view(dtype).reshape(shape)
-    if zero:
-        array[...] = 0
+    return held[: count * dtype.itemsize].view(dtype).reshape(shape)
+
+
+def padded_scratch(xp, name, shape, dtype):
+    """A zeroed ``scratch`` array of padded images, (images, ...), whose
+    callers write only the interiors: the zeros around them stay from one
+    call to the next, and only the images that this name's memory has not
+    yet held in this layout are cleared (the forward at N=2, C=64, 56x56
+    cleared 0.9 MB a call). A name used here is used nowhere else."""
+    if xp is not np:
+        return xp.zeros(shape, dtype)
+    dtype = np.dtype(dtype)
+    array = scratch(xp, name, shape, dtype)
+    held = _scratch.buffers[name]
+    zeroed = getattr(_scratch, "zeroed", None)
+    if zeroed is None:
+        zeroed = _scratch.zeroed = {}
+    layout = (shape[1:], dtype)
+    memory, cleared_layout, cleared = zeroed.get(name, (None, None, 0))
+    if memory is not held or cleared_layout != layout:
+        cleared = 0
+    if shape[0] > cleared:
+        array[cleared:] = 0
+        zeroed[name] = (held, layout, shape[0])
     return array
 
 
 def release_scratch():
     """Free the CPU scratch memory this thread keeps between calls."""
     _scratch.buffers = {}
+    _scratch.zeroed = {}

@@ -192,8 +192,7 @@ class _Plan:
         if self.pixels:
             padded = (self.size, g.height + _kernels.PLANE_PADDING,
                       g.width + _kernels.PLANE_PADDING, g.channels)
-            self.padded_pixels = _workspace.scratch(xp, "padded_pixels", padded, g.dtype,
-                                                    zero=True)
+            self.padded_pixels = _workspace.padded_scratch(xp, "padded_pixels", padded, g.dtype)
         if self.cells:
             items = self.size * self.items_per_image
             self.corner_base = _workspace.scratch(xp, "corner_base", (items, 2),
@@ -201,8 +200,8 @@ class _Plan:
             self.corner_weight = _workspace.scratch(xp, "corner_weight", (items, 6), self.acc)
             padded = (self.size, g.channels, g.height + _kernels.PLANE_PADDING,
                       g.width + _kernels.PLANE_PADDING)
-            # Zeros around each plane, written once; chunks fill the interior.
-            self.padded_input = _workspace.scratch(xp, "padded_input", padded, g.dtype, zero=True)
+            # Zeros around each plane; chunks fill the interior.
+            self.padded_input = _workspace.padded_scratch(xp, "padded_input", padded, g.dtype)
             if col2im:  # each col2im thread clears its own planes
                 self.padded_grad_input = _workspace.scratch(xp, "padded_grad_input", padded,
                                                             self.acc)

@@ -273,6 +273,35 @@ def test_backward_never_reads_memory_it_did_not_write(monkeypatch):
         assert np.array_equal(getattr(poisoned, name), getattr(clean, name)), name
 
 
+def test_padded_copies_keep_their_zeros_from_call_to_call(monkeypatch):
+    """The padded copies' borders are cleared only when their memory first
+    holds a layout (_workspace.padded_scratch): calls one after the other,
+    in other geometries, batch sizes and dtypes in between, give each call's
+    result on fresh memory, bit for bit (new memory starts as NaN here)."""
+    monkeypatch.setattr(np, "empty", _poisoned(np.empty))
+    calls = [deform_conv2d_inputs(batch=3, in_channels=4, out_channels=4, size=(6, 5), seed=50),
+             deform_conv2d_inputs(batch=2, in_channels=4, out_channels=4, size=(5, 7), seed=51),
+             deform_conv2d_inputs(batch=5, in_channels=4, out_channels=4, size=(6, 5), seed=52),
+             deform_conv2d_inputs(batch=1, in_channels=4, out_channels=4, size=(6, 5), seed=53,
+                                  dtype=np.float32),
+             deform_conv2d_inputs(batch=2, in_channels=8, out_channels=4, size=(6, 5), seed=54),
+             deform_conv2d_inputs(batch=4, in_channels=4, out_channels=4, size=(6, 5), seed=55)]
+
+    def run(args):
+        out = cudcn.deform_conv2d(**args)
+        return [out, *cudcn.deform_conv2d_backward(out, **args)]
+
+    fresh = []
+    for args in calls:
+        cudcn.release_scratch()
+        fresh.append(run(args))
+    cudcn.release_scratch()
+    for i, (args, want) in enumerate(zip(calls, fresh)):
+        for got, expected in zip(run(args), want):
+            assert (got is None and expected is None) or np.array_equal(got, expected), i
+    cudcn.release_scratch()
+
+
 def _zeroed(empty):
     def zeroed(shape, dtype=float, *args, **kwargs):
         array = empty(shape, dtype, *args, **kwargs)

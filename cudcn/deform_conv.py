@@ -129,6 +129,18 @@ def _geometry(input, offset, weight, bias, mask, stride, padding, dilation, extr
                      padding, dilation, out_size)
 
 
+def _chunks(batch, most):
+    """(largest chunk, [(start, stop)]): the batch in as few chunks of at most
+    ``most`` images as it takes, of sizes within one image of each other. A
+    last chunk of one image multiplies less efficiently: the forward at N=8,
+    C=256, 14x14 in chunks of 4 and 4 took 0.95-0.98x the time of 7 and 1."""
+    count = -(-batch // most)
+    if count == 0:
+        return most, []
+    return -(-batch // count), [(batch * i // count, batch * (i + 1) // count)
+                                for i in range(count)]
+
+
 class _Plan:
     """Chunks, index type and strategy of one call, and its launches.
 
@@ -176,8 +188,8 @@ class _Plan:
             per_image += _sorted_sum.workspace_bytes(
                 4 * self.items_per_image, g.offset_groups * g.height * g.width,
                 self.group_channels, xp.dtype(xp.int64), self.acc)
-        self.size = _workspace.images_per_chunk(g.batch, per_image, xp)
-        self.chunks = [(s, min(s + self.size, g.batch)) for s in range(0, g.batch, self.size)]
+        self.size, self.chunks = _chunks(g.batch,
+                                         _workspace.images_per_chunk(g.batch, per_image, xp))
         # One index type for every chunk: the largest decides.
         self.index = _launch.index_type(
             self.size * self.items_per_image * 4,

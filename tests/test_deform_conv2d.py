@@ -101,6 +101,27 @@ def test_batch_33_runs_in_chunks_under_the_workspace_limit(launches, strategy):
         assert_close(getattr(chunked, name), getattr(full, name), rtol=1e-12, atol=1e-12, what=name)
 
 
+@pytest.mark.parametrize("batch, most, sizes", [(4, 3, [2, 2]), (33, 4, [3, 4, 4] * 3),
+                                                 (5, 5, [5]), (7, 1, [1] * 7)])
+def test_chunks_are_as_few_as_fit_and_of_even_sizes(launches, monkeypatch, batch, most, sizes):
+    """With room for ``most`` images, a batch runs in ceil(batch / most) chunks
+    whose sizes differ by one image at most, forward and backward, with the
+    unchunked results."""
+    args = deform_conv2d_inputs(batch=batch, in_channels=4, size=(6, 5), seed=6)
+    grad_output = np.random.default_rng(7).standard_normal(cudcn.deform_conv2d(**args).shape)
+    whole = [cudcn.deform_conv2d(**args), *cudcn.deform_conv2d_backward(grad_output, **args)]
+    monkeypatch.setattr(cudcn._workspace, "images_per_chunk",
+                        lambda batch, per_image, xp=np: min(batch, most))
+    del launches[:]
+    chunked = [cudcn.deform_conv2d(**args), *cudcn.deform_conv2d_backward(grad_output, **args)]
+    out_h = chunked[0].shape[2]
+    gathers = [l.args[l.kernel.param_names.index("n")] // out_h for l in launches
+               if l.kernel.name.endswith("im2col_pixels")]  # offset_groups = 1
+    assert gathers == sizes * 2  # the forward's chunks, then the backward's
+    for got, want in zip(chunked, whole):
+        assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_workspace_limit_is_restored_and_checked():
     before = cudcn.get_workspace_limit()
     assert before == cudcn.DEFAULT_CPU_WORKSPACE_LIMIT == 16 * 2**20

@@ -238,8 +238,6 @@ def _convert(kernel, param, value):
         if param.written and not getattr(flags, "writeable", True):
             raise ValueError(f"{kernel.name}: {name} is written and must be writeable")
         return value
-    if type(value) is int and not param.real and param.low <= value <= param.high:
-        return param.dtype.type(value)  # the common case, checked below otherwise
     if param.real:
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
             raise TypeError(f"{kernel.name}: {name} must be a real number, got {type(value).__name__}")
@@ -271,14 +269,12 @@ def make_launch(kernel, dtype, n, index, work=None, **values):
     for param in params:
         value = values[param.name]
         if param.array:
-            if (type(value) is np.ndarray and value.dtype == param.dtype
+            if not (type(value) is np.ndarray and value.dtype == param.dtype
                     and value.flags.c_contiguous
                     and (value.flags.writeable or not param.written)):
-                first_array = value if first_array is None else first_array
-                args.append(value)
-                continue
-            value = _convert(kernel, param, value)
-            first_array = value if first_array is None else first_array
+                value = _convert(kernel, param, value)
+            if first_array is None:
+                first_array = value
         elif type(value) is int and not param.real and param.low <= value <= param.high:
             value = param.dtype.type(value)
         else:

@@ -144,12 +144,13 @@ def _chunks(batch, most):
 class _Plan:
     """Chunks, index type and strategy of one call, and its launches.
 
-    ``buffers`` is how many column-sized buffers the call keeps at once; the
-    chunk is as many images as fit them under the workspace limit, with what
-    the strategy adds per image (the plane strategy's padded pixels, the
-    forward's pixel-major product, the backward's cells and padded planes; the
-    item strategy's offset gradients' partial sums, the sorted strategy's
-    entries) and, for 16-bit dtypes, the float32 copies the GEMMs multiply.
+    ``buffers`` is how many column-sized buffers the call keeps at once; a
+    chunk holds at most as many images as fit them under the workspace limit
+    (the batch split evenly, see _chunks), with what the strategy adds per
+    image (the plane strategy's padded pixels, the forward's pixel-major
+    product, the backward's cells and padded planes; the item strategy's
+    offset gradients' partial sums, the sorted strategy's entries) and, for
+    16-bit dtypes, the float32 copies the GEMMs multiply.
     """
 
     def __init__(self, g, buffers, deterministic, coord=False, col2im=False, weight=False,

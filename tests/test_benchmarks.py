@@ -244,6 +244,8 @@ def test_interleaved_rounds_alternate_after_a_warm_up(monkeypatch):
 
 
 def test_a_ratio_below_one_means_cudcn_is_faster():
-    result = interleave.ratio_samples(lambda: time.sleep(0.002), lambda: time.sleep(0.006), 3)
+    # 4 against 20 ms: a busy machine oversleeping the shorter call by 3 ms
+    # (which failed CI with 2 against 6 ms) must not carry a sample past 0.8.
+    result = interleave.ratio_samples(lambda: time.sleep(0.004), lambda: time.sleep(0.02), 3)
     assert result["number"] == 1 and len(result["samples"]) == 3
     assert all(0.1 < r < 0.8 for r in result["samples"])

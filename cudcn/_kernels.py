@@ -125,33 +125,38 @@ DEFORM_CONV2D_WEIGHT_FOR_PIXELS = Kernel(
     (("weight", "const T*"), ("weight_t", "A*"), ("n", "I"), ("group_out_channels", "int"),
      ("group_channels", "int"), ("kernel_points", "int")),
 )
+DEFORM_CONV2D_WEIGHT_ROWS_FOR_PIXELS = Kernel(
+    "cudcn::deform_conv2d_weight_rows_for_pixels",
+    "deform_conv2d.cu",
+    (("weight", "const T*"), ("weight_rows", "A*"), ("n", "I"), ("group_channels", "int"),
+     ("kernel_points", "int")),
+)
 DEFORM_CONV2D_OUTPUT_FROM_PIXELS = Kernel(
     "cudcn::deform_conv2d_output_from_pixels",
     "deform_conv2d.cu",
     (("product", "const A*"), ("bias", "const T*"), ("output", "T*"), ("n", "I"),
      ("use_bias", "int"), ("groups", "int"), ("group_out_channels", "int"), ("pixels", "I")),
 )
-DEFORM_CONV2D_COL2IM_PLANES = Kernel(
-    "cudcn::deform_conv2d_col2im_planes",
+DEFORM_CONV2D_COL2IM_PIXELS = Kernel(
+    "cudcn::deform_conv2d_col2im_pixels",
     "deform_conv2d.cu",
-    (("grad_columns", "const T*"), ("mask", "const T*"), ("corner_base", "const I*"),
-     ("corner_weight", "const A*"), ("padded_grad_input", "A*"), ("grad_input", "A*"),
-     ("n", "I"), ("use_mask", "int")) + _DEFORM_CONV_GEOMETRY,
+    (("grad_columns_t", "const T*"), ("mask", "const T*"), ("corner_base", "const I*"),
+     ("corner_weight", "const A*"), ("padded_grad_pixels", "A*"), ("grad_input", "A*"),
+     ("n", "I"), ("use_mask", "int"), ("conv_group_channels", "int")) + _DEFORM_CONV_GEOMETRY,
 )
-
-DEFORM_CONV2D_COL2IM_COORD_PLANES = Kernel(
-    "cudcn::deform_conv2d_col2im_coord_planes",
+DEFORM_CONV2D_COL2IM_COORD_PIXELS = Kernel(
+    "cudcn::deform_conv2d_col2im_coord_pixels",
     "deform_conv2d.cu",
-    (("grad_columns", "const T*"), ("padded_input", "const T*"), ("mask", "const T*"),
+    (("grad_columns_t", "const T*"), ("padded_pixels", "const T*"), ("mask", "const T*"),
      ("corner_base", "const I*"), ("corner_weight", "const A*"), ("grad_offset", "T*"),
-     ("grad_mask", "T*"), ("n", "I"), ("use_mask", "int"), ("want_grad_mask", "int"))
-    + _DEFORM_CONV_GEOMETRY,
+     ("grad_mask", "T*"), ("n", "I"), ("use_mask", "int"), ("want_grad_mask", "int"),
+     ("conv_group_channels", "int")) + _DEFORM_CONV_GEOMETRY,
 )
 # The plane kernels' constants in the .cu: items per coordinate thread
-# (kCoordBlock), planes per scatter thread (kPlaneChannels); padded planes
+# (kCoordBlock), channels per scatter thread (kPixelChannels); padded planes
 # and pixels are (H + 3) x (W + 3).
 COORD_BLOCK = 64
-PLANE_CHANNELS = 8
+PIXEL_CHANNELS = 16
 PLANE_PADDING = 3
 # Pixels and channels per thread of the forward's transposes (kOutputTile).
 OUTPUT_TILE = 16
@@ -293,9 +298,10 @@ SEGMENTED_SUM_SEGMENTS = Kernel(
 KERNELS = (
     DEFORM_CONV2D_IM2COL, DEFORM_CONV2D_COL2IM, DEFORM_CONV2D_COORD_PARTIAL,
     DEFORM_CONV2D_COORD_REDUCE, DEFORM_CONV2D_SCATTER_ENTRIES,
-    DEFORM_CONV2D_CORNERS, DEFORM_CONV2D_COL2IM_PLANES,
-    DEFORM_CONV2D_COL2IM_COORD_PLANES, DEFORM_CONV2D_FILL_PIXELS, DEFORM_CONV2D_IM2COL_PIXELS,
-    DEFORM_CONV2D_WEIGHT_FOR_PIXELS, DEFORM_CONV2D_OUTPUT_FROM_PIXELS,
+    DEFORM_CONV2D_CORNERS, DEFORM_CONV2D_COL2IM_PIXELS,
+    DEFORM_CONV2D_COL2IM_COORD_PIXELS, DEFORM_CONV2D_FILL_PIXELS, DEFORM_CONV2D_IM2COL_PIXELS,
+    DEFORM_CONV2D_WEIGHT_FOR_PIXELS, DEFORM_CONV2D_WEIGHT_ROWS_FOR_PIXELS,
+    DEFORM_CONV2D_OUTPUT_FROM_PIXELS,
     DEFORM_ROI_POOL_FORWARD, DEFORM_ROI_POOL_FILL_PIXELS, DEFORM_ROI_POOL_FORWARD_PIXELS,
     DEFORM_ROI_POOL_BACKWARD_INPUT, DEFORM_ROI_POOL_BACKWARD_INPUT_PLANES,
     DEFORM_ROI_POOL_SCATTER_ENTRIES,

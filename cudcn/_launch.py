@@ -94,9 +94,10 @@ def target(xp):
 def strategy(xp, deterministic):
     """How an operation spreads its accumulations over threads.
 
-    'planes' (the CPU's default, deterministic): each thread owns whole
-    (image, channel) planes of what it accumulates: no atomics, a summation
-    order that no thread count changes, and a plane in a core's cache.
+    'planes' (the CPU's default, deterministic): each thread owns what it
+    accumulates, whole (image, channel) planes or a block of an image's
+    channels in padded pixels of its own: no atomics, a summation order that
+    no thread count changes, and the accumulator in a core's cache.
     'items' (the GPU's default): a thread per (sample, block of channels),
     scattering with atomics, as many threads as fill the GPU. 'sorted'
     (deterministic mode on the GPU): as items, but the scatter becomes a

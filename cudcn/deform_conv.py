@@ -148,7 +148,7 @@ class _Plan:
     chunk holds at most as many images as fit them under the workspace limit
     (the batch split evenly, see _chunks), with what the strategy adds per
     image (the plane strategy's padded pixels, the forward's pixel-major
-    product, the backward's cells and padded planes; the item strategy's
+    product, the backward's cells and padded grad pixels; the item strategy's
     offset gradients' partial sums, the sorted strategy's entries) and, for
     16-bit dtypes, the float32 copies the GEMMs multiply.
     """
@@ -168,20 +168,23 @@ class _Plan:
         padded_plane = (g.height + _kernels.PLANE_PADDING) * (g.width + _kernels.PLANE_PADDING)
         # The plane strategy samples its columns (the forward's, and the
         # backward's for the weight gradient) from channels-last pixels into
-        # pixel-major columns; the backward's adjoints read cells and planes.
+        # pixel-major columns; the backward's adjoints read cells, pixel-major
+        # gradient columns and (the offset gradient) the same pixels.
         planes = self.strategy == "planes"
-        self.pixels = planes and (forward or weight)
+        self.pixels = planes and (forward or weight or coord)
         self.cells = planes and not forward and (coord or col2im)
         if self.pixels:  # the padded pixels, and the forward's pixel-major product
             per_image += g.channels * padded_plane * g.dtype.itemsize
             if forward:
                 per_image += (g.out_channels * g.out_pixels
                               * _gemm.compute_dtype(g.dtype).itemsize)
-        if self.cells:
-            # the cells (2 indices, 6 weights an item), the padded input and grad input
+        # col2im's padded pixels of each thread's block of channels, per image
+        self.grad_pixels = (g.offset_groups * -(-self.group_channels // _kernels.PIXEL_CHANNELS)
+                            * padded_plane * _kernels.PIXEL_CHANNELS)
+        if self.cells:  # the cells (2 indices, 6 weights an item), the padded grad pixels
             per_image += self.items_per_image * (2 * 8 + 6 * 8)
-            per_image += g.channels * padded_plane * (g.dtype.itemsize
-                                                      + (self.acc.itemsize if col2im else 0))
+            if col2im:
+                per_image += self.grad_pixels * self.acc.itemsize
         if not planes and coord:  # partial sums of at most MAX_SERIAL channel blocks
             per_image += (min(self.group_channels, _launch.MAX_SERIAL) * 3
                           * self.items_per_image * self.acc.itemsize)
@@ -195,13 +198,13 @@ class _Plan:
         self.index = _launch.index_type(
             self.size * self.items_per_image * 4,
             self.size * g.column_rows * g.out_pixels,
-            self.size * g.channels * padded_plane,  # the padded copies are the larger
+            self.size * self.grad_pixels,  # no fewer than the padded pixels
             self.size * g.out_channels * g.out_pixels,
             self.size * 2 * self.items_per_image,
             self.size * self.items_per_image * 3 * self.group_channels,
         )
         self.corner_base = self.corner_weight = None
-        self.padded_input = self.padded_grad_input = self.padded_pixels = None
+        self.padded_grad_pixels = self.padded_pixels = None
         if self.pixels:
             padded = (self.size, g.height + _kernels.PLANE_PADDING,
                       g.width + _kernels.PLANE_PADDING, g.channels)
@@ -211,32 +214,30 @@ class _Plan:
             self.corner_base = _workspace.scratch(xp, "corner_base", (items, 2),
                                                   _kernels.INDEX_DTYPES[self.index])
             self.corner_weight = _workspace.scratch(xp, "corner_weight", (items, 6), self.acc)
-            padded = (self.size, g.channels, g.height + _kernels.PLANE_PADDING,
-                      g.width + _kernels.PLANE_PADDING)
-            # Zeros around each plane; chunks fill the interior.
-            self.padded_input = _workspace.padded_scratch(xp, "padded_input", padded, g.dtype)
-            if col2im:  # each col2im thread clears its own planes
-                self.padded_grad_input = _workspace.scratch(xp, "padded_grad_input", padded,
-                                                            self.acc)
+            if col2im:  # each col2im thread clears its own
+                self.padded_grad_pixels = _workspace.scratch(
+                    xp, "padded_grad_pixels", (self.size * self.grad_pixels,), self.acc)
 
     def launch(self, kernel, n, work=None, **arrays):
         _launch.run(_launch.make_launch(kernel, self.g.dtype, n, self.index, work=work,
                                         **arrays, **self.g.kernel_values()))
 
-    def corners(self, offset, x):
-        """Plane strategy only: fill the cell buffers and the padded input for a chunk."""
+    def corners(self, offset):
+        """Plane strategy only: fill the cell buffers for a chunk."""
         g, images = self.g, offset.shape[0]
-        self.padded_input[:images, :, 1:g.height + 1, 1:g.width + 1] = x
-        rows = images * g.offset_groups * g.kernel_points * g.out_size[0]
+        rows = images * g.offset_groups * g.out_size[0]
         self.launch(_kernels.DEFORM_CONV2D_CORNERS, rows, offset=offset,
                     **self._corner_args(images))
 
-    def im2col_pixels(self, x, offset, mask, columns_t):
-        """columns_t (images, P, groups, KK * C / groups) <- sampled x, for a
-        chunk, from channels-last padded pixels."""
-        g, images = self.g, x.shape[0]
-        self.launch(_kernels.DEFORM_CONV2D_FILL_PIXELS, images * g.height, input=x,
-                    padded_pixels=self.padded_pixels[:images])
+    def fill_pixels(self, x):
+        """The padded pixels' interior <- a chunk's images, channels last."""
+        self.launch(_kernels.DEFORM_CONV2D_FILL_PIXELS, x.shape[0] * self.g.height, input=x,
+                    padded_pixels=self.padded_pixels[:x.shape[0]])
+
+    def im2col_pixels(self, offset, mask, columns_t):
+        """columns_t (images, P, groups, KK * C / groups) <- the sampled
+        pixels of a chunk, after fill_pixels."""
+        g, images = self.g, offset.shape[0]
         self.launch(_kernels.DEFORM_CONV2D_IM2COL_PIXELS, images * g.offset_groups * g.out_size[0],
                     padded_pixels=self.padded_pixels[:images], offset=offset,
                     mask=offset if mask is None else mask, columns_t=columns_t,
@@ -258,6 +259,20 @@ class _Plan:
             kernel_points=g.kernel_points))
         return weight_t
 
+    def weight_rows_for_pixels(self, weight):
+        """(groups, C_out / groups, KK * C / groups) in the compute dtype: the
+        right operand of the backward's GEMM into pixel-major columns."""
+        g = self.g
+        c_g = g.channels // g.groups
+        weight_rows = _workspace.scratch(
+            g.xp, "weight_rows_for_pixels",
+            (g.groups, g.out_channels // g.groups, g.kernel_points * c_g), self.acc)
+        _launch.run(_launch.make_launch(
+            _kernels.DEFORM_CONV2D_WEIGHT_ROWS_FOR_PIXELS, g.dtype, g.out_channels,
+            _launch.index_type(weight.size), weight=weight, weight_rows=weight_rows,
+            group_channels=c_g, kernel_points=g.kernel_points))
+        return weight_rows
+
     def output_from_pixels(self, product, bias, out):
         """out (images, C_out, P) <- product (images, groups, P, C_out / groups) + bias."""
         g, images = self.g, out.shape[0]
@@ -269,8 +284,8 @@ class _Plan:
             use_bias=int(bias is not None), groups=g.groups, group_out_channels=c_out_g,
             pixels=g.out_pixels))
 
-    def _plane_blocks(self, images):
-        blocks = -(-self.group_channels // _kernels.PLANE_CHANNELS)
+    def _pixel_blocks(self, images):
+        blocks = -(-self.group_channels // _kernels.PIXEL_CHANNELS)
         return images * self.g.offset_groups * blocks
 
     def _corner_args(self, images):
@@ -301,20 +316,21 @@ class _Plan:
 
     def coord(self, grad_columns, x, offset, mask, grad_offset, grad_mask):
         """Offset (and, when grad_mask is given, mask) gradients for a chunk;
-        planes: after corners(offset)."""
+        planes: from pixel-major grad_columns, after corners(offset) and
+        fill_pixels(x)."""
         images = x.shape[0]
         mask_arg = offset if mask is None else mask
         if self.strategy == "planes":
             # grad_mask is written only when asked for; grad_offset stands in for the pointer.
             items = self.g.kernel_points * self.g.out_pixels
             blocks = -(-items // _kernels.COORD_BLOCK)
-            self.launch(_kernels.DEFORM_CONV2D_COL2IM_COORD_PLANES,
+            self.launch(_kernels.DEFORM_CONV2D_COL2IM_COORD_PIXELS,
                         images * self.g.offset_groups * blocks,
-                        grad_columns=grad_columns, padded_input=self.padded_input[:images],
-                        mask=mask_arg,
-                        grad_offset=grad_offset,
+                        grad_columns_t=grad_columns, padded_pixels=self.padded_pixels[:images],
+                        mask=mask_arg, grad_offset=grad_offset,
                         grad_mask=grad_offset if grad_mask is None else grad_mask,
                         use_mask=int(mask is not None), want_grad_mask=int(grad_mask is not None),
+                        conv_group_channels=self.g.channels // self.g.groups,
                         **self._corner_args(images))
             return
         items = images * self.items_per_image
@@ -340,14 +356,16 @@ class _Plan:
 
     def col2im(self, grad_columns, offset, mask, grad_input):
         """grad_input += adjoint of im2col; planes: grad_input = adjoint (every
-        element written), after corners(offset)."""
+        element written) of pixel-major grad_columns, after corners(offset)."""
         images = offset.shape[0]
         mask_arg = offset if mask is None else mask
         if self.strategy == "planes":
-            self.launch(_kernels.DEFORM_CONV2D_COL2IM_PLANES, self._plane_blocks(images),
-                        grad_columns=grad_columns, mask=mask_arg,
-                        padded_grad_input=self.padded_grad_input[:images],
-                        grad_input=grad_input, use_mask=int(mask is not None),
+            self.launch(_kernels.DEFORM_CONV2D_COL2IM_PIXELS, self._pixel_blocks(images),
+                        grad_columns_t=grad_columns, mask=mask_arg,
+                        padded_grad_pixels=self.padded_grad_pixels[:images * self.grad_pixels],
+                        grad_input=grad_input,
+                        use_mask=int(mask is not None),
+                        conv_group_channels=self.g.channels // self.g.groups,
                         **self._corner_args(images))
         elif self.strategy == "items":
             kernel = _kernels.DEFORM_CONV2D_COL2IM
@@ -468,8 +486,8 @@ def _pixel_major_forward(plan, x, offset, weight, bias, mask, columns, out):
     for start, stop in plan.chunks:
         images = stop - start
         cols = columns[:images].reshape(images, g.out_pixels, g.groups, -1)
-        plan.im2col_pixels(x[start:stop], offset[start:stop],
-                           None if mask is None else mask[start:stop], cols)
+        plan.fill_pixels(x[start:stop])
+        plan.im2col_pixels(offset[start:stop], None if mask is None else mask[start:stop], cols)
         if g.groups == 1:  # one GEMM for several small images: the weights packed once
             step = max(1, _gemm.STACKED_ROWS // g.out_pixels)
             for first in range(0, images, step):
@@ -545,15 +563,18 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
     grad_columns = (_workspace.scratch(xp, "grad_columns",
                                        (plan.size, g.column_rows, g.out_pixels), g.dtype)
                     if want_input or want_coord else None)
+    weight_rows = plan.weight_rows_for_pixels(weight) if plan.cells else None
     for start, stop in plan.chunks:
         images = stop - start
         x_c, off_c = x[start:stop], offset[start:stop]
         mask_c = None if mask is None else mask[start:stop]
         if plan.cells:
-            plan.corners(off_c, x_c)
+            plan.corners(off_c)
+        if plan.pixels:
+            plan.fill_pixels(x_c)
         if want_weight and plan.pixels:
             cols = columns[:images].reshape(images, g.out_pixels, g.groups, -1)
-            plan.im2col_pixels(x_c, off_c, mask_c, cols)
+            plan.im2col_pixels(off_c, mask_c, cols)
             _add_weight_gradient_of_pixels(xp, grad_out_grouped[start:stop], cols, grad_weight,
                                            first=start == 0, one_thread=deterministic)
         elif want_weight:
@@ -567,9 +588,14 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
         if not (want_input or want_coord):
             continue
         gcols = grad_columns[:images]
-        _gemm.matmul(xp, weight_grouped.swapaxes(-1, -2), grad_out_grouped[start:stop],
-                     out=gcols.reshape(images, g.groups, -1, g.out_pixels),
-                     one_thread=deterministic)
+        if plan.cells:  # pixel-major, (images, P, groups, KK * C / groups)
+            _gemm.matmul(xp, grad_out_grouped[start:stop].swapaxes(-1, -2), weight_rows,
+                         out=gcols.reshape(images, g.out_pixels, g.groups, -1).swapaxes(1, 2),
+                         one_thread=deterministic)
+        else:
+            _gemm.matmul(xp, weight_grouped.swapaxes(-1, -2), grad_out_grouped[start:stop],
+                         out=gcols.reshape(images, g.groups, -1, g.out_pixels),
+                         one_thread=deterministic)
         if want_input:
             plan.col2im(gcols, off_c, mask_c, grad_input[start:stop])
         if want_coord:

@@ -31,18 +31,20 @@
 // destination (a stable sort), and segmented_sum.cu sums each pixel's
 // entries in that fixed order, in parallel, without atomics.
 //
-// Planes (the CPU's default): the input is copied once into zero-padded
-// planes, so that no corner needs a bounds test (the padding reads zeros).
-// The gather (the forward's, and the backward's for the weight gradient)
-// reads a channels-last padded copy, (B, H + 3, W + 3, C), and writes
+// Planes (the CPU's default): the input is copied once, channels last, into
+// zero-padded planes of pixels, (B, H + 3, W + 3, C), so that no corner needs
+// a bounds test (the padding reads zeros). The gather (the forward's, and
+// the backward's for the weight gradient) reads them and writes
 // pixel-major columns, (B, P, groups, KK, C / groups), that the GEMMs take
-// as they are (deform_conv2d_im2col_pixels). For the input, offset and mask
-// gradients, deform_conv2d_corners stores each item's cell and weights; then
-// each thread walks the items of its group in order for a block of (image,
-// channel) planes, accumulating into its own planes only (col2im), or the
-// channels in order for a block of items (offset and mask). No atomics, a
-// fixed summation order whatever the thread count, and planes small enough
-// to stay in a CPU core's cache.
+// as they are (deform_conv2d_im2col_pixels). The backward's GEMM writes the
+// gradient columns pixel-major too, and deform_conv2d_corners stores each
+// item's cell and weights; then each thread walks the items of its group in
+// order for a block of an image's channels, accumulating into padded pixels
+// of its own (col2im), or the channels in order for a block of items,
+// reading them side by side from the gradient columns and the channels-last
+// pixels (offset and mask). No atomics, a fixed summation order whatever
+// the thread count, and accumulators small enough to stay in a CPU core's
+// cache.
 #include "cudcn_common.cuh"
 
 namespace cudcn {
@@ -306,14 +308,15 @@ CUDCN_DEVICE PaddedPlanes<I> padded_planes(const DeformConvGeometry& s) {
   return p;
 }
 
-// Every item's sampling cell, for the plane kernels: corner_base (n, 2) holds
+// Every item's sampling cell, for the plane kernels, in pixel-major order
+// (b, g, p, k), as the gradient columns they read: corner_base (, 2) holds
 // the padded base of the corners the sample reads (the zeros when it reads
 // none) and of those its offset gradient reads (the same, but for a point on
 // y = -1 or x = -1, which samples 0 and has a gradient: see
 // bilinear_corners); corner_weight (n, 6) the bilinear weights of the four
 // corners (0 when the sample reads none) and the fractions y - y0, x - x0 of
 // the gradient (0 when it has none). One thread per output row of one
-// (image, group, kernel point): the items of a row are consecutive.
+// (image, group): the row's items are consecutive.
 template <typename T, typename I>
 __global__ void deform_conv2d_corners(const T* __restrict__ offset, I* __restrict__ corner_base,
                                       acc_t<T>* __restrict__ corner_weight, I n,
@@ -322,54 +325,59 @@ __global__ void deform_conv2d_corners(const T* __restrict__ offset, I* __restric
   using A = acc_t<T>;
   const PaddedPlanes<I> padded = padded_planes<I>(s);
   const I P = I(s.out_h) * s.out_w;
+  const int KK = s.kernel_h * s.kernel_w;
   CUDCN_KERNEL_LOOP(row, I, n) {
     const int oh = static_cast<int>(row % s.out_h);
-    const I group_kernel_point = row / s.out_h;  // (b * G + g) * KK + k
-    const int k = static_cast<int>(group_kernel_point % (s.kernel_h * s.kernel_w));
-    const int ki = k / s.kernel_w, kj = k % s.kernel_w;
-    const A y_base = A(oh * s.stride_h - s.pad_h + ki * s.dil_h);
-    const I first = group_kernel_point * P + I(oh) * s.out_w;  // the row's first item
-    const T* dy = offset + 2 * group_kernel_point * P + I(oh) * s.out_w;
+    const I bg = row / s.out_h;  // b * G + g
     for (int ow = 0; ow < s.out_w; ++ow) {
-      const A y = y_base + load(dy + ow);
-      const A x = A(ow * s.stride_w - s.pad_w + kj * s.dil_w) + load(dy + P + ow);
-      const BilinearCorners<A, I> c = bilinear_corners<A, I>(y, x, s.height, s.width);
-      const I cell = c.differentiable ? I(c.y0 + 1) * padded.width + (c.x0 + 1) : padded.zeros;
-      const I item = first + ow;
-      store(corner_base + item * 2, c.inside ? cell : padded.zeros);
-      store(corner_base + item * 2 + 1, cell);
-      const A wy[2] = {A(1) - c.frac_y, c.frac_y};
-      const A wx[2] = {A(1) - c.frac_x, c.frac_x};
-      for (int q = 0; q < 4; ++q) {
-        store(corner_weight + item * 6 + q, c.inside ? wy[q >> 1] * wx[q & 1] : A(0));
+      const I p = I(oh) * s.out_w + ow;
+      for (int k = 0; k < KK; ++k) {
+        const int ki = k / s.kernel_w, kj = k % s.kernel_w;
+        const T* dy = offset + 2 * (bg * KK + k) * P + p;
+        const A y = A(oh * s.stride_h - s.pad_h + ki * s.dil_h) + load(dy);
+        const A x = A(ow * s.stride_w - s.pad_w + kj * s.dil_w) + load(dy + P);
+        const BilinearCorners<A, I> c = bilinear_corners<A, I>(y, x, s.height, s.width);
+        const I cell = c.differentiable ? I(c.y0 + 1) * padded.width + (c.x0 + 1) : padded.zeros;
+        const I item = (bg * P + p) * KK + k;
+        store(corner_base + item * 2, c.inside ? cell : padded.zeros);
+        store(corner_base + item * 2 + 1, cell);
+        const A wy[2] = {A(1) - c.frac_y, c.frac_y};
+        const A wx[2] = {A(1) - c.frac_x, c.frac_x};
+        for (int q = 0; q < 4; ++q) {
+          store(corner_weight + item * 6 + q, c.inside ? wy[q >> 1] * wx[q & 1] : A(0));
+        }
+        store(corner_weight + item * 6 + 4, c.frac_y);
+        store(corner_weight + item * 6 + 5, c.frac_x);
       }
-      store(corner_weight + item * 6 + 4, c.frac_y);
-      store(corner_weight + item * 6 + 5, c.frac_x);
     }
   }
 }
 
-// The scatter plane kernel gives each thread kPlaneChannels planes of one
-// offset group (fewer at the group's end), so that each item's cell is read
-// once for several planes.
-constexpr int kPlaneChannels = 8;
+// The backward's scatter on the CPU gives each thread kPixelChannels channels
+// of one (image, offset group) (fewer at the group's end): each item's cell
+// and weights are read once for them, and their run of its gradient columns
+// is added into each of its four corners in one vector loop.
+constexpr int kPixelChannels = 16;
 
 template <typename I>
-struct PlaneBlock {
-  I group;        // b * G + g
-  I first_plane;  // b * C + the block's first channel
-  int count;      // planes in the block
+struct PixelBlock {
+  I image;       // b
+  I group_item;  // the group's first item, (b * G + g) * KK * P
+  int first;     // the block's first channel in the image
+  int count;     // channels in the block
 };
 
 template <typename I>
-CUDCN_DEVICE PlaneBlock<I> plane_block(I block, const DeformConvGeometry& s) {
+CUDCN_DEVICE PixelBlock<I> pixel_block(I block, const DeformConvGeometry& s) {
   const int group_channels = s.group_channels();
-  const I blocks = (group_channels + kPlaneChannels - 1) / kPlaneChannels;
-  PlaneBlock<I> p;
-  p.group = block / blocks;
-  const int c_in_group = static_cast<int>(block % blocks) * kPlaneChannels;
-  p.count = min(kPlaneChannels, group_channels - c_in_group);
-  p.first_plane = p.group * group_channels + c_in_group;
+  const I blocks = (group_channels + kPixelChannels - 1) / kPixelChannels;
+  const I bg = block / blocks;  // b * G + g
+  const int in_group = static_cast<int>(block % blocks) * kPixelChannels;
+  PixelBlock<I> p;
+  p.image = bg / s.offset_groups;
+  p.group_item = bg * s.kernel_h * s.kernel_w * s.out_h * s.out_w;
+  p.first = static_cast<int>(bg % s.offset_groups) * group_channels + in_group;
+  p.count = min(kPixelChannels, group_channels - in_group);
   return p;
 }
 
@@ -507,6 +515,27 @@ __global__ void deform_conv2d_weight_for_pixels(const T* __restrict__ weight,
   }
 }
 
+// The weights (C_out, Cw, KK) with each row in the pixel-major columns'
+// order, (C_out, KK, Cw), in the accumulation type: the right operand of the
+// backward's GEMM that writes pixel-major gradient columns (which runs
+// faster with it than with the transpose of the forward's). One thread per
+// output channel: its row is read and written whole.
+template <typename T, typename I>
+__global__ void deform_conv2d_weight_rows_for_pixels(const T* __restrict__ weight,
+                                                     acc_t<T>* __restrict__ weight_rows, I n,
+                                                     int group_channels, int kernel_points) {
+  const I columns = I(group_channels) * kernel_points;
+  CUDCN_KERNEL_LOOP(o, I, n) {
+    const T* from = weight + o * columns;
+    acc_t<T>* to = weight_rows + o * columns;
+    for (int c = 0; c < group_channels; ++c) {
+      for (int k = 0; k < kernel_points; ++k) {
+        store(to + I(k) * group_channels + c, acc_t<T>(load(from + I(c) * kernel_points + k)));
+      }
+    }
+  }
+}
+
 // The pixel-major product of the forward's GEMM, (B, groups, P, Cg) with Cg
 // = C_out / groups, plus the bias, into the output (B, C_out, P): one thread
 // per tile of kOutputTile pixels by kOutputTile channels of one (image,
@@ -539,114 +568,182 @@ __global__ void deform_conv2d_output_from_pixels(const acc_t<T>* __restrict__ pr
   }
 }
 
-// col2im of the plane strategy: each thread clears its block's padded planes
-// of padded_grad_input, adds every item of the group into them, then writes
-// their interiors to grad_input (B, C, H, W), every element of its planes,
-// while they are still in the core's cache. (The array library would clear
-// and copy the whole arrays on one thread.)
+// Adds w * g[t] into q[t], t < count: one corner of a block's item. (A
+// constant trip count would have the host compiler unroll it into scalar
+// code, not vectorize it.)
+template <typename A>
+CUDCN_DEVICE void add_scaled(A* q, A w, const A* g, int count) {
+  for (int t = 0; t < count; ++t) store(q + t, load(q + t) + w * g[t]);
+}
+
+// col2im of the plane strategy, from pixel-major gradient columns (B, P,
+// groups, KK, Cw): each thread clears its own padded pixels in
+// padded_grad_pixels (threads, H + 3, W + 3, kPixelChannels), adds every
+// item of its offset group into them (a corner's channels side by side),
+// then writes their interiors to its channels' planes of grad_input (B, C,
+// H, W), every element, while they are still in the core's cache.
 template <typename T, typename I>
-__global__ void deform_conv2d_col2im_planes(const T* __restrict__ grad_columns,
+__global__ void deform_conv2d_col2im_pixels(const T* __restrict__ grad_columns_t,
                                             const T* __restrict__ mask,
                                             const I* __restrict__ corner_base,
                                             const acc_t<T>* __restrict__ corner_weight,
-                                            acc_t<T>* __restrict__ padded_grad_input,
+                                            acc_t<T>* __restrict__ padded_grad_pixels,
                                             acc_t<T>* __restrict__ grad_input, I n,
-                                            int use_mask, CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
+                                            int use_mask, int conv_group_channels,
+                                            CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
   CUDCN_DEFORM_CONV_GEOMETRY;
   using A = acc_t<T>;
   const PaddedPlanes<I> padded = padded_planes<I>(s);
-  const I items = I(s.kernel_h) * s.kernel_w * s.out_h * s.out_w;
+  const I P = I(s.out_h) * s.out_w;
+  const int KK = s.kernel_h * s.kernel_w;
   const I plane = I(s.height) * s.width;
+  const I pixel_row = I(s.channels) * KK;  // one pixel's gradient columns
+  const I below = padded.width * kPixelChannels;
   CUDCN_KERNEL_LOOP(i, I, n) {
-    const PlaneBlock<I> b = plane_block(i, s);
-    const I first = b.group * items;
-    const T* gcol[kPlaneChannels];
-    A* gin[kPlaneChannels];
-    for (int t = 0; t < b.count; ++t) {
-      gcol[t] = grad_columns + (b.first_plane + t) * items;
-      gin[t] = padded_grad_input + (b.first_plane + t) * padded.size;
-      for (I q = 0; q < padded.size; ++q) {
-        store(gin[t] + q, A(0));
+    const PixelBlock<I> b = pixel_block(i, s);
+    const int column = pixel_column(b.first, KK, conv_group_channels);
+    // Within one convolution group the block's channels are contiguous.
+    const bool contiguous =
+        pixel_column(b.first + b.count - 1, KK, conv_group_channels) - column == b.count - 1;
+    A* sums = padded_grad_pixels + i * padded.size * kPixelChannels;
+    for (I q = 0; q < padded.size * kPixelChannels; ++q) store(sums + q, A(0));
+    const T* image_columns = grad_columns_t + b.image * P * pixel_row + column;
+    for (I p = 0; p < P; ++p) {
+      for (int k = 0; k < KK; ++k) {
+        const I item = b.group_item + p * KK + k;
+        const I base = load(corner_base + item * 2);
+        const A* w = corner_weight + item * 6;
+        const A m = use_mask ? load(mask + b.group_item + I(k) * P + p) : A(1);
+        const T* gc = image_columns + p * pixel_row + k * conv_group_channels;
+        A g[kPixelChannels];
+        if (contiguous) {
+          for (int t = 0; t < b.count; ++t) g[t] = m * load(gc + t);
+        } else {
+          for (int t = 0; t < b.count; ++t) {
+            g[t] = m * load(gc + pixel_column(b.first + t, KK, conv_group_channels) - column);
+          }
+        }
+        A* q = sums + base * kPixelChannels;
+        add_scaled(q, load(w), g, b.count);
+        add_scaled(q + kPixelChannels, load(w + 1), g, b.count);
+        add_scaled(q + below, load(w + 2), g, b.count);
+        add_scaled(q + below + kPixelChannels, load(w + 3), g, b.count);
       }
     }
-    for (I j = 0; j < items; ++j) {
-      const I base = load(corner_base + (first + j) * 2);
-      const A* w = corner_weight + (first + j) * 6;
-      const A w0 = load(w), w1 = load(w + 1), w2 = load(w + 2), w3 = load(w + 3);
-      const A m = use_mask ? load(mask + first + j) : A(1);
-      for (int t = 0; t < b.count; ++t) {
-        const A gc = m * load(gcol[t] + j);
-        A* p = gin[t] + base;
-        store(p, load(p) + w0 * gc);
-        store(p + 1, load(p + 1) + w1 * gc);
-        store(p + padded.width, load(p + padded.width) + w2 * gc);
-        store(p + padded.width + 1, load(p + padded.width + 1) + w3 * gc);
-      }
-    }
     for (int t = 0; t < b.count; ++t) {
-      A* to = grad_input + (b.first_plane + t) * plane;
+      A* to = grad_input + (b.image * s.channels + b.first + t) * plane;
       for (int h = 0; h < s.height; ++h) {
-        const A* from = gin[t] + I(h + 1) * padded.width + 1;
+        const A* from = sums + (I(h + 1) * padded.width + 1) * kPixelChannels + t;
         for (int w = 0; w < s.width; ++w) {
-          store(to + I(h) * s.width + w, load(from + w));
+          store(to + I(h) * s.width + w, load(from + I(w) * kPixelChannels));
         }
       }
     }
   }
 }
 
+// One item's offset and mask gradient sums over a run of `count` channels
+// that sit side by side in the gradient columns (gc) and in the padded
+// pixels (v, the cell's corner (y0, x0); the other corners `right` and
+// `below` further), in kCoordLanes partial sums a component that the host
+// compiler keeps in one vector register each; sums (3) gets them in lane
+// order. The order depends on the geometry only, never on the threads.
+constexpr int kCoordLanes = 8;
+
+template <typename T, typename A, typename I>
+CUDCN_DEVICE void add_coord_run(const T* gc, const T* v, int right, I below, int count, A ly,
+                                A lx, const A* w, A* sums) {
+  A gy[kCoordLanes];
+  A gx[kCoordLanes];
+  A gm[kCoordLanes];
+  for (int l = 0; l < kCoordLanes; ++l) gy[l] = gx[l] = gm[l] = A(0);
+  int c = 0;
+  for (; c + kCoordLanes <= count; c += kCoordLanes) {
+    for (int l = 0; l < kCoordLanes; ++l) {
+      const A g = load(gc + c + l);
+      const A v0 = load(v + c + l), v1 = load(v + right + c + l), v2 = load(v + below + c + l),
+              v3 = load(v + below + right + c + l);
+      gy[l] += g * ((A(1) - lx) * (v2 - v0) + lx * (v3 - v1));
+      gx[l] += g * ((A(1) - ly) * (v1 - v0) + ly * (v3 - v2));
+      gm[l] += g * (w[0] * v0 + w[1] * v1 + w[2] * v2 + w[3] * v3);
+    }
+  }
+  for (; c < count; ++c) {
+    const A g = load(gc + c);
+    const A v0 = load(v + c), v1 = load(v + right + c), v2 = load(v + below + c),
+            v3 = load(v + below + right + c);
+    gy[0] += g * ((A(1) - lx) * (v2 - v0) + lx * (v3 - v1));
+    gx[0] += g * ((A(1) - ly) * (v1 - v0) + ly * (v3 - v2));
+    gm[0] += g * (w[0] * v0 + w[1] * v1 + w[2] * v2 + w[3] * v3);
+  }
+  for (int l = 0; l < kCoordLanes; ++l) {
+    sums[0] += gy[l];
+    sums[1] += gx[l];
+    sums[2] += gm[l];
+  }
+}
+
 // Offset and mask gradients by blocks of items, for the plane strategy: one
 // thread per (image b, offset group g, block of kCoordBlock items) sums each
-// item over the group's channels in order, in registers, and owns its items'
-// outputs: no atomics, and the channel order fixes the summation order.
+// item over the group's channels, reading its gradient columns' and its
+// corners' channels side by side (pixel-major columns, channels-last padded
+// pixels), and owns its items' outputs: no atomics, and a summation order
+// that only the geometry fixes.
 constexpr int kCoordBlock = 64;
 
 template <typename T, typename I>
-__global__ void deform_conv2d_col2im_coord_planes(
-    const T* __restrict__ grad_columns, const T* __restrict__ padded_input,
+__global__ void deform_conv2d_col2im_coord_pixels(
+    const T* __restrict__ grad_columns_t, const T* __restrict__ padded_pixels,
     const T* __restrict__ mask, const I* __restrict__ corner_base,
     const acc_t<T>* __restrict__ corner_weight, T* __restrict__ grad_offset,
-    T* __restrict__ grad_mask, I n, int use_mask, int want_grad_mask,
+    T* __restrict__ grad_mask, I n, int use_mask, int want_grad_mask, int conv_group_channels,
     CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
   CUDCN_DEFORM_CONV_GEOMETRY;
   using A = acc_t<T>;
   const PaddedPlanes<I> padded = padded_planes<I>(s);
   const I P = I(s.out_h) * s.out_w;
-  const I items = I(s.kernel_h) * s.kernel_w * P;
+  const int KK = s.kernel_h * s.kernel_w;
+  const I items = KK * P;
   const I blocks = (items + kCoordBlock - 1) / kCoordBlock;
   const int group_channels = s.group_channels();
+  const I pixel_row = I(s.channels) * KK;
+  const I below = padded.width * s.channels;
   CUDCN_KERNEL_LOOP(i, I, n) {
     const I bg = i / blocks;  // b * G + g
+    const I b = bg / s.offset_groups;
+    const int first_channel = static_cast<int>(bg % s.offset_groups) * group_channels;
+    const int last_channel = first_channel + group_channels;
     const I j0 = (i % blocks) * kCoordBlock;
     const I j1 = min(items, j0 + kCoordBlock);
     const I first = bg * items;
-    const T* gcol = grad_columns + bg * group_channels * items;
-    const T* in = padded_input + bg * group_channels * padded.size;
+    const T* image = padded_pixels + b * padded.size * s.channels;
+    const T* image_columns = grad_columns_t + b * P * pixel_row;
     for (I j = j0; j < j1; ++j) {
       const I value_base = load(corner_base + (first + j) * 2);
       const I base = load(corner_base + (first + j) * 2 + 1);
-      const A* w = corner_weight + (first + j) * 6;
-      const A w0 = load(w), w1 = load(w + 1), w2 = load(w + 2), w3 = load(w + 3);
-      const A ly = load(w + 4), lx = load(w + 5);
+      const A* cw = corner_weight + (first + j) * 6;
+      const A w[4] = {load(cw), load(cw + 1), load(cw + 2), load(cw + 3)};
+      const A ly = load(cw + 4), lx = load(cw + 5);
+      const int k = static_cast<int>(j % KK);
+      const I p = j / KK;
+      const T* corner = image + base * s.channels;
+      const T* columns = image_columns + p * pixel_row + k * conv_group_channels;
+      A sums[3] = {A(0), A(0), A(0)};
+      // The group's channels in runs that one convolution group holds.
+      for (int c = first_channel; c < last_channel;) {
+        const int end = min(last_channel, (c / conv_group_channels + 1) * conv_group_channels);
+        add_coord_run(columns + pixel_column(c, KK, conv_group_channels), corner + c,
+                      s.channels, below, end - c, ly, lx, w, sums);
+        c = end;
+      }
+      const I item = (bg * KK + k) * P + p;  // where its offset and mask are
+      const A m = use_mask ? load(mask + item) : A(1);
+      const I offset_y_at = 2 * (bg * KK + k) * P + p;
+      store(grad_offset + offset_y_at, m * sums[0]);
+      store(grad_offset + offset_y_at + P, m * sums[1]);
       // A point on y = -1 or x = -1 samples 0: no mask gradient, though an
       // offset gradient (its gradient cell is not the zeros it samples).
-      const bool sampled = value_base == base;
-      A grad_y = A(0), grad_x = A(0), grad_m = A(0);
-      for (int cc = 0; cc < group_channels; ++cc) {
-        const A gc = load(gcol + cc * items + j);
-        const T* p = in + cc * padded.size + base;
-        const A v0 = load(p), v1 = load(p + 1), v2 = load(p + padded.width),
-                v3 = load(p + padded.width + 1);
-        grad_y += gc * ((A(1) - lx) * (v2 - v0) + lx * (v3 - v1));
-        grad_x += gc * ((A(1) - ly) * (v1 - v0) + ly * (v3 - v2));
-        if (sampled) grad_m += gc * (w0 * v0 + w1 * v1 + w2 * v2 + w3 * v3);
-      }
-      const I k = j / P, p = j % P;
-      const I offset_y_at = 2 * (bg * s.kernel_h * s.kernel_w + k) * P + p;
-      const A m = use_mask ? load(mask + first + j) : A(1);
-      store(grad_offset + offset_y_at, m * grad_y);
-      store(grad_offset + offset_y_at + P, m * grad_x);
-      if (want_grad_mask) store(grad_mask + first + j, grad_m);
+      if (want_grad_mask) store(grad_mask + item, value_base == base ? sums[2] : A(0));
     }
   }
 }

@@ -15,6 +15,9 @@ CASES = {
     "v1-no-mask-no-bias": dict(mask=False, bias=False),
     "batch-1": dict(batch=1),
     "offsets-leaving-image": dict(offset_scale=12.0),
+    # More channels than the CPU backward's vector lanes and channel blocks,
+    # with a remainder of each.
+    "wide-channels": dict(in_channels=37, out_channels=5, size=(6, 5)),
 }
 
 

@@ -73,7 +73,7 @@ def test_measure_prints_every_contender_and_ratio():
                  "where the time goes", "deform_conv2d_im2col_pixels", "matrix products"):
         assert word in text
     backward = result["profile"]["backward"]
-    assert {"deform_conv2d_col2im_planes", "matrix products", "total"} <= set(backward)
+    assert {"deform_conv2d_col2im_pixels", "matrix products", "total"} <= set(backward)
     forward = result["conv"][(1, 4, 8)]["forward"]
     # onnxruntime is in the test extra: ONNX Runtime's DeformConv is a peer.
     assert {"cudcn (torch)", "cudcn (NumPy)", "torchvision", "F.conv2d",

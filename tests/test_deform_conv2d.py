@@ -75,8 +75,8 @@ def test_batch_zero():
     assert not grads.weight.any() and not grads.bias.any()
 
 
-WORKSPACE_ARGS = ("columns", "grad_columns", "corner_base", "corner_weight", "padded_input",
-                  "padded_grad_input", "padded_pixels")
+WORKSPACE_ARGS = ("columns", "grad_columns", "corner_base", "corner_weight", "padded_pixels",
+                  "padded_grad_pixels")
 
 
 def test_batch_33_runs_in_chunks_under_the_workspace_limit(launches, strategy):
@@ -340,8 +340,13 @@ def _poisoned(empty):
 
 
 # The channels of an offset group across two convolution groups (the other
-# cases' offset groups lie within one).
-_PIXEL_LAYOUTS = dict(across_groups=dict(in_channels=6, out_channels=4, groups=2, size=(5, 19)))
+# cases' offset groups lie within one); wide, a channel block of the plane
+# backward's scatter across them, and runs of its offset gradient longer
+# than its vector lanes.
+_PIXEL_LAYOUTS = dict(
+    across_groups=dict(in_channels=6, out_channels=4, groups=2, size=(5, 19)),
+    wide_across_groups=dict(in_channels=36, out_channels=4, groups=2, size=(5, 7)),
+)
 
 
 @pytest.mark.parametrize("index64", [False, True], ids=["int", "long-long"])
@@ -373,7 +378,8 @@ def test_pixel_and_item_gathers_sample_the_same_columns(case, dtype_name, index6
     pixel_major = np.full((g.batch, g.out_pixels, g.groups, g.column_rows // g.groups), np.nan,
                           dtype)
     usual = np.full((g.batch, g.column_rows, g.out_pixels), np.inf, dtype)
-    pixels.im2col_pixels(x, offset, mask, pixel_major)
+    pixels.fill_pixels(x)
+    pixels.im2col_pixels(offset, mask, pixel_major)
     items.im2col(x, offset, mask, usual)
     names = [launch.kernel.name.rsplit("::", 1)[-1] for launch in launches]
     assert names == ["deform_conv2d_fill_pixels", "deform_conv2d_im2col_pixels",
@@ -383,6 +389,50 @@ def test_pixel_and_item_gathers_sample_the_same_columns(case, dtype_name, index6
     as_usual = pixel_major.reshape(g.batch, g.out_pixels, g.groups, g.kernel_points, cw)
     as_usual = as_usual.transpose(0, 2, 4, 3, 1).reshape(usual.shape)
     assert np.array_equal(as_usual.astype(np.float64), usual.astype(np.float64))
+
+
+# Sums of tens of products in the accumulation type, or one rounding into a
+# 16-bit one.
+_ADJOINT_ROUNDOFF = {"float64": 2.0**-53 * 64, "float32": 2.0**-24 * 64, "float16": 2.0**-11,
+                     "bfloat16": 2.0**-8}
+
+
+@pytest.mark.parametrize("index64", [False, True], ids=["int", "long-long"])
+@pytest.mark.parametrize("dtype_name", ["float64", "float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("case", case_params() + [
+    pytest.param(c, id=name) for name, c in _PIXEL_LAYOUTS.items()])
+def test_pixel_and_item_adjoints_give_the_same_gradients(case, dtype_name, index64, launches,
+                                                         monkeypatch):
+    """The plane strategy's backward (the CPU's), whose adjoint kernels read
+    pixel-major gradient columns and channels-last pixels, and the item
+    strategy's (the GPU's), on the usual layouts: the same gradients, to
+    the rounding of their different summation orders."""
+    import ml_dtypes
+
+    dtype = np.dtype(ml_dtypes.bfloat16) if dtype_name == "bfloat16" else np.dtype(dtype_name)
+    monkeypatch.setattr(cudcn._launch, "_force_index64", index64)
+    args = deform_conv2d_inputs(dtype=dtype, seed=7, **case)
+    grad_output = np.random.default_rng(8).standard_normal(
+        cudcn.deform_conv2d(**args).shape).astype(dtype)
+    del launches[:]
+    monkeypatch.setattr(cudcn._launch, "_force_strategy", "planes")
+    planes = cudcn.deform_conv2d_backward(grad_output, **args)
+    names = {launch.kernel.name.rsplit("::", 1)[-1] for launch in launches}
+    assert {"deform_conv2d_corners", "deform_conv2d_col2im_pixels",
+            "deform_conv2d_col2im_coord_pixels", "deform_conv2d_weight_rows_for_pixels"} <= names
+    assert all(launch.index == ("long long" if index64 else "int") for launch in launches
+               if launch.kernel.name.endswith("pixels") and "weight" not in launch.kernel.name)
+    monkeypatch.setattr(cudcn._launch, "_force_strategy", "items")
+    items = cudcn.deform_conv2d_backward(grad_output, **args)
+    u = _ADJOINT_ROUNDOFF[dtype_name]
+    for name in ("input", "offset", "mask"):
+        got, want = getattr(planes, name), getattr(items, name)
+        if want is None:
+            assert got is None
+            continue
+        got, want = got.astype(np.float64), want.astype(np.float64)
+        scale = max(1.0, float(np.abs(want).max()))
+        assert_close(got, want, rtol=8 * u, atol=8 * u * scale, what=name)
 
 
 def test_forward_on_the_plane_strategy_gathers_from_pixels(launches, monkeypatch):

@@ -91,7 +91,7 @@ def test_deterministic_mode_uses_no_atomic_kernels(launches, monkeypatch):
         args = eval(build)  # noqa: S307
         backward(forward(**args), deterministic=True, **args)
     names = {launch.kernel.name for launch in launches}
-    assert "cudcn::deform_conv2d_col2im_planes" in names
+    assert "cudcn::deform_conv2d_col2im_pixels" in names
     assert not names & ATOMIC_KERNELS
 
 

@@ -194,7 +194,7 @@ def test_gpu_source_carries_the_digest_of_every_kernel_file():
 
 @pytest.mark.parametrize("source, pattern, name", [
     ("deform_conv2d.cu", r"constexpr int kCoordBlock = (\d+);", "COORD_BLOCK"),
-    ("deform_conv2d.cu", r"constexpr int kPlaneChannels = (\d+);", "PLANE_CHANNELS"),
+    ("deform_conv2d.cu", r"constexpr int kPixelChannels = (\d+);", "PIXEL_CHANNELS"),
     ("deform_conv2d.cu", r"constexpr int kOutputTile = (\d+);", "OUTPUT_TILE"),
     ("deform_conv2d.cu", r"p.width = I\(s.width\) \+ (\d+);", "PLANE_PADDING"),
     ("deform_roi_pool.cu", r"constexpr int kPixelChannels = (\d+);", "ROI_PIXEL_CHANNELS"),

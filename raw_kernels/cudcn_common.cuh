@@ -32,6 +32,15 @@ template <typename T> using acc_t = typename accumulate<T>::type;
 #define CUDCN_RECORD_ATOMIC(p)
 #endif
 
+// A hint that p will be read soon, for a host CPU whose prefetchers miss a
+// kernel's stride; it reads nothing and cannot fault. Nothing on the GPU.
+template <typename T>
+CUDCN_DEVICE void prefetch(const T* p) {
+#ifndef CUDCN_GPU
+  __builtin_prefetch(p);
+#endif
+}
+
 template <typename T>
 CUDCN_DEVICE acc_t<T> widen(T v) { return static_cast<acc_t<T>>(v); }
 template <>

@@ -131,6 +131,12 @@ DEFORM_CONV2D_WEIGHT_ROWS_FOR_PIXELS = Kernel(
     (("weight", "const T*"), ("weight_rows", "A*"), ("n", "I"), ("group_channels", "int"),
      ("kernel_points", "int")),
 )
+DEFORM_CONV2D_WEIGHT_FROM_PIXEL_ROWS = Kernel(
+    "cudcn::deform_conv2d_weight_from_pixel_rows",
+    "deform_conv2d.cu",
+    (("weight_rows", "const A*"), ("weight", "T*"), ("n", "I"), ("group_channels", "int"),
+     ("kernel_points", "int")),
+)
 DEFORM_CONV2D_OUTPUT_FROM_PIXELS = Kernel(
     "cudcn::deform_conv2d_output_from_pixels",
     "deform_conv2d.cu",
@@ -301,6 +307,7 @@ KERNELS = (
     DEFORM_CONV2D_CORNERS, DEFORM_CONV2D_COL2IM_PIXELS,
     DEFORM_CONV2D_COL2IM_COORD_PIXELS, DEFORM_CONV2D_FILL_PIXELS, DEFORM_CONV2D_IM2COL_PIXELS,
     DEFORM_CONV2D_WEIGHT_FOR_PIXELS, DEFORM_CONV2D_WEIGHT_ROWS_FOR_PIXELS,
+    DEFORM_CONV2D_WEIGHT_FROM_PIXEL_ROWS,
     DEFORM_CONV2D_OUTPUT_FROM_PIXELS,
     DEFORM_ROI_POOL_FORWARD, DEFORM_ROI_POOL_FILL_PIXELS, DEFORM_ROI_POOL_FORWARD_PIXELS,
     DEFORM_ROI_POOL_BACKWARD_INPUT, DEFORM_ROI_POOL_BACKWARD_INPUT_PLANES,

@@ -273,6 +273,18 @@ class _Plan:
             group_channels=c_g, kernel_points=g.kernel_points))
         return weight_rows
 
+    def weight_from_pixel_rows(self, weight_rows):
+        """The weight gradient (C_out, C / groups, kh, kw) in the dtype from its
+        accumulation in pixel-major order (groups, C_out / groups, KK * C / groups)."""
+        g = self.g
+        c_g = g.channels // g.groups
+        weight = g.xp.empty((g.out_channels, c_g, *g.kernel), dtype=g.dtype)
+        _launch.run(_launch.make_launch(
+            _kernels.DEFORM_CONV2D_WEIGHT_FROM_PIXEL_ROWS, g.dtype, g.out_channels,
+            _launch.index_type(weight.size), weight_rows=weight_rows, weight=weight,
+            group_channels=c_g, kernel_points=g.kernel_points))
+        return weight
+
     def output_from_pixels(self, product, bias, out):
         """out (images, C_out, P) <- product (images, groups, P, C_out / groups) + bias."""
         g, images = self.g, out.shape[0]
@@ -605,10 +617,8 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
     if grad_input is not None:
         grad_input = grad_input.astype(g.dtype, copy=False)
     if grad_weight is not None:
-        if plan.pixels:
-            grad_weight = xp.ascontiguousarray(
-                grad_weight.reshape(g.groups, c_out_g, g.kernel_points, -1).swapaxes(-1, -2))
-        grad_weight = grad_weight.reshape(weight.shape).astype(g.dtype, copy=False)
+        grad_weight = (plan.weight_from_pixel_rows(grad_weight) if plan.pixels else
+                       grad_weight.reshape(weight.shape).astype(g.dtype, copy=False))
     return DeformConv2dGrads(
         input=grad_input,
         offset=grad_offset if "offset" in wanted else None,

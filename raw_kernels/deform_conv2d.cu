@@ -536,6 +536,26 @@ __global__ void deform_conv2d_weight_rows_for_pixels(const T* __restrict__ weigh
   }
 }
 
+// The inverse, for the weight gradient the backward's GEMM accumulates in
+// the pixel-major columns' order: (C_out, KK, Cw) in the accumulation type
+// into the weights' (C_out, Cw, KK), rounded once into T. One thread per
+// output channel.
+template <typename T, typename I>
+__global__ void deform_conv2d_weight_from_pixel_rows(const acc_t<T>* __restrict__ weight_rows,
+                                                     T* __restrict__ weight, I n,
+                                                     int group_channels, int kernel_points) {
+  const I columns = I(group_channels) * kernel_points;
+  CUDCN_KERNEL_LOOP(o, I, n) {
+    const acc_t<T>* from = weight_rows + o * columns;
+    T* to = weight + o * columns;
+    for (int c = 0; c < group_channels; ++c) {
+      for (int k = 0; k < kernel_points; ++k) {
+        store(to + I(c) * kernel_points + k, load(from + I(k) * group_channels + c));
+      }
+    }
+  }
+}
+
 // The pixel-major product of the forward's GEMM, (B, groups, P, Cg) with Cg
 // = C_out / groups, plus the bias, into the output (B, C_out, P): one thread
 // per tile of kOutputTile pixels by kOutputTile channels of one (image,

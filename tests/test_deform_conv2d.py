@@ -404,7 +404,8 @@ _ADJOINT_ROUNDOFF = {"float64": 2.0**-53 * 64, "float32": 2.0**-24 * 64, "float1
 def test_pixel_and_item_adjoints_give_the_same_gradients(case, dtype_name, index64, launches,
                                                          monkeypatch):
     """The plane strategy's backward (the CPU's), whose adjoint kernels read
-    pixel-major gradient columns and channels-last pixels, and the item
+    pixel-major gradient columns and channels-last pixels and whose weight
+    gradient comes in the pixel-major columns' order, and the item
     strategy's (the GPU's), on the usual layouts: the same gradients, to
     the rounding of their different summation orders."""
     import ml_dtypes
@@ -419,13 +420,13 @@ def test_pixel_and_item_adjoints_give_the_same_gradients(case, dtype_name, index
     planes = cudcn.deform_conv2d_backward(grad_output, **args)
     names = {launch.kernel.name.rsplit("::", 1)[-1] for launch in launches}
     assert {"deform_conv2d_corners", "deform_conv2d_col2im_pixels",
-            "deform_conv2d_col2im_coord_pixels", "deform_conv2d_weight_rows_for_pixels"} <= names
-    assert all(launch.index == ("long long" if index64 else "int") for launch in launches
-               if launch.kernel.name.endswith("pixels") and "weight" not in launch.kernel.name)
+            "deform_conv2d_col2im_coord_pixels", "deform_conv2d_weight_rows_for_pixels",
+            "deform_conv2d_weight_from_pixel_rows"} <= names
+    assert all(launch.index == ("long long" if index64 else "int") for launch in launches)
     monkeypatch.setattr(cudcn._launch, "_force_strategy", "items")
     items = cudcn.deform_conv2d_backward(grad_output, **args)
     u = _ADJOINT_ROUNDOFF[dtype_name]
-    for name in ("input", "offset", "mask"):
+    for name in ("input", "offset", "weight", "mask"):
         got, want = getattr(planes, name), getattr(items, name)
         if want is None:
             assert got is None

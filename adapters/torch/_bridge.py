@@ -30,6 +30,9 @@ def on_cuda(t):
     return t.is_cuda
 
 
+_DLPACK_CPU = 1  # DLPack's kDLCPU
+
+
 class _CPUCapsule:
     """A CPU tensor's DLPack capsule, offered to NumPy as it is. Tensor's
     ``__dlpack__`` checks, in Python, what a detached CPU tensor of cudcn's
@@ -48,9 +51,6 @@ class _CPUCapsule:
 
     def __dlpack_device__(self):
         return (_DLPACK_CPU, 0)
-
-
-_DLPACK_CPU = 1  # DLPack's kDLCPU
 
 
 def to_array(t):

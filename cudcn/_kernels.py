@@ -110,7 +110,8 @@ DEFORM_CONV2D_CORNERS = Kernel(
 DEFORM_CONV2D_FILL_PIXELS = Kernel(
     "cudcn::deform_conv2d_fill_pixels",
     "deform_conv2d.cu",
-    (("input", "const T*"), ("padded_pixels", "T*"), ("n", "I")) + _DEFORM_CONV_GEOMETRY,
+    (("input", "const T*"), ("padded_pixels", "T*"), ("n", "I"), ("channels_last", "int"))
+    + _DEFORM_CONV_GEOMETRY,
 )
 DEFORM_CONV2D_IM2COL_PIXELS = Kernel(
     "cudcn::deform_conv2d_im2col_pixels",
@@ -148,7 +149,8 @@ DEFORM_CONV2D_COL2IM_PIXELS = Kernel(
     "deform_conv2d.cu",
     (("grad_columns_t", "const T*"), ("mask", "const T*"), ("corner_base", "const I*"),
      ("corner_weight", "const A*"), ("padded_grad_pixels", "A*"), ("grad_input", "A*"),
-     ("n", "I"), ("use_mask", "int"), ("conv_group_channels", "int")) + _DEFORM_CONV_GEOMETRY,
+     ("n", "I"), ("use_mask", "int"), ("conv_group_channels", "int"), ("channels_last", "int"))
+    + _DEFORM_CONV_GEOMETRY,
 )
 DEFORM_CONV2D_COL2IM_COORD_PIXELS = Kernel(
     "cudcn::deform_conv2d_col2im_coord_pixels",

@@ -229,9 +229,19 @@ class _Plan:
         self.launch(_kernels.DEFORM_CONV2D_CORNERS, rows, offset=offset,
                     **self._corner_args(images))
 
+    def input_for(self, input):
+        """The input as the strategy reads it: the plane strategy reads a
+        channels-last input's memory as it is (fill_pixels; nothing else
+        of it reads the input), the others a C-contiguous array."""
+        if self.strategy == "planes" and _channels_last(input):
+            return input
+        return self.g.xp.ascontiguousarray(input)
+
     def fill_pixels(self, x):
         """The padded pixels' interior <- a chunk's images, channels last."""
-        self.launch(_kernels.DEFORM_CONV2D_FILL_PIXELS, x.shape[0] * self.g.height, input=x,
+        nhwc = _channels_last(x)
+        self.launch(_kernels.DEFORM_CONV2D_FILL_PIXELS, x.shape[0] * self.g.height,
+                    input=x.transpose(0, 2, 3, 1) if nhwc else x, channels_last=int(nhwc),
                     padded_pixels=self.padded_pixels[:x.shape[0]])
 
     def im2col_pixels(self, offset, mask, columns_t):
@@ -372,13 +382,14 @@ class _Plan:
         images = offset.shape[0]
         mask_arg = offset if mask is None else mask
         if self.strategy == "planes":
+            nhwc = _channels_last(grad_input)
             self.launch(_kernels.DEFORM_CONV2D_COL2IM_PIXELS, self._pixel_blocks(images),
                         grad_columns_t=grad_columns, mask=mask_arg,
                         padded_grad_pixels=self.padded_grad_pixels[:images * self.grad_pixels],
-                        grad_input=grad_input,
+                        grad_input=grad_input.transpose(0, 2, 3, 1) if nhwc else grad_input,
                         use_mask=int(mask is not None),
                         conv_group_channels=self.g.channels // self.g.groups,
-                        **self._corner_args(images))
+                        channels_last=int(nhwc), **self._corner_args(images))
         elif self.strategy == "items":
             kernel = _kernels.DEFORM_CONV2D_COL2IM
             block, threads, peer = self._sampling_threads(kernel, images)
@@ -438,6 +449,12 @@ def _contiguous(xp, *arrays):
     return [None if a is None else xp.ascontiguousarray(a) for a in arrays]
 
 
+def _channels_last(a):
+    """Whether (N, C, H, W) ``a`` is the memory of a C-contiguous (N, H, W,
+    C) array (torch's channels_last) and not C-contiguous itself."""
+    return not a.flags.c_contiguous and a.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
 @_backend.on_arrays_device
 def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
     """Deformable 2-D convolution (torchvision.ops.deform_conv2d semantics).
@@ -463,12 +480,13 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     """
     g = _geometry(input, offset, weight, bias, mask, stride, padding, dilation)
     xp = g.xp
-    x, offset, weight, mask = _contiguous(xp, input, offset, weight, mask)
+    offset, weight, mask = _contiguous(xp, offset, weight, mask)
     out = xp.empty((g.batch, g.out_channels, *g.out_size), dtype=g.dtype)
     out_grouped = out.reshape(g.batch, g.groups, g.out_channels // g.groups, g.out_pixels)
     weight_grouped = weight.reshape(g.groups, g.out_channels // g.groups, -1)
     bias_grouped = None if bias is None else bias.reshape(g.groups, -1, 1)
     plan = _Plan(g, buffers=1, deterministic=False, forward=True)
+    x = plan.input_for(input)
     columns = _workspace.scratch(xp, "columns", (plan.size, g.column_rows, g.out_pixels), g.dtype)
     if plan.pixels:
         _pixel_major_forward(plan, x, offset, weight, bias, mask, columns, out)
@@ -533,7 +551,9 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
     Returns:
         DeformConv2dGrads(input, offset, weight, bias, mask), each of the shape
         and dtype of its argument, None where not asked for, and None for bias
-        and mask when they were None.
+        and mask when they were None. On the CPU a channels-last input (the
+        memory of an (N, H, W, C) array, as a torch channels_last tensor's)
+        is read where it lies and its gradient comes in the same layout.
 
     Where the bilinear weight has a kink, the offset gradient follows
     torchvision: d/dy is taken on the cell [floor(y), floor(y) + 1] (likewise
@@ -545,7 +565,7 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
     g = _geometry(input, offset, weight, bias, mask, stride, padding, dilation,
                   extra=dict(grad_output=grad_output))
     xp = g.xp
-    grad_output, x, offset, weight, mask = _contiguous(xp, grad_output, input, offset, weight, mask)
+    grad_output, offset, weight, mask = _contiguous(xp, grad_output, offset, weight, mask)
     acc_dtype = xp.dtype(_kernels.scalar_type(g.dtype).acc_dtype_name)
     want_bias = "bias" in wanted and bias is not None
     want_mask = "mask" in wanted and mask is not None
@@ -563,8 +583,12 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
     plan = _Plan(g, buffers=int(want_weight) + int(want_input or want_coord),
                  deterministic=deterministic, coord=want_coord, col2im=want_input,
                  weight=want_weight)
+    x = plan.input_for(input)
     grad_input = None
-    if want_input:  # the plane strategy's col2im writes it whole; the others add into it
+    if want_input and x is input and _channels_last(x):  # planes kept its layout: so does this
+        grad_input = xp.empty((g.batch, g.height, g.width, g.channels),
+                              acc_dtype).transpose(0, 3, 1, 2)
+    elif want_input:  # the plane strategy's col2im writes it whole; the others add into it
         grad_input = (xp.empty if plan.strategy == "planes" else xp.zeros)(x.shape, acc_dtype)
     if want_weight:  # pixel-major columns' order, (KK, C / groups), with plan.pixels
         grad_weight = (xp.empty if plan.pixels and g.batch else xp.zeros)(weight_grouped.shape,

@@ -381,13 +381,16 @@ CUDCN_DEVICE PixelBlock<I> pixel_block(I block, const DeformConvGeometry& s) {
   return p;
 }
 
-// The input's (B, C, H, W) into the interior of the padded pixels
-// (B, H + 3, W + 3, C): one thread per (image, input row) reads the row of
-// every channel and writes the row's pixels (the zeros around them are
-// written once, by the array library).
+// The input into the interior of the padded pixels (B, H + 3, W + 3, C):
+// one thread per (image, input row) reads the row of every channel and
+// writes the row's pixels (the zeros around them are written once, by the
+// array library). With channels_last the input is (B, H, W, C) (a
+// channels-last tensor's memory), whose row is the pixels' row as it is,
+// else (B, C, H, W).
 template <typename T, typename I>
 __global__ void deform_conv2d_fill_pixels(const T* __restrict__ input,
                                           T* __restrict__ padded_pixels, I n,
+                                          int channels_last,
                                           CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
   CUDCN_DEFORM_CONV_GEOMETRY;
   const PaddedPlanes<I> padded = padded_planes<I>(s);
@@ -395,9 +398,14 @@ __global__ void deform_conv2d_fill_pixels(const T* __restrict__ input,
   CUDCN_KERNEL_LOOP(row, I, n) {
     const int h = static_cast<int>(row % s.height);
     const I b = row / s.height;
-    const T* from = input + b * s.channels * plane + I(h) * s.width;
     T* to = padded_pixels + ((b * padded.size) + I(h + 1) * padded.width + 1) * s.channels;
-    row_to_pixels(from, plane, s.channels, s.width, to);
+    if (channels_last) {
+      const T* from = input + (b * plane + I(h) * s.width) * s.channels;
+      for (I q = 0; q < I(s.width) * s.channels; ++q) store(to + q, load(from + q));
+    } else {
+      row_to_pixels(input + b * s.channels * plane + I(h) * s.width, plane, s.channels, s.width,
+                    to);
+    }
   }
 }
 
@@ -607,7 +615,8 @@ CUDCN_DEVICE void add_scaled(A* q, A w, const A* g, int count) {
 // padded_grad_pixels (threads, H + 3, W + 3, kPixelChannels), adds every
 // item of its offset group into them (a corner's channels side by side),
 // then writes their interiors to its channels' planes of grad_input (B, C,
-// H, W), every element, while they are still in the core's cache.
+// H, W), or with channels_last to their runs in its pixels (B, H, W, C),
+// every element, while they are still in the core's cache.
 template <typename T, typename I>
 __global__ void deform_conv2d_col2im_pixels(const T* __restrict__ grad_columns_t,
                                             const T* __restrict__ mask,
@@ -616,6 +625,7 @@ __global__ void deform_conv2d_col2im_pixels(const T* __restrict__ grad_columns_t
                                             acc_t<T>* __restrict__ padded_grad_pixels,
                                             acc_t<T>* __restrict__ grad_input, I n,
                                             int use_mask, int conv_group_channels,
+                                            int channels_last,
                                             CUDCN_DEFORM_CONV_GEOMETRY_PARAMS) {
   CUDCN_DEFORM_CONV_GEOMETRY;
   using A = acc_t<T>;
@@ -657,6 +667,16 @@ __global__ void deform_conv2d_col2im_pixels(const T* __restrict__ grad_columns_t
         add_scaled(q + below, load(w + 2), g, b.count);
         add_scaled(q + below + kPixelChannels, load(w + 3), g, b.count);
       }
+    }
+    if (channels_last) {  // each pixel's run of the block's channels
+      for (int h = 0; h < s.height; ++h) {
+        for (int w = 0; w < s.width; ++w) {
+          const A* from = sums + (I(h + 1) * padded.width + w + 1) * kPixelChannels;
+          A* to = grad_input + ((b.image * s.height + h) * s.width + w) * s.channels + b.first;
+          for (int t = 0; t < b.count; ++t) store(to + t, load(from + t));
+        }
+      }
+      continue;
     }
     for (int t = 0; t < b.count; ++t) {
       A* to = grad_input + (b.image * s.channels + b.first + t) * plane;

@@ -436,6 +436,49 @@ def test_pixel_and_item_adjoints_give_the_same_gradients(case, dtype_name, index
         assert_close(got, want, rtol=8 * u, atol=8 * u * scale, what=name)
 
 
+@pytest.mark.parametrize("dtype_name", ["float64", "float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("case", case_params())
+def test_a_channels_last_input_gives_a_contiguous_inputs_bits(case, dtype_name, strategy,
+                                                             launches):
+    """An input laid out channels-last (the memory of an (N, H, W, C) array,
+    as a torch channels_last tensor's) is read as it is by the plane
+    strategy's fill_pixels, whose col2im writes the input gradient in the
+    same layout, and copied for the others: the output and every gradient
+    are those of a C-contiguous copy, bit for bit (to the rounding of the
+    item strategy's atomic sums)."""
+    import ml_dtypes
+
+    from cudcn import deform_conv
+
+    dtype = np.dtype(ml_dtypes.bfloat16) if dtype_name == "bfloat16" else np.dtype(dtype_name)
+    args = deform_conv2d_inputs(dtype=dtype, seed=9, **case)
+    nhwc = np.ascontiguousarray(args["input"].transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    last = dict(args, input=nhwc)
+    grad_output = np.random.default_rng(10).standard_normal(
+        cudcn.deform_conv2d(**args).shape).astype(dtype)
+    del launches[:]
+    out = cudcn.deform_conv2d(**last)
+    grads = cudcn.deform_conv2d_backward(grad_output, **last)
+    fills = [dict(zip(launch.kernel.param_names, launch.args))["channels_last"]
+             for launch in launches if launch.kernel.name.endswith("deform_conv2d_fill_pixels")]
+    read_as_it_is = strategy == "planes" and deform_conv._channels_last(nhwc)
+    assert fills == ([1, 1] if read_as_it_is else [0, 0] if strategy == "planes" else [])
+    assert np.array_equal(out.view(np.uint8), cudcn.deform_conv2d(**args).view(np.uint8))
+    assert deform_conv._channels_last(grads.input) == read_as_it_is  # the input's layout
+    want = cudcn.deform_conv2d_backward(grad_output, **args)
+    for name in DIFFERENTIABLE:
+        got, expected = getattr(grads, name), getattr(want, name)
+        if expected is None:
+            assert got is None
+        elif strategy == "items":
+            u = _ADJOINT_ROUNDOFF[dtype_name]
+            scale = max(1.0, float(np.abs(expected.astype(np.float64)).max()))
+            assert_close(got, expected, rtol=8 * u, atol=8 * u * scale, what=name)
+        else:
+            got = np.ascontiguousarray(got)
+            assert np.array_equal(got.view(np.uint8), expected.view(np.uint8)), name
+
+
 def test_forward_on_the_plane_strategy_gathers_from_pixels(launches, monkeypatch):
     monkeypatch.setattr(cudcn._launch, "_force_strategy", "planes")
     cudcn.deform_conv2d(**deform_conv2d_inputs())

@@ -148,6 +148,29 @@ def test_arrays_and_results_share_memory_with_tensors(monkeypatch, dtype):
     assert y.dtype == dtype and y.data_ptr() == seen["output"].ctypes.data
 
 
+def test_a_channels_last_input_is_read_where_it_lies(launches):
+    """A channels_last tensor crosses as its memory, which the CPU's gather
+    reads as it is (no NCHW copy), forward and backward: the contiguous
+    tensor's bits."""
+    a = as_tensors(deform_conv2d_inputs(in_channels=5, seed=11), dtype=torch.float32)
+
+    def run(x):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (a["offset"], a["weight"])]
+        x = x.detach().requires_grad_(True)
+        y = ct.deform_conv2d(x, *leaves, padding=1)
+        y.backward(torch.ones_like(y))
+        return [y, x.grad] + [t.grad for t in leaves], x
+
+    del launches[:]
+    last, x = run(a["input"].contiguous(memory_format=torch.channels_last))
+    assert not x.is_contiguous()
+    fills = [dict(zip(launch.kernel.param_names, launch.args)) for launch in launches
+             if launch.kernel.name.endswith("deform_conv2d_fill_pixels")]
+    assert [(f["input"].ctypes.data, f["channels_last"]) for f in fills] == [(x.data_ptr(), 1)] * 2
+    for got, want in zip(last, run(a["input"].contiguous())[0]):
+        assert torch.equal(got, want)
+
+
 def test_a_negated_view_crosses_with_its_values():
     """z.conj().imag is a real tensor whose memory holds the values
     un-negated (torch's neg bit), and DLPack exports the memory as it is."""

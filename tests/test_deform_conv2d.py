@@ -479,6 +479,30 @@ def test_a_channels_last_input_gives_a_contiguous_inputs_bits(case, dtype_name, 
             assert np.array_equal(got.view(np.uint8), expected.view(np.uint8)), name
 
 
+def test_a_channels_last_input_in_chunks(launches):
+    """Chunks of a channels-last batch (room for one image at a time) are
+    channels-last slices: the contiguous input's bits in the same chunks,
+    every gradient and the input's alone."""
+    from cudcn import deform_conv
+
+    args = deform_conv2d_inputs(batch=5, in_channels=20, out_channels=6, size=(9, 8), seed=3)
+    last = dict(args, input=np.ascontiguousarray(
+        args["input"].transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2))
+    grad_output = np.random.default_rng(4).standard_normal(cudcn.deform_conv2d(**args).shape)
+    with cudcn.workspace_limit(30000):
+        want = cudcn.deform_conv2d_backward(grad_output, **args)
+        del launches[:]
+        out = cudcn.deform_conv2d(**last)
+        grads = cudcn.deform_conv2d_backward(grad_output, **last)
+        alone = cudcn.deform_conv2d_backward(grad_output, **last, needs=("input",))
+    fills = [launch for launch in launches if launch.kernel.name.endswith("fill_pixels")]
+    assert [launch.items for launch in fills] == [9] * 10  # one image (9 rows) a launch
+    assert np.array_equal(out, cudcn.deform_conv2d(**args))
+    for name in DIFFERENTIABLE:
+        assert np.array_equal(getattr(grads, name), getattr(want, name)), name
+    assert deform_conv._channels_last(alone.input) and np.array_equal(alone.input, want.input)
+
+
 def test_forward_on_the_plane_strategy_gathers_from_pixels(launches, monkeypatch):
     monkeypatch.setattr(cudcn._launch, "_force_strategy", "planes")
     cudcn.deform_conv2d(**deform_conv2d_inputs())

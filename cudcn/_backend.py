@@ -1,4 +1,5 @@
-"""Which array library an array belongs to, without importing CuPy needlessly."""
+"""Which array library an array belongs to (without importing CuPy needlessly),
+and how an image batch lies in its memory."""
 
 import functools
 
@@ -21,6 +22,12 @@ def array_module(x):
 
         return cupy
     raise TypeError(f"expected a numpy.ndarray or cupy.ndarray, got {type(x).__name__}")
+
+
+def channels_last(a):
+    """Whether (N, C, H, W) ``a`` is the memory of a C-contiguous (N, H, W,
+    C) array (torch's channels_last) and not C-contiguous itself."""
+    return not a.flags.c_contiguous and a.transpose(0, 2, 3, 1).flags.c_contiguous
 
 
 def device_of(x):

@@ -233,13 +233,13 @@ class _Plan:
         """The input as the strategy reads it: the plane strategy reads a
         channels-last input's memory as it is (fill_pixels; nothing else
         of it reads the input), the others a C-contiguous array."""
-        if self.strategy == "planes" and _channels_last(input):
+        if self.strategy == "planes" and _backend.channels_last(input):
             return input
         return self.g.xp.ascontiguousarray(input)
 
     def fill_pixels(self, x):
         """The padded pixels' interior <- a chunk's images, channels last."""
-        nhwc = _channels_last(x)
+        nhwc = _backend.channels_last(x)
         self.launch(_kernels.DEFORM_CONV2D_FILL_PIXELS, x.shape[0] * self.g.height,
                     input=x.transpose(0, 2, 3, 1) if nhwc else x, channels_last=int(nhwc),
                     padded_pixels=self.padded_pixels[:x.shape[0]])
@@ -382,7 +382,7 @@ class _Plan:
         images = offset.shape[0]
         mask_arg = offset if mask is None else mask
         if self.strategy == "planes":
-            nhwc = _channels_last(grad_input)
+            nhwc = _backend.channels_last(grad_input)
             self.launch(_kernels.DEFORM_CONV2D_COL2IM_PIXELS, self._pixel_blocks(images),
                         grad_columns_t=grad_columns, mask=mask_arg,
                         padded_grad_pixels=self.padded_grad_pixels[:images * self.grad_pixels],
@@ -447,12 +447,6 @@ def _add_weight_gradient_of_pixels(xp, grad_out, cols, grad_weight, first, one_t
 
 def _contiguous(xp, *arrays):
     return [None if a is None else xp.ascontiguousarray(a) for a in arrays]
-
-
-def _channels_last(a):
-    """Whether (N, C, H, W) ``a`` is the memory of a C-contiguous (N, H, W,
-    C) array (torch's channels_last) and not C-contiguous itself."""
-    return not a.flags.c_contiguous and a.transpose(0, 2, 3, 1).flags.c_contiguous
 
 
 @_backend.on_arrays_device
@@ -585,7 +579,7 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
                  weight=want_weight)
     x = plan.input_for(input)
     grad_input = None
-    if want_input and x is input and _channels_last(x):  # planes kept its layout: so does this
+    if want_input and x is input and _backend.channels_last(x):  # planes kept its layout
         grad_input = xp.empty((g.batch, g.height, g.width, g.channels),
                               acc_dtype).transpose(0, 3, 1, 2)
     elif want_input:  # the plane strategy's col2im writes it whole; the others add into it

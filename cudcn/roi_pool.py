@@ -6,7 +6,7 @@ any floating dtype is accepted for them.
 """
 
 import collections
-
+import functools
 
 from . import _backend, _checks, _kernels, _launch, _sorted_sum, _workspace
 
@@ -60,7 +60,7 @@ class _RoIPool:
         if grad_output is not None:
             _checks.shape("grad_output", grad_output, (k, c, ph, pw), "K, C, PH, PW")
         xp = self.xp
-        self.input = xp.ascontiguousarray(input)
+        self.given_input = input
         self.offset = None if offset is None else xp.ascontiguousarray(offset)
         self.mask = None if mask is None else xp.ascontiguousarray(mask)
         self.grad_output = None if grad_output is None else xp.ascontiguousarray(grad_output)
@@ -69,6 +69,12 @@ class _RoIPool:
         # bin, and a bin keeps at most (H + 3) x (W + 3) adaptive samples.
         per_bin = self.sampling_ratio**2 if self.sampling_ratio > 0 else (h + 3) * (w + 3)
         self.index = _index(k * c * ph * pw, n * c * h * w, k * ph * pw * 4 * per_bin)
+
+    @functools.cached_property
+    def input(self):
+        """The input, C-contiguous: copied when first asked for, which the
+        CPU's forward of a channels-last input never does."""
+        return self.xp.ascontiguousarray(self.given_input)
 
     def samples_per_bin(self):
         """Samples a bin sums (its threads' loop). With adaptive sampling that
@@ -87,15 +93,17 @@ class _RoIPool:
 
     def geometry(self):
         """The geometry arguments every RoI pooling kernel takes."""
-        n, c, h, w = self.input.shape
+        n, c, h, w = self.given_input.shape
         return dict(batch=n, channels=c, height=h, width=w, pooled_h=self.pooled[0],
                     pooled_w=self.pooled[1], sampling_ratio=self.sampling_ratio)
 
-    def values(self):
-        # Absent offset and mask are never read; input stands in for their pointers.
+    def values(self, stand_in=None):
+        # Absent offset and mask are never read; an array of the dtype (the
+        # input unless given) stands in for their pointers.
+        stand_in = self.input if stand_in is None else stand_in
         return dict(
-            rois=self.rois, offset=self.input if self.offset is None else self.offset,
-            mask=self.input if self.mask is None else self.mask,
+            rois=self.rois, offset=stand_in if self.offset is None else self.offset,
+            mask=stand_in if self.mask is None else self.mask,
             use_offset=int(self.offset is not None), use_mask=int(self.mask is not None),
             spatial_scale=self.spatial_scale, gamma=self.gamma, **self.geometry())
 
@@ -128,17 +136,21 @@ def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0,
     samples = p.samples_per_bin()
     item = p.dtype.itemsize
     if _launch.strategy(p.xp, deterministic=False) == "planes":
-        # Channels-last pixels: each sample's corners have their channels side by side.
-        n, c, h, w = p.input.shape
-        pixels = _workspace.scratch(p.xp, "roi_pixels", (n, h, w, c), p.dtype)
-        _launch.run(_launch.make_launch(
-            _kernels.DEFORM_ROI_POOL_FILL_PIXELS, p.dtype, n * h, p.index, input=p.input,
-            pixels=pixels, **p.geometry()))
+        # Channels-last pixels: each sample's corners have their channels side
+        # by side. A channels-last input is them already.
+        if _backend.channels_last(p.given_input):
+            pixels = p.given_input.transpose(0, 2, 3, 1)
+        else:
+            n, c, h, w = p.given_input.shape
+            pixels = _workspace.scratch(p.xp, "roi_pixels", (n, h, w, c), p.dtype)
+            _launch.run(_launch.make_launch(
+                _kernels.DEFORM_ROI_POOL_FILL_PIXELS, p.dtype, n * h, p.index, input=p.input,
+                pixels=pixels, **p.geometry()))
         k, c, ph, pw = p.output_shape
         blocks = -(-c // _kernels.ROI_PIXEL_CHANNELS)
         _launch.run(_launch.make_launch(
             _kernels.DEFORM_ROI_POOL_FORWARD_PIXELS, p.dtype, k * ph * pw * blocks, p.index,
-            pixels=pixels, output=output, **p.values()))
+            pixels=pixels, output=output, **p.values(stand_in=pixels)))
         return output
     _launch.run(_launch.make_launch(
         _kernels.DEFORM_ROI_POOL_FORWARD, p.dtype, output.size, p.index, input=p.input,

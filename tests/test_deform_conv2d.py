@@ -448,8 +448,6 @@ def test_a_channels_last_input_gives_a_contiguous_inputs_bits(case, dtype_name, 
     item strategy's atomic sums)."""
     import ml_dtypes
 
-    from cudcn import deform_conv
-
     dtype = np.dtype(ml_dtypes.bfloat16) if dtype_name == "bfloat16" else np.dtype(dtype_name)
     args = deform_conv2d_inputs(dtype=dtype, seed=9, **case)
     nhwc = np.ascontiguousarray(args["input"].transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
@@ -461,10 +459,10 @@ def test_a_channels_last_input_gives_a_contiguous_inputs_bits(case, dtype_name, 
     grads = cudcn.deform_conv2d_backward(grad_output, **last)
     fills = [dict(zip(launch.kernel.param_names, launch.args))["channels_last"]
              for launch in launches if launch.kernel.name.endswith("deform_conv2d_fill_pixels")]
-    read_as_it_is = strategy == "planes" and deform_conv._channels_last(nhwc)
+    read_as_it_is = strategy == "planes" and cudcn._backend.channels_last(nhwc)
     assert fills == ([1, 1] if read_as_it_is else [0, 0] if strategy == "planes" else [])
     assert np.array_equal(out.view(np.uint8), cudcn.deform_conv2d(**args).view(np.uint8))
-    assert deform_conv._channels_last(grads.input) == read_as_it_is  # the input's layout
+    assert cudcn._backend.channels_last(grads.input) == read_as_it_is  # the input's layout
     want = cudcn.deform_conv2d_backward(grad_output, **args)
     for name in DIFFERENTIABLE:
         got, expected = getattr(grads, name), getattr(want, name)
@@ -483,8 +481,6 @@ def test_a_channels_last_input_in_chunks(launches):
     """Chunks of a channels-last batch (room for one image at a time) are
     channels-last slices: the contiguous input's bits in the same chunks,
     every gradient and the input's alone."""
-    from cudcn import deform_conv
-
     args = deform_conv2d_inputs(batch=5, in_channels=20, out_channels=6, size=(9, 8), seed=3)
     last = dict(args, input=np.ascontiguousarray(
         args["input"].transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2))
@@ -500,7 +496,7 @@ def test_a_channels_last_input_in_chunks(launches):
     assert np.array_equal(out, cudcn.deform_conv2d(**args))
     for name in DIFFERENTIABLE:
         assert np.array_equal(getattr(grads, name), getattr(want, name)), name
-    assert deform_conv._channels_last(alone.input) and np.array_equal(alone.input, want.input)
+    assert cudcn._backend.channels_last(alone.input) and np.array_equal(alone.input, want.input)
 
 
 def test_forward_on_the_plane_strategy_gathers_from_pixels(launches, monkeypatch):

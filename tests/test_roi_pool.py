@@ -256,3 +256,33 @@ def test_negative_sampling_ratio_is_adaptive_as_in_torchvision():
         torch.from_numpy(args["input"]), torch.from_numpy(args["rois"]), args["output_size"],
         args["spatial_scale"], sampling_ratio=-1, aligned=True)
     assert_close(out, expected.numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype_name", ["float64", "float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("channels", [3, 130])
+def test_a_channels_last_map_is_the_pixels_the_forward_reads(channels, dtype_name, launches):
+    """The CPU's forward reads a channels-last map (the memory of an (N, H,
+    W, C) array, as a torch channels_last tensor's) where it lies: no fill,
+    the forward's pixels are its memory; output and gradients are those of
+    a C-contiguous copy, bit for bit."""
+    import ml_dtypes
+
+    dtype = np.dtype(ml_dtypes.bfloat16) if dtype_name == "bfloat16" else np.dtype(dtype_name)
+    args = deform_roi_pool_inputs(channels=channels, rois=6, mask=True, sampling_ratio=2,
+                                  seed=15)
+    args = {k: v.astype(dtype) if isinstance(v, np.ndarray) and k != "rois" else v
+            for k, v in args.items()}
+    last = dict(args, input=np.ascontiguousarray(
+        args["input"].transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2))
+    del launches[:]
+    out = cudcn.deform_roi_pool(**last)
+    assert [launch.kernel.name.rsplit("::", 1)[-1] for launch in launches] == [
+        "deform_roi_pool_forward_pixels"]
+    assert launches[0].args[0].ctypes.data == last["input"].ctypes.data
+    assert np.array_equal(out.view(np.uint8), cudcn.deform_roi_pool(**args).view(np.uint8))
+    grad_output = np.random.default_rng(16).standard_normal(out.shape).astype(dtype)
+    got = cudcn.deform_roi_pool_backward(grad_output, **last)
+    want = cudcn.deform_roi_pool_backward(grad_output, **args)
+    for name in ("input", "offset", "mask"):
+        assert np.array_equal(getattr(got, name).view(np.uint8),
+                              getattr(want, name).view(np.uint8)), name

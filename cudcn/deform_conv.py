@@ -579,7 +579,7 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
                  weight=want_weight)
     x = plan.input_for(input)
     grad_input = None
-    if want_input and x is input and _backend.channels_last(x):  # planes kept its layout
+    if want_input and _backend.channels_last(x):  # input_for kept the layout: planes
         grad_input = xp.empty((g.batch, g.height, g.width, g.channels),
                               acc_dtype).transpose(0, 3, 1, 2)
     elif want_input:  # the plane strategy's col2im writes it whole; the others add into it

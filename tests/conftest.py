@@ -59,6 +59,15 @@ def launches(monkeypatch):
     return seen
 
 
+def numpy_dtype(name):
+    """The NumPy dtype of a dtype name, bfloat16 as ml_dtypes'."""
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
 def assert_close(actual, expected, rtol, atol, what=""):
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)

@@ -6,7 +6,7 @@ import pytest
 import cudcn
 from cudcn import reference
 from cudcn.testing import deform_conv2d_inputs
-from conftest import assert_close, assert_directional_gradients
+from conftest import assert_close, assert_directional_gradients, numpy_dtype
 from deform_conv2d_cases import case_params
 
 DIFFERENTIABLE = ("input", "offset", "weight", "bias", "mask")
@@ -360,11 +360,9 @@ def test_pixel_and_item_gathers_sample_the_same_columns(case, dtype_name, index6
     strategy's (the GPU's), from the input into (images, C * KK, P): the same
     values (a sum of four corners where the item gather adds only those in
     the image, so a zero may differ in sign)."""
-    import ml_dtypes
-
     from cudcn import deform_conv
 
-    dtype = np.dtype(ml_dtypes.bfloat16) if dtype_name == "bfloat16" else np.dtype(dtype_name)
+    dtype = numpy_dtype(dtype_name)
     monkeypatch.setattr(cudcn._launch, "_force_index64", index64)
     args = deform_conv2d_inputs(dtype=dtype, **case)
     x, offset, mask = args["input"], args["offset"], args["mask"]
@@ -408,9 +406,7 @@ def test_pixel_and_item_adjoints_give_the_same_gradients(case, dtype_name, index
     gradient comes in the pixel-major columns' order, and the item
     strategy's (the GPU's), on the usual layouts: the same gradients, to
     the rounding of their different summation orders."""
-    import ml_dtypes
-
-    dtype = np.dtype(ml_dtypes.bfloat16) if dtype_name == "bfloat16" else np.dtype(dtype_name)
+    dtype = numpy_dtype(dtype_name)
     monkeypatch.setattr(cudcn._launch, "_force_index64", index64)
     args = deform_conv2d_inputs(dtype=dtype, seed=7, **case)
     grad_output = np.random.default_rng(8).standard_normal(
@@ -446,9 +442,7 @@ def test_a_channels_last_input_gives_a_contiguous_inputs_bits(case, dtype_name, 
     same layout, and copied for the others: the output and every gradient
     are those of a C-contiguous copy, bit for bit (to the rounding of the
     item strategy's atomic sums)."""
-    import ml_dtypes
-
-    dtype = np.dtype(ml_dtypes.bfloat16) if dtype_name == "bfloat16" else np.dtype(dtype_name)
+    dtype = numpy_dtype(dtype_name)
     args = deform_conv2d_inputs(dtype=dtype, seed=9, **case)
     nhwc = np.ascontiguousarray(args["input"].transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     last = dict(args, input=nhwc)

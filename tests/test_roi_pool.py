@@ -6,7 +6,7 @@ import pytest
 import cudcn
 from cudcn import reference
 from cudcn.testing import deform_roi_pool_inputs
-from conftest import assert_close, assert_directional_gradients
+from conftest import assert_close, assert_directional_gradients, numpy_dtype
 
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-4, atol=1e-5)}
 
@@ -152,12 +152,10 @@ def test_pixel_forward_pools_what_the_item_forward_pools(channels, dtype_name, i
     thread per output element, from the planes), with offsets, a mask and
     RoIs on both images and outside them. The two add a sample's four
     corners in another order: equal up to rounding."""
-    import ml_dtypes
-
     from cudcn import _kernels
 
     assert _kernels.ROI_PIXEL_CHANNELS < 130 < 2 * _kernels.ROI_PIXEL_CHANNELS
-    dtype = np.dtype(ml_dtypes.bfloat16) if dtype_name == "bfloat16" else np.dtype(dtype_name)
+    dtype = numpy_dtype(dtype_name)
     monkeypatch.setattr(cudcn._launch, "_force_index64", index64)
     args = deform_roi_pool_inputs(channels=channels, rois=7, mask=True, sampling_ratio=2,
                                   seed=14)
@@ -265,9 +263,7 @@ def test_a_channels_last_map_is_the_pixels_the_forward_reads(channels, dtype_nam
     W, C) array, as a torch channels_last tensor's) where it lies: no fill,
     the forward's pixels are its memory; output and gradients are those of
     a C-contiguous copy, bit for bit."""
-    import ml_dtypes
-
-    dtype = np.dtype(ml_dtypes.bfloat16) if dtype_name == "bfloat16" else np.dtype(dtype_name)
+    dtype = numpy_dtype(dtype_name)
     args = deform_roi_pool_inputs(channels=channels, rois=6, mask=True, sampling_ratio=2,
                                   seed=15)
     args = {k: v.astype(dtype) if isinstance(v, np.ndarray) and k != "rois" else v

@@ -11,17 +11,15 @@ the large casts of C-contiguous arrays run on the kernels' threads.
 
 import numpy as np
 
-from . import _kernels, _launch
+from . import _blas, _kernels, _launch
 
 # Bytes of float32 copies per 16-bit element: what widening costs the workspace.
 WIDENED_ITEMSIZE = 4
 
 # The most rows of one product that stacks several images' columns. One GEMM
-# for several small images packs the weights once (the forward at N=4,
-# C=256, 14x14: 9% faster), but OpenBLAS's threaded GEMM touches memory of its
-# own in proportion to the rows, about 1.8 KB a row at K=2304, N=256 on 2
-# threads: 30 MiB for the 17248 rows of 22 images of 28x28. This bound keeps
-# that near 3.5 MiB.
+# for several small images packs the weights once per tile (the forward at
+# N=4, C=256, 14x14: 9% faster than a GEMM per image); 2048 rows are four
+# tiles of 512 (cudcn/_blas.py), and keep the stacked columns a few MiB.
 STACKED_ROWS = 2048
 
 
@@ -62,37 +60,31 @@ def _widened(xp, a):
     return a.astype(compute_dtype(a.dtype))
 
 
-def _product(xp, a, b, out=None, one_thread=False):
-    """On the CPU, the BLAS's parallel jobs run on the kernels' own threads
-    (cudcn/_executors/cpu.py): NumPy's OpenBLAS otherwise wakes threads of
-    its own, which then spin for tens of milliseconds on the cores the next
-    kernels need (the forward+backward at N=2, C=64, 56x56: 29 -> 22 ms).
-    Calls through the torch adapter multiply here too: in torch's MKL, on
-    the same threads, the forward+backward's products took 1.12-1.17x the
-    time at the bench's four shapes, the forward's 1.00-1.06x."""
+def _product(xp, a, b, out=None, deterministic=False):
+    """On the CPU, in cudcn's own BLAS on the kernels' threads (cudcn/_blas.py):
+    NumPy's OpenBLAS would wake threads of its own, which then spin for tens
+    of milliseconds on the cores the next kernels need, and its threading
+    is the user's to set, not cudcn's."""
     if xp is not np:
         return xp.matmul(a, b, out=out)
-    from ._executors import cpu
-
-    with cpu.blas_on_kernel_threads("deform_conv2d.cu", one_thread=one_thread):
-        return np.matmul(a, b, out=out)
+    return _blas.matmul(a, b, out=out, deterministic=deterministic)
 
 
-def matmul(xp, a, b, out=None, addend=None, one_thread=False):
+def matmul(xp, a, b, out=None, addend=None, deterministic=False):
     """``a @ b + addend`` (NumPy broadcasting rules) computed in ``compute_dtype``.
 
     With ``out``, the result is rounded into it once and ``out`` is returned;
-    otherwise the result has the compute dtype. With ``one_thread``, a CPU
-    product runs in NumPy's OpenBLAS on one thread, in the same bits
-    whatever the number of threads (see cudcn/_executors/cpu.py).
+    otherwise the result has the compute dtype. With ``deterministic``, a CPU
+    product has the same bits whatever the number of threads (its tiles do
+    not depend on it, see cudcn/_blas.py).
     """
     a, b = _widened(xp, a), _widened(xp, b)
     if out is not None and out.dtype == a.dtype:
-        _product(xp, a, b, out, one_thread)
+        _product(xp, a, b, out, deterministic)
         if addend is not None:
             out += addend
         return out
-    product = _product(xp, a, b, one_thread=one_thread)
+    product = _product(xp, a, b, deterministic=deterministic)
     if addend is not None:
         product += _widened(xp, addend)
     if out is None:

@@ -427,7 +427,7 @@ class _Plan:
             peer)
 
 
-def _add_weight_gradient_of_pixels(xp, grad_out, cols, grad_weight, first, one_thread):
+def _add_weight_gradient_of_pixels(xp, grad_out, cols, grad_weight, first, deterministic):
     """grad_weight (groups, C_out / groups, KK * C / groups) += (or, for the
     ``first`` chunk, =) the sum over a chunk's images of grad_out (images,
     groups, C_out / groups, P) times their pixel-major columns (images, P,
@@ -440,9 +440,9 @@ def _add_weight_gradient_of_pixels(xp, grad_out, cols, grad_weight, first, one_t
         groups, c_out_g, images * pixels)
     stacked = cols.reshape(images * pixels, groups, -1).swapaxes(0, 1)
     if first:
-        _gemm.matmul(xp, rows, stacked, out=grad_weight, one_thread=one_thread)
+        _gemm.matmul(xp, rows, stacked, out=grad_weight, deterministic=deterministic)
     else:
-        grad_weight += _gemm.matmul(xp, rows, stacked, one_thread=one_thread)
+        grad_weight += _gemm.matmul(xp, rows, stacked, deterministic=deterministic)
 
 
 def _contiguous(xp, *arrays):
@@ -606,7 +606,7 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
             cols = columns[:images].reshape(images, g.out_pixels, g.groups, -1)
             plan.im2col_pixels(off_c, mask_c, cols)
             _add_weight_gradient_of_pixels(xp, grad_out_grouped[start:stop], cols, grad_weight,
-                                           first=start == 0, one_thread=deterministic)
+                                           first=start == 0, deterministic=deterministic)
         elif want_weight:
             cols = columns[:images]
             plan.im2col(x_c, off_c, mask_c, cols)
@@ -614,18 +614,18 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
             for i in range(images):
                 grad_weight += _gemm.matmul(xp, grad_out_grouped[start + i],
                                             cols_grouped[i].swapaxes(-1, -2),
-                                            one_thread=deterministic)
+                                            deterministic=deterministic)
         if not (want_input or want_coord):
             continue
         gcols = grad_columns[:images]
         if plan.cells:  # pixel-major, (images, P, groups, KK * C / groups)
             _gemm.matmul(xp, grad_out_grouped[start:stop].swapaxes(-1, -2), weight_rows,
                          out=gcols.reshape(images, g.out_pixels, g.groups, -1).swapaxes(1, 2),
-                         one_thread=deterministic)
+                         deterministic=deterministic)
         else:
             _gemm.matmul(xp, weight_grouped.swapaxes(-1, -2), grad_out_grouped[start:stop],
                          out=gcols.reshape(images, g.groups, -1, g.out_pixels),
-                         one_thread=deterministic)
+                         deterministic=deterministic)
         if want_input:
             plan.col2im(gcols, off_c, mask_c, grad_input[start:stop])
         if want_coord:

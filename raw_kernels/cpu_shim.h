@@ -9,7 +9,7 @@
 // runtime's threads (built with -fopenmp; the executor decides, see
 // cudcn/_executors/cpu.py): torch's CPU ops run on those, which spin for
 // milliseconds after each op, and a second pool would take turns with them on
-// the cores. The GEMMs between kernels run on the same pool (run_blas_jobs).
+// the cores. The GEMMs between kernels run on the same pool (run_gemm_tiles).
 //
 // Built with CUDCN_RACECHECK, it checks each launch for what would be a race
 // among a GPU's threads, which run at once in any order: it runs the threads
@@ -317,42 +317,6 @@ class Pool {
     dispatch(total, body, context);
   }
 
-  // Runs items 0 .. total - 1 at once, each on a thread of its own, for
-  // work whose items wait for each other (OpenBLAS's level-3 jobs read the
-  // panels the others pack): in sequence on one thread they would wait
-  // forever. Items past the pool's threads get threads of their own, and a
-  // caller waits for another caller's launch instead of running alone.
-  void run_together(long long total, Body body, void* context) {
-    std::vector<std::thread> extra;
-    const auto join = [&extra] {
-      for (std::thread& t : extra) t.join();
-    };
-    const auto start_extra = [&](long long first) {
-      for (long long i = first; i < total; ++i) extra.emplace_back(body, context, i, i + 1);
-    };
-#ifdef _OPENMP
-    if (openmp()) {
-#pragma omp parallel num_threads(static_cast<int>(total))
-      {
-        const int r = omp_get_thread_num(), n = omp_get_num_threads();
-        if (r == 0) start_extra(n);
-        if (r < total) body(context, r, r + 1);
-        if (r == 0) join();
-      }
-      return;
-    }
-#endif
-    std::unique_lock<std::mutex> launch(launch_);
-    const long long pooled = total < threads_ ? total : threads_;
-    start_extra(pooled);
-    if (pooled == 1) {
-      body(context, 0, 1);
-    } else if (pooled > 1) {
-      dispatch(pooled, body, context);
-    }
-    join();
-  }
-
  private:
   Pool() : threads_(count_threads()) { start(); }
 
@@ -479,26 +443,65 @@ class Pool {
   std::unique_ptr<Range[]> ranges_{new Range[threads_]};
 };
 
-// Runs a BLAS's parallel jobs on the pool (OpenBLAS's caller-managed threads:
-// openblas_set_threads_callback_function), so that the GEMMs between kernels
-// share the kernels' threads instead of waking a second pool whose threads
-// then spin, for tens of milliseconds, on the cores the next kernels need.
-// Job i runs as dojob(i, its data, dojob_data): jobs that run at once have
-// distinct numbers, as OpenBLAS's per-thread buffers require.
-inline void run_blas_jobs(void (*dojob)(int, void*, int), int jobs, std::size_t size,
-                          void* data, int dojob_data) {
-  struct Context {
-    void (*dojob)(int, void*, int);
-    std::size_t size;
-    char* data;
-    int dojob_data;
-  } context{dojob, size, static_cast<char*>(data), dojob_data};
-  Pool::instance().run_together(jobs, [](void* raw, long long begin, long long end) {
-    const Context& c = *static_cast<const Context*>(raw);
+// The products between kernels: cblas_sgemm or cblas_dgemm of a BLAS that
+// runs single-threaded (cudcn's own OpenBLAS, cudcn/_blas.py), called once
+// per tile of C on the pool. No BLAS setting is changed for it: each call is
+// a plain single-threaded product, safe from any number of threads at once.
+// The tiles, and so the bits, depend on the shape and `tiles` alone, never
+// on which thread runs a tile or whether the pool was free.
+template <typename T>
+using RowMajorGemm = void (*)(int order, int trans_a, int trans_b, int m, int n, int k, T alpha,
+                              const T* a, int lda, const T* b, int ldb, T beta, T* c, int ldc);
+
+template <typename T>
+struct GemmTiles {
+  RowMajorGemm<T> gemm;
+  int trans_a, trans_b, m, n, k, lda, ldb, ldc;
+  const char* a;
+  const char* b;
+  char* c;
+  // Per product of the batch: where its a, b and c start, in bytes.
+  const long long* a_offsets;
+  const long long* b_offsets;
+  const long long* c_offsets;
+  int tiles;
+  int split_rows;  // tiles of C's rows (a's rows), else of its columns (b's)
+};
+
+constexpr int kCblasRowMajor = 101, kCblasNoTrans = 111;
+
+template <typename T>
+void run_gemm_tiles(const GemmTiles<T>& g, long long batch) {
+  Pool::instance().run(batch * g.tiles, [](void* raw, long long begin, long long end) {
+    const GemmTiles<T>& g = *static_cast<const GemmTiles<T>*>(raw);
     for (long long i = begin; i < end; ++i) {
-      c.dojob(static_cast<int>(i), c.data + i * c.size, c.dojob_data);
+      const long long item = i / g.tiles, tile = i % g.tiles;
+      const T* a = reinterpret_cast<const T*>(g.a + g.a_offsets[item]);
+      const T* b = reinterpret_cast<const T*>(g.b + g.b_offsets[item]);
+      T* c = reinterpret_cast<T*>(g.c + g.c_offsets[item]);
+      const long long length = g.split_rows ? g.m : g.n;
+      const long long first = length * tile / g.tiles, last = length * (tile + 1) / g.tiles;
+      const int count = static_cast<int>(last - first);
+      if (count == 0) continue;
+      if (g.split_rows) {
+        a += g.trans_a == kCblasNoTrans ? first * g.lda : first;
+        g.gemm(kCblasRowMajor, g.trans_a, g.trans_b, count, g.n, g.k, T(1), a, g.lda, b, g.ldb,
+               T(0), c + first * g.ldc, g.ldc);
+      } else {
+        b += g.trans_b == kCblasNoTrans ? first : first * g.ldb;
+        g.gemm(kCblasRowMajor, g.trans_a, g.trans_b, g.m, count, g.k, T(1), a, g.lda, b, g.ldb,
+               T(0), c + first, g.ldc);
+      }
     }
-  }, &context);
+  }, const_cast<GemmTiles<T>*>(&g));
+}
+
+// How many threads a launch runs on: the OpenMP runtime's, or the pool's.
+inline int launch_threads() {
+#ifdef _OPENMP
+  if (Pool::openmp()) return omp_get_max_threads();
+#endif
+  return Pool::instance().threads();
 }
 
 // `params` follows cuLaunchKernel's convention: params[i] points at the value

@@ -1,5 +1,5 @@
 // Exposes cpu_shim.h's thread pool to the tests (test_pool.py): who runs which
-// items of a launch, and whether items that wait for each other all run at once.
+// items of a launch.
 #include "cpu_shim.h"
 
 namespace {
@@ -20,28 +20,6 @@ void record(void* raw, long long begin, long long end) {
   }
   for (long long i = begin; i < end; ++i) r.runs[i].fetch_add(1);
   if (caller) r.by_caller.fetch_add(end - begin);
-}
-
-struct Meeting {
-  long long total;
-  std::atomic<long long> arrived{0};
-  std::atomic<int> missed{0};
-};
-
-// Each item waits (up to 5 s) until every item has started.
-void meet(void* raw, long long begin, long long end) {
-  Meeting& m = *static_cast<Meeting*>(raw);
-  for (long long i = begin; i < end; ++i) {
-    m.arrived.fetch_add(1);
-    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-    while (m.arrived.load() < m.total) {
-      if (std::chrono::steady_clock::now() > until) {
-        m.missed.fetch_add(1);
-        return;
-      }
-      std::this_thread::yield();
-    }
-  }
 }
 
 }  // namespace
@@ -65,14 +43,5 @@ long long pool_run(long long total, int stall_ms, int* runs) {
   cudcn_cpu::Pool::instance().run(total, record, &r);
   for (long long i = 0; i < total; ++i) runs[i] = counts[i];
   return r.by_caller;
-}
-
-// Runs `total` items that each wait for all the others to start; returns how
-// many gave up waiting (0: they all ran at once).
-int pool_run_together(long long total) {
-  Meeting m;
-  m.total = total;
-  cudcn_cpu::Pool::instance().run_together(total, meet, &m);
-  return m.missed;
 }
 }

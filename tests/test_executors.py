@@ -207,41 +207,6 @@ def test_kernel_constants_match_the_python_ones(source, pattern, name):
     assert int(value) == getattr(_kernels, name)
 
 
-def test_gemms_run_on_the_kernels_threads_and_give_openblas_own_bits():
-    """With OpenBLAS's caller-managed threading, cudcn's GEMMs run on the
-    kernels' pool: the same bits as OpenBLAS's own threads."""
-    if cpu._openblas_callback_setter() is None:
-        pytest.skip("NumPy's BLAS here has no threads callback (OpenBLAS < 0.3.27 or another BLAS)")
-    rng = np.random.default_rng(0)
-    for m, k, n in [(64, 576, 3136), (256, 2304, 196), (3, 5, 7)]:
-        a = rng.standard_normal((m, k), dtype=np.float32)
-        b = rng.standard_normal((k, n), dtype=np.float32)
-        want = a @ b
-        with cpu.blas_on_kernel_threads("deform_conv2d.cu"):
-            got = a @ b
-        assert np.array_equal(got, want)
-
-
-def test_one_thread_products_use_openblas_single_threaded_driver_and_restore_it():
-    """one_thread: OpenBLAS's thread count is 1 inside the block (the bits of
-    its single-threaded driver) and what it was after, even on an error."""
-    import ctypes
-
-    get = cpu._openblas_function("get_num_threads", (), ctypes.c_int)
-    if get is None:
-        pytest.skip("NumPy's BLAS here is not OpenBLAS")
-    before = get()
-    a = np.random.default_rng(1).standard_normal((64, 784), dtype=np.float32)
-    with cpu.blas_on_kernel_threads("deform_conv2d.cu", one_thread=True):
-        assert get() == 1
-        a @ a.T
-    assert get() == before
-    with pytest.raises(ZeroDivisionError):
-        with cpu.blas_on_kernel_threads("deform_conv2d.cu", one_thread=True):
-            1 / 0
-    assert get() == before
-
-
 @pytest.mark.parametrize("with_torch", [False, True], ids=["alone", "torch-imported"])
 def test_kernels_join_torchs_openmp_threads_when_torch_is_loaded(with_torch):
     """torch's CPU ops run on OpenMP threads that spin after each op; cudcn

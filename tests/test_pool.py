@@ -1,17 +1,14 @@
-"""The CPU kernels' thread pool (cpu_shim.h) and the OpenBLAS settings cudcn
-holds while it multiplies: late threads, jobs that wait for each other, and
-several Python threads calling cudcn at once."""
+"""The CPU kernels' thread pool (cpu_shim.h): late threads, and several
+Python threads calling cudcn at once."""
 
 import ctypes
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
 
 import shim_library
-from cudcn._executors import cpu
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +17,6 @@ def pool(tmp_path_factory):
     lib = shim_library.build("shim_pool.cpp", tmp_path_factory.mktemp("pool"))
     lib.pool_run.restype = ctypes.c_longlong
     lib.pool_run.argtypes = (ctypes.c_longlong, ctypes.c_int, ctypes.POINTER(ctypes.c_int))
-    lib.pool_run_together.argtypes = (ctypes.c_longlong,)
     if lib.pool_threads() < 2:
         pytest.skip("the pool has one thread here: nothing to share or take over")
     return lib
@@ -58,68 +54,11 @@ def test_a_late_thread_leaves_its_part_to_the_others(runtime):
     assert by_caller > total // threads + total // (4 * threads)
 
 
-@pytest.mark.parametrize("extra", [-1, 0, 2])
-def test_items_run_together_each_on_a_thread(runtime, extra):
-    """OpenBLAS's level-3 jobs read the panels the other jobs pack: all of
-    them must run at once, also when there are more jobs than the pool's
-    threads (OPENBLAS_NUM_THREADS above the pool's count)."""
-    total = max(1, runtime.pool_threads() + extra)
-    assert runtime.pool_run_together(total) == 0
-
-
-def test_a_setting_is_held_until_its_last_user_leaves():
-    made, undone = [], []
-    setting = cpu._HeldWhileInUse()
-
-    def make():
-        made.append(1)
-        return lambda: undone.append(1)
-
-    with setting.held(make):
-        with setting.held(make):
-            assert made == [1]
-        assert undone == []
-    assert undone == [1]
-    with pytest.raises(ZeroDivisionError):
-        with setting.held(make):
-            1 / 0
-    assert made == [1, 1] and undone == [1, 1]
-
-
-def test_one_thread_products_restore_openblas_count_with_two_python_threads():
-    """Two threads in the deterministic products at once: OpenBLAS's thread
-    count is 1 while either is inside, and what it was once both have left
-    (the one that left second used to restore the 1 it had read)."""
-    get = cpu._openblas_function("get_num_threads", (), ctypes.c_int)
-    if get is None:
-        pytest.skip("NumPy's BLAS here is not OpenBLAS")
-    before = get()
-    inside, leave = threading.Barrier(2), threading.Event()
-    seen = []
-
-    def user():
-        with cpu.blas_on_kernel_threads("deform_conv2d.cu", one_thread=True):
-            inside.wait()
-            seen.append(get())
-            leave.wait(timeout=10)
-
-    threads = [threading.Thread(target=user) for _ in range(2)]
-    for t in threads:
-        t.start()
-    while len(seen) < 2 and all(t.is_alive() for t in threads):
-        threading.Event().wait(0.01)
-    leave.set()
-    for t in threads:
-        t.join(timeout=30)
-    assert seen == [1, 1]
-    assert get() == before
-
-
 def test_two_python_threads_call_cudcn_at_once():
     """Two threads running forward and backward through the NumPy API, at
     once, get the gradients a single thread gets. Both used to hang inside
-    a GEMM within a few calls (OpenBLAS's threads callback undone by one
-    thread under the other's product). In a child process, so that a hang
+    a GEMM within a few calls (when cudcn still set NumPy's OpenBLAS's threads
+    callback and undid it under the other's product). In a child process, so that a hang
     fails here instead of stopping the suite."""
     code = """if True:
         import threading

@@ -6,7 +6,6 @@ compiles each kernel file once into a shared library cached on disk, and calls
 the entry point through ctypes (which releases the GIL during the call).
 """
 
-import contextlib
 import ctypes
 import functools
 import hashlib
@@ -18,7 +17,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 
 import numpy as np
 
@@ -77,10 +75,16 @@ def wrapper_source(source):
     lines += [
         'extern "C" void cudcn_use_openmp(int on) { cudcn_cpu::Pool::openmp() = on; }',
         'extern "C" int cudcn_uses_openmp() { return cudcn_cpu::Pool::openmp(); }',
-        'extern "C" void cudcn_blas_jobs(int sync, void (*dojob)(int, void*, int), int jobs, '
-        "size_t size, void* data, int dojob_data) {",
-        "  cudcn_cpu::run_blas_jobs(dojob, jobs, size, data, dojob_data);",
-        "}",
+        'extern "C" int cudcn_launch_threads() { return cudcn_cpu::launch_threads(); }',
+    ]
+    for suffix, scalar in (("f32", "float"), ("f64", "double")):
+        lines += [
+            f'extern "C" void cudcn_gemm_{suffix}(const cudcn_cpu::GemmTiles<{scalar}>* tiles, '
+            "long long batch) {",
+            "  cudcn_cpu::run_gemm_tiles(*tiles, batch);",
+            "}",
+        ]
+    lines += [
         "#ifdef CUDCN_RACECHECK",
         'extern "C" int cudcn_racecheck_report(const void** address, long long* first, '
         "long long* second) {",
@@ -206,6 +210,10 @@ def library(source):
         fn.argtypes = (ctypes.c_uint, ctypes.c_uint, ctypes.c_longlong,
                        ctypes.POINTER(ctypes.c_void_p))
         fn.restype = None
+    lib.cudcn_launch_threads.restype = ctypes.c_int
+    for suffix in ("f32", "f64"):
+        getattr(lib, f"cudcn_gemm_{suffix}").argtypes = (ctypes.c_void_p, ctypes.c_longlong)
+        getattr(lib, f"cudcn_gemm_{suffix}").restype = None
     # Only a race-checking build (-DCUDCN_RACECHECK) exports the report.
     lib.race_report = getattr(lib, "cudcn_racecheck_report", None)
     if lib.race_report is not None:
@@ -229,123 +237,34 @@ def share_torchs_openmp(lib):
         lib.openmp_state = want
 
 
-# OpenBLAS's functions by their exported names: NumPy's bundled build prefixes
-# and suffixes them.
-_OPENBLAS_NAMES = ("scipy_openblas_{}64_", "scipy_openblas_{}", "openblas_{}64_", "openblas_{}")
+class GemmTiles(ctypes.Structure):
+    """cpu_shim.h's GemmTiles<T>: one batch of row-major products, each split
+    into ``tiles`` single-threaded BLAS calls (cudcn/_blas.py fills it)."""
+
+    _fields_ = [("gemm", ctypes.c_void_p),
+                *((name, ctypes.c_int) for name in ("trans_a", "trans_b", "m", "n", "k",
+                                                    "lda", "ldb", "ldc")),
+                *((name, ctypes.c_void_p) for name in ("a", "b", "c", "a_offsets", "b_offsets",
+                                                       "c_offsets")),
+                ("tiles", ctypes.c_int), ("split_rows", ctypes.c_int)]
 
 
-@functools.cache
-def _openblas_function(stem, argtypes, restype):
-    """OpenBLAS's function ``openblas_<stem>`` in this process, or None."""
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
-    except OSError:
-        return None
-    for path in sorted(paths):
-        try:
-            blas = ctypes.CDLL(path)  # already loaded: the same handle
-        except OSError:
-            continue
-        for name in _OPENBLAS_NAMES:
-            function = getattr(blas, name.format(stem), None)
-            if function is not None:
-                function.argtypes = argtypes
-                function.restype = restype
-                return function
-    return None
-
-
-def _openblas_callback_setter():
-    """OpenBLAS's caller-managed threading (0.3.27+): its set-threads-callback
-    function, or None."""
-    return _openblas_function("set_threads_callback_function", (ctypes.c_void_p,), None)
-
-
-@contextlib.contextmanager
-def _openblas_on_one_thread():
-    """OpenBLAS's single-threaded driver inside the block. It gives other
-    bits than the threaded one (the weight gradient at N=2, C=64, 28x28, by
-    our reading a different blocking of the inner dimension); two, three,
-    four and eight threads give the same. A no-op for another BLAS. The
-    thread count is OpenBLAS's global: another thread's NumPy product in
-    the meantime also runs on one thread."""
-    get = _openblas_function("get_num_threads", (), ctypes.c_int)
-    set_ = _openblas_function("set_num_threads", (ctypes.c_int,), None)
-    if get is None or set_ is None:
-        yield
-        return
-
-    def make():
-        threads = get()
-        set_(1)
-        return lambda: set_(threads)
-
-    with _BLAS_ON_ONE_THREAD.held(make):
-        yield
-
-
-class _HeldWhileInUse:
-    """A process-wide OpenBLAS setting, made when the first of cudcn's calls
-    needs it and undone when the last one leaves. Two Python threads calling
-    cudcn at once must not undo it under each other: a product that found
-    OpenBLAS's mode changed halfway waited forever (two threads running
-    deform_conv2d's forward and backward at N=2, C=64, 56x56 hung within a
-    few calls), and a thread count restored by one could be saved as 1 by
-    the other and left so."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._users = 0
-        self._undo = None
-
-    @contextlib.contextmanager
-    def held(self, make):
-        """Inside the block the setting holds; ``make()`` applies it and
-        returns its undo."""
-        with self._lock:
-            if self._users == 0:
-                self._undo = make()
-            self._users += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._users -= 1
-                if self._users == 0:
-                    self._undo()
-                    self._undo = None
-
-
-_BLAS_ON_KERNEL_THREADS = _HeldWhileInUse()
-_BLAS_ON_ONE_THREAD = _HeldWhileInUse()
-
-
-@contextlib.contextmanager
-def blas_on_kernel_threads(source, one_thread=False):
-    """Inside the block, OpenBLAS runs its parallel GEMM jobs on the thread
-    pool of ``source``'s kernels: one pool for the whole op; with
-    ``one_thread``, on the calling thread alone, in bits that do not depend
-    on the number of threads. A no-op for another BLAS (MKL, Accelerate)
-    or an OpenBLAS older than 0.3.27. The setting is OpenBLAS's global: a
-    NumPy product in another thread meanwhile runs the same way."""
-    if one_thread:
-        with _openblas_on_one_thread():
-            yield
-        return
-    setter = _openblas_callback_setter()
-    if setter is None:
-        yield
-        return
+def launch_threads(source):
+    """How many threads ``source``'s launches run on (the pool's, or torch's
+    OpenMP threads where torch is in the process)."""
     lib = library(source)
     share_torchs_openmp(lib)
+    return lib.cudcn_launch_threads()
 
-    def make():
-        setter(ctypes.cast(lib.cudcn_blas_jobs, ctypes.c_void_p))
-        return lambda: setter(None)
 
-    with _BLAS_ON_KERNEL_THREADS.held(make):
-        yield
+def run_gemm(source, tiles, batch, double):
+    """Runs ``batch`` products described by ``tiles`` (a GemmTiles), in
+    float64 if ``double`` else float32, on the thread pool of ``source``'s
+    kernels, the one the op's launches use."""
+    lib = library(source)
+    share_torchs_openmp(lib)
+    entry = lib.cudcn_gemm_f64 if double else lib.cudcn_gemm_f32
+    entry(ctypes.byref(tiles), batch)
 
 
 # Each argument in a slot of 8 bytes, at which the params that the shim

@@ -231,8 +231,9 @@ class DeformRoIPoolPack(DeformRoIPool):
 
     def _offset(self, input, rois):
         x = super().forward(input, rois)
-        k = rois.shape[0]
-        return x, self.offset_fc(x.reshape(k, -1)).reshape(k, 2, *self.output_size)
+        # flatten, not reshape(k, -1): -1 is ambiguous for K = 0 RoIs (in eager
+        # PyTorch and in an exported Reshape alike).
+        return x, self.offset_fc(x.flatten(1)).reshape(rois.shape[0], 2, *self.output_size)
 
     def forward(self, input, rois):
         _, offset = self._offset(input, rois)
@@ -253,8 +254,7 @@ class ModulatedDeformRoIPoolPack(DeformRoIPoolPack):
 
     def forward(self, input, rois):
         x, offset = self._offset(input, rois)
-        mask = self.mask_fc(x.reshape(rois.shape[0], -1)).reshape(rois.shape[0], 1,
-                                                                  *self.output_size)
+        mask = self.mask_fc(x.flatten(1)).reshape(rois.shape[0], 1, *self.output_size)
         return DeformRoIPool.forward(self, input, rois, offset, mask)
 
 

@@ -240,7 +240,7 @@ def deform_psroi_pool(input, rois, offset, output_dim, group_size, pooled_size, 
     channel, offset_x = _psroi_tables(output_dim, group_size, size, part_size, num_classes)
     trans_x = trans_y = _constant(0.0, acc)
     if offset is not None:
-        cells = _as(offset, acc).reshape(offset.shape[0], -1)
+        cells = _as(offset, acc).flatten(1)  # reshape(k, -1) fails at K = 0
         at = _constant(offset_x, torch.int64).reshape(-1)
         plane = part_size * part_size
         trans_x = cells.index_select(1, at).reshape(-1, output_dim, size, size, 1) * trans_std

@@ -108,3 +108,31 @@ def assert_directional_gradients(reference_fn, args, grads, grad_output, rng, re
                        - loss(dict(args, **{name: args[name] - eps * direction}))) / (2 * eps)
             analytic = float(np.sum(grad * direction))
             assert analytic == pytest.approx(numeric, rel=rel, abs=abs), name
+
+
+class FakeClock:
+    """Stands for the ``time`` module of the benchmark machinery: its clock
+    moves only when a test's callable ``sleep``s, so the tests assert what
+    the machinery computes from the times, never how long a busy machine
+    took (no test may depend on the machine's speed)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """``fake_clock(module)`` gives ``module`` a FakeClock for ``time``."""
+    clock = FakeClock()
+
+    def install(module):
+        monkeypatch.setattr(module, "time", clock)
+        return clock
+
+    return install

@@ -2,7 +2,6 @@
 figures are the closing notes' and the README's, not a test's)."""
 
 import io
-import time
 
 import pytest
 
@@ -25,39 +24,42 @@ def test_interleaved_rounds_call_each_once_in_varying_orders():
     assert len(followers_of_a) >= 2
 
 
-def test_interleaved_medians_are_the_callables_times():
-    times = bench.interleaved_ms({"fast": lambda: time.sleep(0.001),
-                                  "slow": lambda: time.sleep(0.01)}, rounds=3)
-    assert 0.9 <= times["fast"] < 5 and 9.9 <= times["slow"] < 30
+def test_interleaved_medians_are_the_callables_times(fake_clock):
+    clock = fake_clock(bench)
+    times = bench.interleaved_ms({"fast": lambda: clock.sleep(0.001),
+                                  "slow": lambda: clock.sleep(0.01)}, rounds=3)
+    assert times == pytest.approx({"fast": 1.0, "slow": 10.0})
 
 
-def test_what_runs_before_each_call_is_not_timed():
+def test_what_runs_before_each_call_is_not_timed(fake_clock):
+    clock = fake_clock(bench)
     calls = []
-    times = bench.interleaved_ms({"fast": lambda: calls.append("fast")}, rounds=3,
-                                 before=lambda: (calls.append("before"), time.sleep(0.01)))
+    times = bench.interleaved_ms({"fast": lambda: (calls.append("fast"), clock.sleep(0.001))},
+                                 rounds=3,
+                                 before=lambda: (calls.append("before"), clock.sleep(0.01)))
     assert calls == ["before", "fast"] * 4  # the warm-up and 3 rounds
-    assert times["fast"] < 5
+    assert times == pytest.approx({"fast": 1.0})
 
 
-def test_short_rounds_run_more_within_the_seconds_and_the_cap():
+def test_short_rounds_run_more_within_the_seconds_and_the_cap(fake_clock):
+    clock = fake_clock(bench)
     counts = {"a": 0, "b": 0}
 
     def call(name):
         counts[name] += 1
-        time.sleep(0.002)
+        clock.sleep(0.002)
 
-    times = bench.interleaved_ms({n: (lambda n=n: call(n)) for n in counts}, rounds=3,
-                                 seconds=0.1, most=12)
-    # The warm-up round takes about 4 ms: 0.1 s holds about 25 rounds, capped at 12.
+    calls = {n: (lambda n=n: call(n)) for n in counts}
+    # The warm-up round takes 4 ms: 0.1 s holds 25 rounds, capped at 12.
+    times = bench.interleaved_ms(calls, rounds=3, seconds=0.1, most=12)
     assert counts == {"a": 13, "b": 13} and times.rounds == 12
     counts.update(a=0, b=0)
-    times = bench.interleaved_ms({n: (lambda n=n: call(n)) for n in counts}, rounds=3,
-                                 seconds=0.05, most=100)
-    assert 4 <= times.rounds <= 13 and counts["a"] == times.rounds + 1
+    # 0.05 s holds 12 rounds of 4 ms (12.5, rounded down).
+    times = bench.interleaved_ms(calls, rounds=3, seconds=0.05, most=100)
+    assert counts == {"a": 13, "b": 13} and times.rounds == 12
     counts.update(a=0, b=0)
     # Rounds longer than the seconds: the rounds asked for, no fewer.
-    times = bench.interleaved_ms({n: (lambda n=n: call(n)) for n in counts}, rounds=3,
-                                 seconds=0.001)
+    times = bench.interleaved_ms(calls, rounds=3, seconds=0.001)
     assert counts == {"a": 4, "b": 4} and times.rounds == 3
     assert bench.interleaved_ms({"a": lambda: None}, rounds=5).rounds == 5
 
@@ -185,6 +187,11 @@ def test_profile_times_each_kernel_and_product_and_restores_them():
         profile.phases(second_fails, rounds=1)
     assert len(calls) == 2
     assert (_launch.run, _gemm.matmul) == (run, matmul)
+    # Structure only: which phase is largest is the machine's business (a
+    # busy CI machine once measured the weight relayout second).
     rows = profile.table({"forward": times, "again": times})
     assert rows[0][0] == profile.TOTAL and rows[-1][0] == profile.REST
-    assert rows[1][0] in (profile.GEMMS, "deform_conv2d_im2col_pixels")
+    assert {row[0] for row in rows} == set(times)
+    middle = [row[1] for row in rows[1:-1]]
+    assert middle == sorted(middle, reverse=True)
+    assert all(row[1] == row[2] for row in rows)

@@ -13,7 +13,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -230,22 +229,25 @@ def test_gpu_and_missing_dtypes_skip(small_and_once):
             assert bool(skipped) != runnable, (name, values)
 
 
-def test_interleaved_rounds_alternate_after_a_warm_up(monkeypatch):
+def test_interleaved_rounds_alternate_after_a_warm_up(monkeypatch, fake_clock):
+    clock = fake_clock(interleave)
     order = []
     calls = [lambda: order.append("a"), lambda: order.append("b")]
     times = interleave.interleaved_times(calls, rounds=4)
     assert order == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]
-    assert [len(t) for t in times] == [4, 4] and all(s >= 0 for t in times for s in t)
+    assert times == [[0.0] * 4, [0.0] * 4]
     # As many rounds as fit in the budget, within the bounds.
-    monkeypatch.setattr(interleave, "BUDGET_SECONDS", 0.05)
-    assert len(interleave.interleaved_times(calls)[0]) == interleave.MAX_ROUNDS
-    slow = [lambda: time.sleep(0.02)]
+    monkeypatch.setattr(interleave, "BUDGET_SECONDS", 0.0625)  # dyadic: exact sums
+    quick = [lambda: clock.sleep(2**-10)]
+    assert len(interleave.interleaved_times(quick)[0]) == interleave.MAX_ROUNDS
+    slow = [lambda: clock.sleep(2**-5)]
     assert len(interleave.interleaved_times(slow)[0]) == interleave.MIN_ROUNDS
+    middling = [lambda: clock.sleep(2**-7)]  # 8 rounds fit
+    assert len(interleave.interleaved_times(middling)[0]) == 8
 
 
-def test_a_ratio_below_one_means_cudcn_is_faster():
-    # 4 against 20 ms: a busy machine oversleeping the shorter call by 3 ms
-    # (which failed CI with 2 against 6 ms) must not carry a sample past 0.8.
-    result = interleave.ratio_samples(lambda: time.sleep(0.004), lambda: time.sleep(0.02), 3)
-    assert result["number"] == 1 and len(result["samples"]) == 3
-    assert all(0.1 < r < 0.8 for r in result["samples"])
+def test_a_ratio_below_one_means_cudcn_is_faster(fake_clock):
+    clock = fake_clock(interleave)
+    result = interleave.ratio_samples(lambda: clock.sleep(0.004), lambda: clock.sleep(0.02), 3)
+    assert result["number"] == 1
+    assert result["samples"] == pytest.approx([0.2] * 3)

@@ -50,13 +50,15 @@ def _library():
         import scipy_openblas32
     except ImportError:
         return {}
-    lib_dir = scipy_openblas32.get_lib_dir()
     try:
-        blas = ctypes.CDLL(f"{lib_dir}/{scipy_openblas32.get_library(fullname=True)}")
+        path = f"{scipy_openblas32.get_lib_dir()}/{scipy_openblas32.get_library(fullname=True)}"
+        blas = ctypes.CDLL(path)
     except (OSError, IndexError):
         return {}
     # The instance's own setting, made once: its products never wake its
-    # threads (the parallelism is the tiles').
+    # threads (the parallelism is the tiles'). The one worker thread it starts
+    # on loading (per CPU, less one) spins about 0.1 s, once, then sleeps for
+    # good; the environment variables that would stop it are the process's.
     blas.scipy_openblas_set_num_threads(1)
     return {np.dtype(np.float32): ctypes.cast(blas.scipy_cblas_sgemm, ctypes.c_void_p).value,
             np.dtype(np.float64): ctypes.cast(blas.scipy_cblas_dgemm, ctypes.c_void_p).value}

@@ -7,7 +7,8 @@ CuPy arrays over the device pointers, with CuPy switched to XLA's device and
 stream so that cudcn's kernels are ordered with the rest of the computation
 and nothing syncs.
 cudcn's functions allocate their results, so each result is copied once into
-XLA's output buffer (a memcpy, ~0.3% of a forward at (2, 64, 56, 56)).
+XLA's output buffer (a memcpy: 2.4% of a jitted forward at (2, 64, 56, 56),
+1.6% of a forward+backward, measured by tools/jax_overhead.py).
 
 Under ``jax.vmap`` the call sees every argument with extra leading batch axes
 ("expand_dims": an unbatched argument has size 1 there). Where the batch can

@@ -1,4 +1,5 @@
-"""cudcn: deformable convolution and deformable RoI pooling as CUDA kernels.
+"""cudcn: deformable convolution, deformable RoI pooling and multi-scale
+deformable attention as CUDA kernels.
 
 The same functions run on CuPy arrays (GPU) and on NumPy arrays (the same
 kernel sources built for the CPU).
@@ -14,6 +15,7 @@ from ._workspace import (
     workspace_limit,
 )
 from .deform_conv import DeformConv2dGrads, deform_conv2d, deform_conv2d_backward
+from .ms_deform_attn import MSDeformAttnGrads, ms_deform_attn, ms_deform_attn_backward
 from .roi_pool import (
     DeformPSRoIPoolGrads,
     DeformRoIPoolGrads,
@@ -33,6 +35,7 @@ __all__ = [
     "DeformConv2dGrads",
     "DeformPSRoIPoolGrads",
     "DeformRoIPoolGrads",
+    "MSDeformAttnGrads",
     "deform_conv2d",
     "deform_conv2d_backward",
     "deform_psroi_pool",
@@ -40,6 +43,8 @@ __all__ = [
     "deform_roi_pool",
     "deform_roi_pool_backward",
     "get_workspace_limit",
+    "ms_deform_attn",
+    "ms_deform_attn_backward",
     "release_scratch",
     "set_workspace_limit",
     "workspace_limit",

@@ -299,6 +299,53 @@ DEFORM_PSROI_POOL_BACKWARD_OFFSET_REDUCE = Kernel(
     + _PSROI_POOL_SCALARS + _PSROI_POOL_GEOMETRY,
 )
 
+_MS_DEFORM_ATTN_GEOMETRY = tuple(
+    (name, "int")
+    for name in ("batch", "spatial", "queries", "heads", "channels", "points", "num_levels")
+)
+_MS_DEFORM_ATTN_SAMPLING = (("levels", "const I*"), ("point_level", "const I*"),
+                            ("locations", "const T*"), ("weights", "const T*"))
+
+MS_DEFORM_ATTN_FORWARD = Kernel(
+    "cudcn::ms_deform_attn_forward",
+    "ms_deform_attn.cu",
+    (("value", "const T*"),) + _MS_DEFORM_ATTN_SAMPLING
+    + (("output", "T*"), ("n", "I"), ("channel_block", "int")) + _MS_DEFORM_ATTN_GEOMETRY,
+)
+MS_DEFORM_ATTN_BACKWARD_POINTS_PARTIAL = Kernel(
+    "cudcn::ms_deform_attn_backward_points_partial",
+    "ms_deform_attn.cu",
+    (("grad_output", "const T*"), ("value", "const T*")) + _MS_DEFORM_ATTN_SAMPLING
+    + (("partials", "A*"), ("n", "I"), ("channel_block", "int")) + _MS_DEFORM_ATTN_GEOMETRY,
+)
+MS_DEFORM_ATTN_BACKWARD_POINTS_REDUCE = Kernel(
+    "cudcn::ms_deform_attn_backward_points_reduce",
+    "ms_deform_attn.cu",
+    (("partials", "const A*"),) + _MS_DEFORM_ATTN_SAMPLING
+    + (("grad_locations", "T*"), ("grad_weights", "T*"), ("n", "I"), ("blocks", "int"),
+       ("want_locations", "int"), ("want_weights", "int")) + _MS_DEFORM_ATTN_GEOMETRY,
+)
+MS_DEFORM_ATTN_BACKWARD_VALUE = Kernel(
+    "cudcn::ms_deform_attn_backward_value",
+    "ms_deform_attn.cu",
+    (("grad_output", "const T*"),) + _MS_DEFORM_ATTN_SAMPLING
+    + (("grad_value", "A*"), ("n", "I"), ("channel_block", "int")) + _MS_DEFORM_ATTN_GEOMETRY,
+)
+MS_DEFORM_ATTN_BACKWARD_VALUE_PLANES = Kernel(
+    "cudcn::ms_deform_attn_backward_value_planes",
+    "ms_deform_attn.cu",
+    (("grad_output", "const T*"),) + _MS_DEFORM_ATTN_SAMPLING
+    + (("grad_value", "A*"), ("n", "I")) + _MS_DEFORM_ATTN_GEOMETRY,
+)
+MS_DEFORM_ATTN_SCATTER_ENTRIES = Kernel(
+    "cudcn::ms_deform_attn_scatter_entries",
+    "ms_deform_attn.cu",
+    _MS_DEFORM_ATTN_SAMPLING + (("keys", "I*"), ("sources", "I*"), ("entry_weights", "A*"),
+                                ("n", "I")) + _MS_DEFORM_ATTN_GEOMETRY,
+)
+# Channels one thread of the CPU's kernels takes side by side (kLanes in the .cu).
+MS_DEFORM_ATTN_LANES = 16
+
 SEGMENTED_SUM_CHUNKS = Kernel(
     "cudcn::segmented_sum_chunks",
     "segmented_sum.cu",
@@ -329,6 +376,9 @@ KERNELS = (
     DEFORM_PSROI_POOL_FORWARD, DEFORM_PSROI_POOL_BACKWARD_INPUT,
     DEFORM_PSROI_POOL_BACKWARD_INPUT_PLANES, DEFORM_PSROI_POOL_SCATTER_ENTRIES,
     DEFORM_PSROI_POOL_BACKWARD_OFFSET_PARTIAL, DEFORM_PSROI_POOL_BACKWARD_OFFSET_REDUCE,
+    MS_DEFORM_ATTN_FORWARD, MS_DEFORM_ATTN_BACKWARD_POINTS_PARTIAL,
+    MS_DEFORM_ATTN_BACKWARD_POINTS_REDUCE, MS_DEFORM_ATTN_BACKWARD_VALUE,
+    MS_DEFORM_ATTN_BACKWARD_VALUE_PLANES, MS_DEFORM_ATTN_SCATTER_ENTRIES,
     SEGMENTED_SUM_CHUNKS, SEGMENTED_SUM_SEGMENTS,
 )
 

@@ -46,7 +46,6 @@ def scatter_add(xp, dtype, index, keys, sources, weights, source, channels, sour
                                   xp.asarray([entries], dtype=index_dtype)])
     acc = weights.dtype
     partials = xp.empty(chunks * channels, dtype=acc)
-    planning = _launch.is_planning()
     item = source.dtype.itemsize
     _launch.run(_launch.make_launch(
         _kernels.SEGMENTED_SUM_CHUNKS, dtype, chunks * channels, index,
@@ -56,14 +55,40 @@ def scatter_add(xp, dtype, index, keys, sources, weights, source, channels, sour
         work=_launch.Work(serial=CHUNK, peer_threads=peer_threads,
                           dram_bytes=entries * (2 * index_dtype.itemsize + acc.itemsize)
                           + entries * channels * item + chunks * channels * acc.itemsize)))
+    # A long segment's chunk sums are added in groups of at most MAX_SERIAL,
+    # level by level, so that no thread of the last pass adds more (tens of
+    # thousands of queries' points can meet on one pixel of a coarse level).
+    first_chunk, per_segment = segment_first_chunk, chunks_per_segment
+    longest = int(per_segment.max())
+    most = _launch.MAX_SERIAL
+    while longest > most:
+        groups_per_segment = (per_segment + (most - 1)) // most
+        group_offsets = xp.concatenate([xp.zeros(1, dtype=index_dtype),
+                                        xp.cumsum(groups_per_segment, dtype=index_dtype)])
+        groups = int(group_offsets[-1])
+        group_segment = xp.repeat(xp.arange(segments, dtype=index_dtype), groups_per_segment)
+        within = xp.arange(groups, dtype=index_dtype) - group_offsets[group_segment]
+        group_first = xp.concatenate([first_chunk[group_segment] + most * within,
+                                      first_chunk[-1:]])
+        grouped = xp.empty(groups * channels, dtype=acc)
+        _launch.run(_launch.make_launch(
+            _kernels.SEGMENTED_SUM_SEGMENTS, dtype, groups * channels, index, partials=partials,
+            segment_first_chunk=xp.ascontiguousarray(group_first, dtype=index_dtype),
+            segment_dest=xp.arange(groups, dtype=index_dtype) * channels, dest=grouped,
+            channels=channels, dest_stride=1,
+            work=_launch.Work(serial=most, peer_threads=peer_threads,
+                              dram_bytes=(int(partials.size) + groups * channels)
+                              * acc.itemsize)))
+        partials, first_chunk, per_segment = grouped, group_offsets, groups_per_segment
+        longest = -(-longest // most)
     _launch.run(_launch.make_launch(
         _kernels.SEGMENTED_SUM_SEGMENTS, dtype, segments * channels, index, partials=partials,
-        segment_first_chunk=segment_first_chunk,
+        segment_first_chunk=first_chunk,
         segment_dest=xp.ascontiguousarray(dest_of_keys(sorted_keys[starts]), dtype=index_dtype),
         dest=dest, channels=channels, dest_stride=dest_stride,
-        work=_launch.Work(serial=int(chunks_per_segment.max()) if planning else 0,
-                          peer_threads=peer_threads,
-                          dram_bytes=(chunks + segments) * channels * acc.itemsize)))
+        work=_launch.Work(serial=longest, peer_threads=peer_threads,
+                          dram_bytes=(int(partials.size) + segments * channels)
+                          * acc.itemsize)))
 
 
 def workspace_bytes(entries, segments, channels, index_dtype, acc_dtype):

@@ -189,3 +189,35 @@ def deform_psroi_pool(input, rois, offset=None, *, output_dim, group_size, poole
                                 values.append(_clamped_bilinear(x[b, channel:channel + 1], yy, xx)[0])
                     out[k, ctop, i, j] = np.mean(values) if values else 0.0
     return out
+
+
+def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
+                   attention_weights, im2col_step=64, points_per_level=None):
+    """SPEC.md section 6, in float64: each level's map sampled with
+    ``bilinear_zero_border`` at (loc_y * H - 0.5, loc_x * W - 0.5)."""
+    value = np.asarray(value, np.float64)
+    n, _, m, d = value.shape
+    shapes = np.asarray(spatial_shapes).reshape(-1, 2)
+    starts = np.asarray(level_start_index).reshape(-1)
+    loc = np.asarray(sampling_locations, np.float64)
+    weights = np.asarray(attention_weights, np.float64)
+    lq = loc.shape[1]
+    if points_per_level is None:
+        per = loc.shape[4]
+        points_per_level = [per] * len(shapes)
+        loc = loc.reshape(n, lq, m, -1, 2)
+        weights = weights.reshape(n, lq, m, -1)
+    out = np.zeros((n * m, d, lq))
+    first = 0
+    for (h, w), start, count in zip(shapes, starts, points_per_level):
+        h, w, start = int(h), int(w), int(start)
+        planes = value[:, start:start + h * w].reshape(n, h, w, m, d)
+        planes = planes.transpose(0, 3, 4, 1, 2).reshape(n * m, d, h, w)
+        level_loc = loc[:, :, :, first:first + count].transpose(0, 2, 1, 3, 4)  # (N, M, Lq, P, 2)
+        y = level_loc[..., 1].reshape(n * m, lq, count) * h - 0.5
+        x = level_loc[..., 0].reshape(n * m, lq, count) * w - 0.5
+        level_weights = weights[:, :, :, first:first + count].transpose(0, 2, 1, 3)
+        samples = bilinear_zero_border(planes, y, x)  # (N*M, D, Lq, P)
+        out += np.sum(samples * level_weights.reshape(n * m, 1, lq, count), axis=-1)
+        first += count
+    return out.reshape(n, m, d, lq).transpose(0, 3, 1, 2).reshape(n, lq, m * d)

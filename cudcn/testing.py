@@ -93,3 +93,44 @@ def deform_psroi_pool_inputs(batch=2, output_dim=4, group_size=2, pooled_size=3,
     return dict(args, output_dim=output_dim, group_size=group_size, pooled_size=pooled_size,
                 part_size=part_size, sample_per_part=sample_per_part, trans_std=trans_std,
                 spatial_scale=spatial_scale)
+
+
+def ms_deform_attn_inputs(batch=2, queries=5, heads=2, channels=4, shapes=((6, 5), (3, 4)),
+                          points=3, points_per_level=None, outside=0.1, away_from_kinks=False,
+                          dtype=np.float64, seed=0, xp=np):
+    """Random arguments of ms_deform_attn, as a dict of keyword arguments.
+
+    ``shapes`` are the levels' (H, W); ``points`` per level, or
+    ``points_per_level``. About ``outside`` of the locations lie beyond the
+    maps' borders (normalised coordinates in [-0.3, 1.3]), the rest in
+    [0, 1]. ``away_from_kinks`` puts every sampling point's fractional part
+    (of x = loc_x * W - 0.5, likewise y) in [0.15, 0.85] and keeps it inside
+    the open window, so that finite differences of width < 0.15 / max(H, W)
+    in normalised units cross no kink.
+    """
+    rng = np.random.default_rng(seed)
+    shapes = np.array(shapes, dtype=np.int64).reshape(-1, 2)
+    starts = np.concatenate([[0], np.cumsum(shapes[:, 0] * shapes[:, 1])[:-1]]).astype(np.int64)
+    counts = [points] * len(shapes) if points_per_level is None else list(points_per_level)
+    rows = int((shapes[:, 0] * shapes[:, 1]).sum())
+    total = sum(counts)
+    level = np.repeat(np.arange(len(shapes)), counts)
+    size = np.stack([shapes[level, 1], shapes[level, 0]], axis=-1)  # (P, 2): W, H for x, y
+    loc_shape = (batch, queries, heads, total, 2)
+    if away_from_kinks:
+        whole = rng.integers(-1, size, loc_shape)  # the cell's low corner, -1 .. W-1
+        pixel = whole + rng.uniform(0.15, 0.85, loc_shape)
+        loc = (pixel + 0.5) / size
+    else:
+        loc = rng.uniform(0.0, 1.0, loc_shape)
+        far = rng.uniform(0, 1, loc_shape) < outside
+        loc = np.where(far, rng.uniform(-0.3, 1.3, loc_shape), loc)
+    weights = rng.uniform(0.0, 1.0, (batch, queries, heads, total))
+    if points_per_level is None:
+        loc = loc.reshape(batch, queries, heads, len(shapes), points, 2)
+        weights = weights.reshape(batch, queries, heads, len(shapes), points)
+    return dict(value=xp.asarray(rng.standard_normal((batch, rows, heads, channels)).astype(dtype)),
+                spatial_shapes=xp.asarray(shapes), level_start_index=xp.asarray(starts),
+                sampling_locations=xp.asarray(loc.astype(dtype)),
+                attention_weights=xp.asarray(weights.astype(dtype)),
+                points_per_level=None if points_per_level is None else tuple(points_per_level))

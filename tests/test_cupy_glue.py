@@ -15,11 +15,13 @@ import pytest
 
 import cudcn
 from cudcn import _blas, _gpu_build, _kernels, _launch
-from cudcn.testing import deform_conv2d_inputs, deform_psroi_pool_inputs, deform_roi_pool_inputs
+from cudcn.testing import (deform_conv2d_inputs, deform_psroi_pool_inputs, deform_roi_pool_inputs,
+                           ms_deform_attn_inputs)
 
 import cupy_double
 from conftest import assert_close
 from deform_conv2d_cases import CASES as CONV_CASES
+from test_ms_deform_attn import CASES as MSDA_CASES
 from test_psroi_pool import CASES as PSROI_CASES
 from test_roi_pool import CASES as ROI_CASES
 
@@ -71,8 +73,16 @@ def _psroi(put, case, dtype, deterministic):
     return dict(output=out, **{f"grad {k}": v for k, v in grads._asdict().items()})
 
 
+def _msda(put, case, dtype, deterministic):
+    args = _put(put, ms_deform_attn_inputs(dtype=dtype, seed=11, **case))
+    out = cudcn.ms_deform_attn(**args)
+    grad = put(np.random.default_rng(12).standard_normal(out.shape).astype(dtype))
+    grads = cudcn.ms_deform_attn_backward(grad, **args, deterministic=deterministic)
+    return dict(output=out, **{f"grad {k}": v for k, v in grads._asdict().items()})
+
+
 OPS = {"deform_conv2d": (_conv, CONV_CASES), "deform_roi_pool": (_roi, ROI_CASES),
-       "deform_psroi_pool": (_psroi, PSROI_CASES)}
+       "deform_psroi_pool": (_psroi, PSROI_CASES), "ms_deform_attn": (_msda, MSDA_CASES)}
 GRID = [pytest.param(op, case, id=f"{op}-{name}")
         for op, (_, cases) in OPS.items() for name, case in cases.items()]
 

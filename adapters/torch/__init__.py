@@ -19,7 +19,7 @@ from .modules import (
     ModulatedDeformConv2dPack,
     ModulatedDeformRoIPoolPack,
 )
-from .ops import deform_conv2d, deform_psroi_pool, deform_roi_pool
+from .ops import deform_conv2d, deform_psroi_pool, deform_roi_pool, ms_deform_attn
 from . import onnx_export as _onnx_export
 
 _onnx_export.register()  # torch.onnx.export writes cudcn's ops as standard ONNX
@@ -38,5 +38,6 @@ __all__ = [
     "deform_conv2d",
     "deform_psroi_pool",
     "deform_roi_pool",
+    "ms_deform_attn",
     "param_groups",
 ]

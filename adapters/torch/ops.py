@@ -392,7 +392,73 @@ def deform_psroi_pool(input, rois, offset=None, *, output_dim, group_size, poole
     return _deform_psroi_pool_op(input, rois, offset, *params)
 
 
+# --- ms_deform_attn ------------------------------------------------------
+
+def _ms_deform_attn_impl(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+                         sampling_locations: Tensor, attention_weights: Tensor, im2col_step: int,
+                         points_per_level: Optional[List[int]]) -> Tensor:
+    return _run(value, cudcn.ms_deform_attn, value, spatial_shapes, level_start_index,
+                sampling_locations, attention_weights, im2col_step=im2col_step,
+                points_per_level=points_per_level)
+
+
+_ms_deform_attn = _custom_op("ms_deform_attn", _ms_deform_attn_impl)
+
+
+@_ms_deform_attn.register_fake
+def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+      im2col_step, points_per_level):
+    n, _, heads, channels = value.shape
+    return value.new_empty((n, sampling_locations.shape[1], heads * channels))
+
+
+def _ms_deform_attn_backward_impl(grad: Tensor, value: Tensor, spatial_shapes: Tensor,
+                                  level_start_index: Tensor, sampling_locations: Tensor,
+                                  attention_weights: Tensor, im2col_step: int,
+                                  points_per_level: Optional[List[int]], needs: List[bool],
+                                  deterministic: bool) -> List[Tensor]:
+    return _run(value, cudcn.ms_deform_attn_backward, grad, value, spatial_shapes,
+                level_start_index, sampling_locations, attention_weights,
+                im2col_step=im2col_step, points_per_level=points_per_level,
+                needs=_wanted(cudcn.MSDeformAttnGrads._fields, needs),
+                deterministic=deterministic)
+
+
+_ms_deform_attn_backward = _custom_op("ms_deform_attn_backward", _ms_deform_attn_backward_impl)
+
+
+@_ms_deform_attn_backward.register_fake
+def _(grad, value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+      im2col_step, points_per_level, needs, deterministic):
+    return _fake_grads((value, sampling_locations, attention_weights), needs)
+
+
+_ms_deform_attn_op = _Op("ms_deform_attn", _ms_deform_attn_impl, _ms_deform_attn_backward_impl,
+                         5, (0, 3, 4))
+
+
+@_fx.leaf
+@_errors.torch_errors
+def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
+                   attention_weights, im2col_step=64, points_per_level=None):
+    """Multi-scale deformable attention (mmcv's ``MultiScaleDeformableAttnFunction``),
+    run by cudcn; differentiable in value, sampling_locations and
+    attention_weights. See :func:`cudcn.ms_deform_attn` for the shapes."""
+    _bridge.check_tensors(value=value, spatial_shapes=spatial_shapes,
+                          level_start_index=level_start_index,
+                          sampling_locations=sampling_locations,
+                          attention_weights=attention_weights)
+    value, sampling_locations, attention_weights = _autocast(value, sampling_locations,
+                                                             attention_weights)
+    im2col_step = _checks.integer("im2col_step", im2col_step, 1)
+    if points_per_level is not None:
+        points_per_level = [_checks.integer("points_per_level", p, 1) for p in points_per_level]
+    return _ms_deform_attn_op(value, spatial_shapes, level_start_index, sampling_locations,
+                              attention_weights, im2col_step, points_per_level)
+
+
 # FX leaves also through this module's globals (what torchvision does).
 torch.fx.wrap("deform_conv2d")
 torch.fx.wrap("deform_roi_pool")
 torch.fx.wrap("deform_psroi_pool")
+torch.fx.wrap("ms_deform_attn")

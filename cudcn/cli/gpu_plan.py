@@ -22,17 +22,23 @@ import json
 import numpy as np
 
 from .. import _device, _kernels, _launch, _sources
-from ..testing import deform_conv2d_inputs, deform_psroi_pool_inputs, deform_roi_pool_inputs
+from ..testing import (deform_conv2d_inputs, deform_psroi_pool_inputs, deform_roi_pool_inputs,
+                       ms_deform_attn_inputs)
 
 # The asv suite's shapes: deform_conv2d at ResNet stages (N, C, H = W), 3x3,
 # padding 1, with mask; 512 RoIs on a stride-16 map for the poolings.
 CONV_SHAPES = ((2, 64, 56), (4, 256, 14), (1, 128, 28), (8, 256, 28))
 ROI_MAP = (2, 256, 50, 68)
 ROIS = 512
+# Deformable DETR at a 512x512 image: four levels of the stride-8 to -64 maps,
+# 8 heads of 32 channels, 4 points a level; the encoder's queries are the
+# pixels of every level, the decoder's 300 objects.
+MSDA_LEVELS = ((64, 64), (32, 32), (16, 16), (8, 8))
+MSDA_QUERIES = (("encoder", 5440), ("decoder", 300))
 
 # Their results steer later launches (what is sorted, how many entries).
 STEERING = {_kernels.DEFORM_CONV2D_SCATTER_ENTRIES, _kernels.DEFORM_ROI_POOL_SCATTER_ENTRIES,
-            _kernels.DEFORM_PSROI_POOL_SCATTER_ENTRIES}
+            _kernels.DEFORM_PSROI_POOL_SCATTER_ENTRIES, _kernels.MS_DEFORM_ATTN_SCATTER_ENTRIES}
 
 
 @dataclasses.dataclass
@@ -130,6 +136,11 @@ def _cases(dtype, conv_shapes):
                                   sample_per_part=4, trans_std=0.1, dtype=dtype, seed=0)
     yield ("deform_psroi_pool", f"K={ROIS} 21x7x7 {h}x{w} 7x7", ps, cudcn.deform_psroi_pool,
            cudcn.deform_psroi_pool_backward)
+    for name, queries in MSDA_QUERIES:
+        msda = ms_deform_attn_inputs(batch=1, queries=queries, heads=8, channels=32,
+                                     shapes=MSDA_LEVELS, points=4, dtype=dtype, seed=0)
+        yield ("ms_deform_attn", f"{name} Lq={queries} 8x32 L=4 P=4", msda,
+               cudcn.ms_deform_attn, cudcn.ms_deform_attn_backward)
 
 
 def plan(target, dtype="float32", conv_shapes=CONV_SHAPES, on_device=False):

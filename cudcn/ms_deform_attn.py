@@ -1,0 +1,302 @@
+"""Multi-scale deformable attention (Deformable DETR's sampling core):
+forward and backward, on NumPy (CPU) and CuPy (GPU) arrays.
+
+The semantics are mmcv's and Deformable-DETR's CUDA kernel (SPEC section 6):
+each query's head samples every level's map at its points, bilinearly with
+zero corners outside the map, and sums the samples times their attention
+weights. ``points_per_level`` is the RT-DETRv2 / D-FINE variant, a different
+number of points on each level.
+"""
+
+import collections
+import numbers
+
+import numpy as np
+
+from . import _backend, _checks, _kernels, _launch, _sorted_sum
+
+MSDeformAttnGrads = collections.namedtuple(
+    "MSDeformAttnGrads", ("value", "sampling_locations", "attention_weights"))
+MSDeformAttnGrads.__doc__ = "Gradients of ms_deform_attn; None where not asked for."
+
+
+def _host_ints(name, x):
+    """An integer array's values on the host (a CuPy array is copied: a sync)."""
+    if x.dtype.kind not in "iu":
+        raise TypeError(f"{name} must have an integer dtype, got {x.dtype}")
+    return [int(v) for v in (x if isinstance(x, np.ndarray) else x.get()).reshape(-1)]
+
+
+def _points_per_level(points_per_level, levels):
+    if isinstance(points_per_level, (str, bytes)) or not hasattr(points_per_level, "__len__"):
+        raise TypeError(f"points_per_level must be a sequence of ints, got {points_per_level!r}")
+    counts = tuple(points_per_level)
+    if not all(isinstance(p, numbers.Integral) and not isinstance(p, (bool, np.bool_))
+               for p in counts):
+        raise TypeError(f"points_per_level must be a sequence of ints, got {points_per_level!r}")
+    if len(counts) != levels:
+        raise ValueError(f"points_per_level has {len(counts)} entries but spatial_shapes has "
+                         f"{levels} levels")
+    if any(p < 1 for p in counts):
+        raise ValueError(f"points_per_level must be >= 1 each, got {points_per_level!r}")
+    return tuple(int(p) for p in counts)
+
+
+class _MSDeformAttn:
+    """Checked arguments of ms_deform_attn and the values every kernel takes."""
+
+    def __init__(self, value, spatial_shapes, level_start_index, sampling_locations,
+                 attention_weights, im2col_step, points_per_level, grad_output=None):
+        _checks.array("value", value, 4, "(N, S, M, D)")
+        _checks.array("spatial_shapes", spatial_shapes, 2, "(L, 2): (H_l, W_l) per level")
+        _checks.array("level_start_index", level_start_index, 1, "(L,)")
+        varying = points_per_level is not None
+        _checks.array("sampling_locations", sampling_locations, 5 if varying else 6,
+                      "(N, Lq, M, sum(points_per_level), 2)" if varying
+                      else "(N, Lq, M, L, P, 2)")
+        _checks.array("attention_weights", attention_weights, 4 if varying else 5,
+                      "(N, Lq, M, sum(points_per_level))" if varying else "(N, Lq, M, L, P)")
+        if grad_output is not None:
+            _checks.array("grad_output", grad_output, 3, "(N, Lq, M * D)")
+        self.xp = xp = _checks.same_backend(dict(
+            value=value, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
+            sampling_locations=sampling_locations, attention_weights=attention_weights,
+            grad_output=grad_output))
+        self.dtype = _checks.float_dtype(dict(
+            value=value, sampling_locations=sampling_locations,
+            attention_weights=attention_weights, grad_output=grad_output), xp)
+        self.acc_dtype = xp.dtype(_kernels.scalar_type(self.dtype).acc_dtype_name)
+        _checks.integer("im2col_step", im2col_step, 1)  # drop-in only: changes nothing
+
+        n, s, m, d = value.shape
+        levels = spatial_shapes.shape[0]
+        if spatial_shapes.shape[1] != 2:
+            raise ValueError(f"spatial_shapes must have shape (L, 2), got "
+                             f"{tuple(spatial_shapes.shape)}")
+        _checks.shape("level_start_index", level_start_index, (levels,), "L")
+        shapes = _host_ints("spatial_shapes", spatial_shapes)
+        starts = _host_ints("level_start_index", level_start_index)
+        if levels < 1:
+            raise ValueError("spatial_shapes must have at least one level")
+        heights, widths = shapes[0::2], shapes[1::2]
+        if any(v < 1 for v in shapes):
+            raise ValueError(f"spatial_shapes must be >= 1 each, got {shapes}")
+        first = 0
+        for level, (h, w, start) in enumerate(zip(heights, widths, starts)):
+            if start != first:
+                raise ValueError(
+                    f"level_start_index[{level}] = {start} but the levels before it, "
+                    f"spatial_shapes[:{level}], have {first} rows in all")
+            first += h * w
+        if first != s:
+            raise ValueError(f"value has S = {s} rows but spatial_shapes sums to {first} "
+                             "(sum of H_l * W_l)")
+
+        lq = sampling_locations.shape[1]
+        if varying:
+            counts = _points_per_level(points_per_level, levels)
+            point_level = [lvl for lvl, count in enumerate(counts) for _ in range(count)]
+            expected = (n, lq, m, len(point_level), 2)
+            _checks.shape("sampling_locations", sampling_locations, expected,
+                          "N, Lq, M, sum(points_per_level), 2")
+        else:
+            per = sampling_locations.shape[4]
+            point_level = [lvl for lvl in range(levels) for _ in range(per)]
+            expected = (n, lq, m, levels, per, 2)
+            _checks.shape("sampling_locations", sampling_locations, expected,
+                          "N, Lq, M, L, P, 2")
+        _checks.shape("attention_weights", attention_weights, expected[:-1],
+                      "N, Lq, M, " + ("sum(points_per_level)" if varying else "L, P"))
+        self.points = len(point_level)
+        self.output_shape = (n, lq, m * d)
+        if grad_output is not None:
+            _checks.shape("grad_output", grad_output, self.output_shape, "N, Lq, M * D")
+        _checks.fits_int32(**{"value rows S": s, "number of queries Lq": lq, "heads M": m,
+                              "channels D": d, "points": self.points, "levels": levels,
+                              "batch N": n})
+        self.value = xp.ascontiguousarray(value)
+        self.locations = xp.ascontiguousarray(sampling_locations)
+        self.weights = xp.ascontiguousarray(attention_weights)
+        self.grad_output = None if grad_output is None else xp.ascontiguousarray(grad_output)
+        self.heads_total = n * lq * m  # (n, q, m) triples
+        self.index = _launch.index_type(self.value.size, self.locations.size,
+                                        n * lq * m * d, 4 * self.heads_total * self.points)
+        index_dtype = _kernels.INDEX_DTYPES[self.index]
+        self.levels = xp.asarray(np.array([[h, w, start] for h, w, start
+                                           in zip(heights, widths, starts)],
+                                          dtype=index_dtype))
+        self.point_level = xp.asarray(np.array(point_level, dtype=index_dtype))
+        self.num_levels = levels
+
+    def values(self):
+        n, s, m, d = self.value.shape
+        return dict(levels=self.levels, point_level=self.point_level, locations=self.locations,
+                    weights=self.weights, batch=n, spatial=s, queries=self.locations.shape[1],
+                    heads=m, channels=d, points=self.points, num_levels=self.num_levels)
+
+    @property
+    def channels(self):
+        return self.value.shape[3]
+
+    def sample_bytes(self):
+        """Bytes a point's sample reads: its location, weight and four corners' channels."""
+        item = self.dtype.itemsize
+        return item * (3 + 4 * self.channels)
+
+
+@_backend.on_arrays_device
+def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
+                   attention_weights, im2col_step=64, points_per_level=None):
+    """Multi-scale deformable attention (mmcv's ``MultiScaleDeformableAttnFunction``).
+
+    Args:
+        value: (N, S, M, D) the levels' feature maps, flattened and stacked
+            (S = sum of H_l * W_l), M heads of D channels.
+        spatial_shapes: (L, 2) integers, (H_l, W_l) of each level.
+        level_start_index: (L,) integers, the first row of each level in S.
+        sampling_locations: (N, Lq, M, L, P, 2) (x, y) normalised to [0, 1]
+            (with ``points_per_level``: (N, Lq, M, sum(points_per_level), 2),
+            level 0's points first).
+        attention_weights: (N, Lq, M, L, P) (with ``points_per_level``:
+            (N, Lq, M, sum(points_per_level))), the softmax already applied.
+        im2col_step: accepted for drop-in use; any positive int, no effect.
+        points_per_level: None, or P_l for each level (RT-DETRv2, D-FINE).
+
+    Returns:
+        (N, Lq, M * D): for each query and head, the sum over its points of
+        the attention weight times the bilinear sample of the point's level
+        at ``(loc_x * W_l - 0.5, loc_y * H_l - 0.5)``; a point outside the
+        open window ``-1 < y < H_l, -1 < x < W_l`` (NaN and inf included)
+        adds nothing.
+
+    Raises:
+        TypeError: a non-array, mixed or unsupported float dtypes, integer
+            arrays that are not integers.
+        ValueError: ranks or shapes that disagree, spatial_shapes and
+            level_start_index inconsistent with each other or with S,
+            arrays on different backends or devices.
+
+    Example:
+        >>> value = np.ones((1, 5, 1, 2), np.float32)
+        >>> shapes, starts = np.array([[2, 2], [1, 1]]), np.array([0, 4])
+        >>> loc = np.full((1, 1, 1, 2, 1, 2), 0.5, np.float32)
+        >>> weights = np.full((1, 1, 1, 2, 1), 0.5, np.float32)
+        >>> ms_deform_attn(value, shapes, starts, loc, weights)
+        array([[[1., 1.]]], dtype=float32)
+    """
+    a = _MSDeformAttn(value, spatial_shapes, level_start_index, sampling_locations,
+                      attention_weights, im2col_step, points_per_level)
+    xp = a.xp
+    output = xp.empty(a.output_shape, dtype=a.dtype)
+    kernel = _kernels.MS_DEFORM_ATTN_FORWARD
+    peer = a.heads_total * a.channels  # the peer: a thread per output element
+    block = _launch.channel_block(xp, kernel, a.dtype, a.index, a.heads_total, a.channels, peer,
+                                  per_channel=a.points)
+    items = a.heads_total * -(-a.channels // block)
+    _launch.run(_launch.make_launch(
+        kernel, a.dtype, items, a.index, value=a.value, output=output, channel_block=block,
+        **a.values(),
+        work=_launch.Work(block * a.points, a.heads_total * a.points * a.sample_bytes()
+                          + output.size * a.dtype.itemsize, peer)))
+    return output
+
+
+@_backend.on_arrays_device
+def ms_deform_attn_backward(grad_output, value, spatial_shapes, level_start_index,
+                            sampling_locations, attention_weights, im2col_step=64,
+                            points_per_level=None,
+                            needs=("value", "sampling_locations", "attention_weights"),
+                            deterministic=False):
+    """Gradients of :func:`ms_deform_attn`.
+
+    Args:
+        grad_output: (N, Lq, M * D).
+        The rest exactly as given to :func:`ms_deform_attn`; ``needs`` chooses
+        out of "value", "sampling_locations", "attention_weights" (default all).
+        deterministic: bit-identical gradients run after run and for any
+            thread count, on both backends (the CPU always runs this way).
+
+    Returns:
+        MSDeformAttnGrads(value, sampling_locations, attention_weights), each
+        in its argument's shape and dtype, None where not asked for. A point
+        outside the open window gets zero gradients; inside, the location's
+        gradient is the derivative on the cell [floor(y), floor(y) + 1] x
+        [floor(x), floor(x) + 1], as the peer's kernel computes it.
+    """
+    wanted = _checks.needs(needs, MSDeformAttnGrads._fields)
+    a = _MSDeformAttn(value, spatial_shapes, level_start_index, sampling_locations,
+                      attention_weights, im2col_step, points_per_level, grad_output=grad_output)
+    xp = a.xp
+    grad_value = grad_locations = grad_weights = None
+    peer = a.heads_total * a.channels
+    items = a.heads_total * a.points
+    item = a.dtype.itemsize
+    if "sampling_locations" in wanted or "attention_weights" in wanted:
+        grad_locations = xp.empty(a.locations.shape, dtype=a.dtype)
+        grad_weights = xp.empty(a.weights.shape, dtype=a.dtype)
+        kernel = _kernels.MS_DEFORM_ATTN_BACKWARD_POINTS_PARTIAL
+        block = _launch.channel_block(xp, kernel, a.dtype, a.index, items, a.channels, peer,
+                                      max_blocks=_launch.MAX_SERIAL)
+        blocks = -(-a.channels // block)
+        partials = xp.empty(items * blocks * 3, dtype=a.acc_dtype)
+        acc = a.acc_dtype.itemsize
+        _launch.run(_launch.make_launch(
+            kernel, a.dtype, items * blocks, a.index, grad_output=a.grad_output, value=a.value,
+            partials=partials, channel_block=block, **a.values(),
+            work=_launch.Work(block, items * (a.sample_bytes() + a.channels * item
+                                              + 3 * blocks * acc), peer)))
+        _launch.run(_launch.make_launch(
+            _kernels.MS_DEFORM_ATTN_BACKWARD_POINTS_REDUCE, a.dtype, items, a.index,
+            partials=partials, grad_locations=grad_locations, grad_weights=grad_weights,
+            blocks=blocks, want_locations=int("sampling_locations" in wanted),
+            want_weights=int("attention_weights" in wanted), **a.values(),
+            work=_launch.Work(blocks, items * (3 * blocks * acc + 6 * item), peer,
+                              auxiliary=True)))
+        if "sampling_locations" not in wanted:
+            grad_locations = None
+        if "attention_weights" not in wanted:
+            grad_weights = None
+    if "value" in wanted:
+        grad_value = xp.zeros(a.value.shape, dtype=a.acc_dtype)
+        values = dict(grad_output=a.grad_output, grad_value=grad_value, **a.values())
+        strategy = _launch.strategy(xp, deterministic)
+        if strategy == "planes":
+            n, _, m, d = a.value.shape
+            lanes = _kernels.MS_DEFORM_ATTN_LANES
+            _launch.run(_launch.make_launch(
+                _kernels.MS_DEFORM_ATTN_BACKWARD_VALUE_PLANES, a.dtype,
+                n * m * a.num_levels * -(-d // lanes), a.index, **values))
+        elif strategy == "items":
+            kernel = _kernels.MS_DEFORM_ATTN_BACKWARD_VALUE
+            block = _launch.channel_block(xp, kernel, a.dtype, a.index, items, a.channels, peer,
+                                          per_channel=4)
+            _launch.run(_launch.make_launch(
+                kernel, a.dtype, items * -(-a.channels // block), a.index, channel_block=block,
+                **values,
+                work=_launch.Work(4 * block, items * (3 * item + a.channels * item
+                                                      + 4 * a.channels * a.acc_dtype.itemsize),
+                                  peer)))
+        else:
+            _sorted_grad_value(a, grad_value)
+        grad_value = grad_value.astype(a.dtype, copy=False)
+    return MSDeformAttnGrads(grad_value, grad_locations, grad_weights)
+
+
+def _sorted_grad_value(a, grad_value):
+    """grad_value without atomics: every sample corner as an entry, summed
+    per value row and head, channel by channel, in a fixed order."""
+    xp = a.xp
+    samples = a.heads_total * a.points
+    index_dtype = _kernels.INDEX_DTYPES[a.index]
+    keys = xp.empty(4 * samples, dtype=index_dtype)
+    sources = xp.empty(4 * samples, dtype=index_dtype)
+    weights = xp.empty(4 * samples, dtype=a.acc_dtype)
+    _launch.run(_launch.make_launch(
+        _kernels.MS_DEFORM_ATTN_SCATTER_ENTRIES, a.dtype, 4 * samples, a.index, keys=keys,
+        sources=sources, entry_weights=weights, **a.values(),
+        work=_launch.Work(1, samples * (3 * a.dtype.itemsize + 4 * (
+            2 * index_dtype.itemsize + a.acc_dtype.itemsize)), a.heads_total * a.channels)))
+    channels = a.channels
+    _sorted_sum.scatter_add(xp, a.dtype, a.index, keys, sources, weights,
+                            a.grad_output.reshape(-1), channels, 1, grad_value.reshape(-1),
+                            lambda key: key * channels, 1, a.heads_total * channels)

@@ -163,3 +163,76 @@ def test_bad_input_is_a_torch_error():
     with pytest.raises(TypeError, match="value must be a torch.Tensor"):
         ct.ms_deform_attn(args["value"], t["spatial_shapes"], t["level_start_index"],
                           t["sampling_locations"], t["attention_weights"])
+
+
+# --- mmcv's MultiScaleDeformableAttention ---------------------------------------------
+
+def _attention_layer_inputs(batch_first, boxes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = torch.tensor([[6, 5], [3, 4]])
+    starts = torch.tensor([0, 30])
+    bs, nq, nv, dims = 2, 7, 42, 32
+    query = torch.randn(bs, nq, dims, generator=g, dtype=torch.float64)
+    value = torch.randn(bs, nv, dims, generator=g, dtype=torch.float64)
+    refs = torch.rand(bs, nq, 2, 4 if boxes else 2, generator=g, dtype=torch.float64)
+    padding = torch.rand(bs, nv, generator=g) < 0.1
+    if not batch_first:
+        query, value = query.transpose(0, 1), value.transpose(0, 1)
+    return dict(query=query.requires_grad_(), value=value.requires_grad_(), reference_points=refs,
+                spatial_shapes=shapes, level_start_index=starts, key_padding_mask=padding)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("boxes", [False, True], ids=["points", "boxes"])
+def test_attention_layer_matches_the_grid_sample_path(monkeypatch, batch_first, boxes):
+    """The same layer through cudcn's kernel and through the grid_sample path
+    (mmcv's CPU fallback): outputs and every parameter's gradient, float64,
+    with the sampling offsets moved off their fresh ring (off the ties)."""
+    from cudcn.adapters.torch import ops
+
+    torch.manual_seed(1)
+    layer = ct.MultiScaleDeformableAttention(embed_dims=32, num_heads=4, num_levels=2,
+                                             num_points=3, dropout=0.0,
+                                             batch_first=batch_first).double()
+    with torch.no_grad():
+        layer.sampling_offsets.weight.normal_(0, 0.3)
+        layer.attention_weights.weight.normal_(0, 0.3)
+    results = []
+    for path in ("cudcn", "grid_sample"):
+        if path == "grid_sample":
+            monkeypatch.setattr(ops, "ms_deform_attn", lambda v, s, starts, loc, w, step:
+                                grid_sample_attention(v, s, loc, w))
+        inputs = _attention_layer_inputs(batch_first, boxes)
+        layer.zero_grad()
+        out = layer(**inputs)
+        out.square().sum().backward()
+        results.append((out.detach(), {n: p.grad.clone() for n, p in layer.named_parameters()},
+                        inputs["query"].grad, inputs["value"].grad))
+    (out, grads, dq, dv), (want, want_grads, want_dq, want_dv) = results
+    assert out.shape == ((2, 7, 32) if batch_first else (7, 2, 32))
+    torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-10)
+    for name in want_grads:
+        torch.testing.assert_close(grads[name], want_grads[name], rtol=1e-9, atol=1e-9, msg=name)
+    torch.testing.assert_close(dq, want_dq, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(dv, want_dv, rtol=1e-9, atol=1e-9)
+
+
+def test_attention_layer_keys_and_initialisation_are_mmcvs():
+    layer = ct.MultiScaleDeformableAttention(embed_dims=64, num_heads=4, num_levels=3,
+                                             num_points=2, value_proj_ratio=0.5)
+    assert list(layer.state_dict()) == [
+        "sampling_offsets.weight", "sampling_offsets.bias", "attention_weights.weight",
+        "attention_weights.bias", "value_proj.weight", "value_proj.bias", "output_proj.weight",
+        "output_proj.bias"]
+    assert layer.value_proj.weight.shape == (32, 64) and layer.output_proj.weight.shape == (64, 32)
+    assert not layer.sampling_offsets.weight.any() and not layer.attention_weights.weight.any()
+    assert not layer.attention_weights.bias.any() and not layer.value_proj.bias.any()
+    ring = layer.sampling_offsets.bias.view(4, 3, 2, 2)
+    # Head h points along angle 2 pi h / 4, scaled so the larger component is 1,
+    # point i at i + 1 times that, on every level.
+    expected = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
+    for i in range(2):
+        torch.testing.assert_close(ring[:, :, i], (i + 1) * expected[:, None].expand(4, 3, 2),
+                                   atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        ct.MultiScaleDeformableAttention(embed_dims=30, num_heads=4)

@@ -18,6 +18,7 @@ from .modules import (
     DeformRoIPoolPack,
     ModulatedDeformConv2dPack,
     ModulatedDeformRoIPoolPack,
+    MultiScaleDeformableAttention,
 )
 from .ops import deform_conv2d, deform_psroi_pool, deform_roi_pool, ms_deform_attn
 from . import onnx_export as _onnx_export
@@ -34,6 +35,7 @@ __all__ = [
     "DeformRoIPoolPack",
     "ModulatedDeformConv2dPack",
     "ModulatedDeformRoIPoolPack",
+    "MultiScaleDeformableAttention",
     "convert_to_deformable",
     "deform_conv2d",
     "deform_psroi_pool",

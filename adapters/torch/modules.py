@@ -10,9 +10,14 @@ order included), parameter names and default initialisation.
   bias)`` misleads nobody and keeps mmcv code and configs working as written.
   Their ``conv_offset`` starts at zero, so a fresh layer is the undeformed conv.
 - The RoI pooling modules follow mmcv's names (``offset_fc``, ``mask_fc``).
+- MultiScaleDeformableAttention is mmcv's (Deformable DETR's layer): its
+  constructor, ``batch_first``, state_dict keys (``sampling_offsets``,
+  ``attention_weights``, ``value_proj``, ``output_proj``), initialisation and
+  forward, with cudcn's kernel on every device.
 """
 
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -279,3 +284,111 @@ class DeformPSRoIPool(nn.Module):
             pooled_size=self.pooled_size, part_size=self.part_size,
             sample_per_part=self.sample_per_part, trans_std=self.trans_std,
             spatial_scale=self.spatial_scale)
+
+
+class MultiScaleDeformableAttention(nn.Module):
+    """mmcv's ``MultiScaleDeformableAttention`` (Deformable DETR), run by cudcn.
+
+    Args:
+        embed_dims: channels of queries and values (256).
+        num_heads: attention heads (8); embed_dims must divide by it.
+        num_levels: feature levels (4).
+        num_points: sampling points per head and level (4).
+        im2col_step: accepted for mmcv configs; changes nothing.
+        dropout: dropout on the output before the residual (0.1).
+        batch_first: queries and values are (bs, n, embed_dims) if True, else
+            (n, bs, embed_dims), as in mmcv.
+        norm_cfg, init_cfg: accepted for mmcv configs; unused.
+        value_proj_ratio: value_proj's output width over embed_dims (1.0).
+
+    ``forward(query, key=None, value=None, identity=None, query_pos=None,
+    key_padding_mask=None, reference_points=None, spatial_shapes=None,
+    level_start_index=None)``: reference_points (bs, num_query, num_levels,
+    2) normalised (x, y), or (..., 4) boxes (x, y, w, h); spatial_shapes
+    (num_levels, 2) (h, w); key_padding_mask (bs, num_value), True where a
+    value is padding. Returns ``dropout(output_proj(attention)) + identity``
+    in the query's layout.
+    """
+
+    def __init__(self, embed_dims=256, num_heads=8, num_levels=4, num_points=4, im2col_step=64,
+                 dropout=0.1, batch_first=False, norm_cfg=None, init_cfg=None,
+                 value_proj_ratio=1.0):
+        super().__init__()
+        if embed_dims % num_heads != 0:
+            raise ValueError(f"embed_dims must be divisible by num_heads, but got {embed_dims} "
+                             f"and {num_heads}")
+        self.norm_cfg, self.init_cfg = norm_cfg, init_cfg
+        self.dropout = nn.Dropout(dropout)
+        self.batch_first = batch_first
+        self.im2col_step = im2col_step
+        self.embed_dims = embed_dims
+        self.num_levels = num_levels
+        self.num_heads = num_heads
+        self.num_points = num_points
+        samples = num_heads * num_levels * num_points
+        self.sampling_offsets = nn.Linear(embed_dims, samples * 2)
+        self.attention_weights = nn.Linear(embed_dims, samples)
+        value_proj_size = int(embed_dims * value_proj_ratio)
+        self.value_proj = nn.Linear(embed_dims, value_proj_size)
+        self.output_proj = nn.Linear(value_proj_size, embed_dims)
+        self.init_weights()
+
+    def init_weights(self):
+        """mmcv's: offsets start on a ring of directions, one per head, the
+        i-th point i+1 cells out (normalised by the larger of |cos|, |sin|);
+        uniform attention; Xavier-uniform projections with zero biases."""
+        nn.init.zeros_(self.sampling_offsets.weight)
+        angle = torch.arange(self.num_heads, dtype=torch.float32) * (2.0 * math.pi / self.num_heads)
+        ring = torch.stack([angle.cos(), angle.sin()], -1)
+        ring = ring / ring.abs().max(-1, keepdim=True)[0]
+        grid = ring.view(self.num_heads, 1, 1, 2).repeat(1, self.num_levels, self.num_points, 1)
+        grid = grid * torch.arange(1, self.num_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(grid.view(-1))
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        for layer in (self.value_proj, self.output_proj):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, query, key=None, value=None, identity=None, query_pos=None,
+                key_padding_mask=None, reference_points=None, spatial_shapes=None,
+                level_start_index=None, **kwargs):
+        if "residual" in kwargs:  # mmcv's old name, which it still accepts
+            warnings.warn("MultiScaleDeformableAttention: 'residual' is deprecated, use "
+                          "'identity'", DeprecationWarning, stacklevel=2)
+            identity = kwargs.pop("residual")
+        if value is None:
+            value = query
+        if identity is None:
+            identity = query
+        if query_pos is not None:
+            query = query + query_pos
+        if not self.batch_first:
+            query, value = query.permute(1, 0, 2), value.permute(1, 0, 2)
+        bs, num_query, _ = query.shape
+        _, num_value, _ = value.shape
+        value = self.value_proj(value)
+        if key_padding_mask is not None:
+            value = value.masked_fill(key_padding_mask[..., None], 0.0)
+        value = value.view(bs, num_value, self.num_heads, -1)
+        heads, levels, points = self.num_heads, self.num_levels, self.num_points
+        offsets = self.sampling_offsets(query).view(bs, num_query, heads, levels, points, 2)
+        weights = self.attention_weights(query).view(bs, num_query, heads, levels * points)
+        weights = weights.softmax(-1).view(bs, num_query, heads, levels, points)
+        if reference_points.shape[-1] == 2:
+            normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)
+            locations = (reference_points[:, :, None, :, None, :]
+                         + offsets / normalizer[None, None, None, :, None, :])
+        elif reference_points.shape[-1] == 4:
+            locations = (reference_points[:, :, None, :, None, :2]
+                         + offsets / points * reference_points[:, :, None, :, None, 2:] * 0.5)
+        else:
+            raise ValueError(f"Last dim of reference_points must be 2 or 4, but get "
+                             f"{reference_points.shape[-1]} instead.")
+        output = ops.ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights,
+                                    self.im2col_step)
+        output = self.output_proj(output)
+        if not self.batch_first:
+            output = output.permute(1, 0, 2)
+        return self.dropout(output) + identity

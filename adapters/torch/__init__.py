@@ -10,6 +10,7 @@ torchvision's), and the functions are ``torch.fx`` leaves.
 
 from ._errors import ArgumentTypeError, ArgumentValueError
 from .convert import convert_to_deformable, param_groups
+from .hub_kernels import kernelize
 from .modules import (
     DeformConv2d,
     DeformConv2dPack,
@@ -40,6 +41,7 @@ __all__ = [
     "deform_conv2d",
     "deform_psroi_pool",
     "deform_roi_pool",
+    "kernelize",
     "ms_deform_attn",
     "param_groups",
 ]

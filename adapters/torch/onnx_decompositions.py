@@ -1,4 +1,5 @@
-"""cudcn's RoI pooling written with plain tensor operations, for ONNX export.
+"""cudcn's RoI pooling and multi-scale deformable attention written with
+plain tensor operations, for ONNX export.
 
 Both of ``torch.onnx.export``'s exporters translate these operations
 (arithmetic, Floor, Where, Gather) into standard ONNX, so a model exported
@@ -268,3 +269,61 @@ def deform_psroi_pool(input, rois, offset, output_dim, group_size, pooled_size, 
     total = _bilinear(gather, h, w, keep_h, keep_w, height, width, False)  # (K, D, P, P)
     pooled = (total / kept.clamp(min=1)).masked_fill(~valid[..., 0], 0)  # 0 when none kept
     return _as(pooled, input.dtype)
+
+
+def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
+                   attention_weights, points_per_level):
+    """Multi-scale deformable attention (SPEC.md section 6) with Gather and
+    arithmetic: each point's four corners are rows of ``value`` found from
+    ``spatial_shapes`` and ``level_start_index`` as tensors, so that the
+    exported graph takes any level sizes, batch and query count (a per-level
+    GridSample would fix the level sizes at export). A point outside the
+    open window, or NaN, adds nothing; so does a corner outside its map.
+
+    Args: as :func:`cudcn.ms_deform_attn` takes them (``points_per_level``
+    None or a list of ints).
+
+    Returns:
+        (N, Lq, M * D) in value's dtype (computed in float32 for half types).
+    """
+    n, s, heads, channels = value.shape
+    queries = sampling_locations.shape[1]
+    acc = _accumulation_dtype(value.dtype)
+    if points_per_level is None:
+        levels, per = sampling_locations.shape[3], sampling_locations.shape[4]
+        points_per_level = [per] * levels
+    level_of_point = _constant([lvl for lvl, count in enumerate(points_per_level)
+                                for _ in range(count)], torch.int64)
+    points = int(level_of_point.shape[0])
+    loc = _as(sampling_locations, acc).reshape(n, queries, heads, points, 2)
+    weights = _as(attention_weights, acc).reshape(n, queries, heads, points)
+    shapes = spatial_shapes.to(torch.int64).index_select(0, level_of_point)  # (P, 2)
+    height, width = shapes[:, 0], shapes[:, 1]
+    starts = level_start_index.to(torch.int64).index_select(0, level_of_point)
+    x = loc[..., 0] * _as(width, acc) - 0.5  # (N, Lq, M, P)
+    y = loc[..., 1] * _as(height, acc) - 0.5
+    inside = (y > -1) & (y < _as(height, acc)) & (x > -1) & (x < _as(width, acc))  # NaN: False
+    x = torch.where(inside, x, torch.zeros_like(x))
+    y = torch.where(inside, y, torch.zeros_like(y))
+    x0, y0 = torch.floor(x), torch.floor(y)
+    fx, fy = x - x0, y - y0
+    x0, y0 = x0.to(torch.int64), y0.to(torch.int64)
+    # Row (n * S + row) * M + m of value seen as (N * S * M, D).
+    batch = torch.arange(n, dtype=torch.int64).reshape(-1, 1, 1, 1)
+    head = _constant(list(range(heads)), torch.int64).reshape(1, 1, -1, 1)
+    rows = value.reshape(-1, channels)
+    out = None
+    for dy in (0, 1):
+        for dx in (0, 1):
+            cy, cx = y0 + dy, x0 + dx
+            valid = inside & (cy >= 0) & (cy < height) & (cx >= 0) & (cx < width)
+            corner = (fy if dy else 1 - fy) * (fx if dx else 1 - fx)
+            scale = torch.where(valid, corner * weights, torch.zeros_like(corner))
+            at = starts + torch.minimum(torch.maximum(cy, torch.zeros_like(cy)), height - 1) \
+                * width + torch.minimum(torch.maximum(cx, torch.zeros_like(cx)), width - 1)
+            index = (batch * s + at) * heads + head  # (N, Lq, M, P)
+            picked = _as(rows.index_select(0, index.reshape(-1)), acc).reshape(
+                n, queries, heads, points, channels)
+            term = (picked * scale.unsqueeze(-1)).sum(3)  # (N, Lq, M, D)
+            out = term if out is None else out + term
+    return _as(out.reshape(n, queries, heads * channels), value.dtype)

@@ -13,6 +13,8 @@ What each op becomes (standard ONNX only, no custom domain):
   by :mod:`.onnx_decompositions`.
 - ``deform_roi_pool`` with offset and an adaptive ``sampling_ratio`` (<= 0):
   an error; the number of samples then depends on each RoI's size at run time.
+- ``ms_deform_attn``: Gather and arithmetic (:mod:`.onnx_decompositions`),
+  reading the level sizes from ``spatial_shapes`` at run time.
 
 How. Importing ``cudcn.adapters.torch`` registers, for the TorchScript
 exporter (``dynamo=False``), symbolic functions through the public
@@ -120,6 +122,14 @@ def deform_psroi_pool(input, rois, offset, output_dim, group_size, pooled_size, 
                                                  trans_std, spatial_scale)
 
 
+def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
+                   attention_weights, points_per_level):
+    """cudcn.adapters.torch.ms_deform_attn while exporting to ONNX."""
+    return onnx_decompositions.ms_deform_attn(value, spatial_shapes, level_start_index,
+                                              sampling_locations, attention_weights,
+                                              points_per_level)
+
+
 # --- translations of the ops themselves ----------------------------------
 
 def _check_roi_align(has_offset, has_mask, sampling_ratio):
@@ -190,6 +200,10 @@ def _torchscript_deform_psroi_pool(g, *args):
     raise _opaque_error("deform_psroi_pool")
 
 
+def _torchscript_ms_deform_attn(g, *args):
+    raise _opaque_error("ms_deform_attn")
+
+
 # --- dynamo exporter (dynamo=True, the default) ---------------------------
 
 def _static_shape(value):
@@ -227,12 +241,17 @@ def _dynamo_deform_psroi_pool(*args, **kwargs):
     raise _opaque_error("deform_psroi_pool")
 
 
+def _dynamo_ms_deform_attn(*args, **kwargs):
+    raise _opaque_error("ms_deform_attn")
+
+
 # --- registration ---------------------------------------------------------
 
 def _register_torchscript():
     for name, symbolic in (("deform_conv2d", _torchscript_deform_conv2d),
                            ("deform_roi_pool", _torchscript_deform_roi_pool),
-                           ("deform_psroi_pool", _torchscript_deform_psroi_pool)):
+                           ("deform_psroi_pool", _torchscript_deform_psroi_pool),
+                           ("ms_deform_attn", _torchscript_ms_deform_attn)):
         # Registered from opset 1 so that every target opset reaches cudcn's own checks.
         torch.onnx.register_custom_op_symbolic(f"cudcn::{name}", symbolic, 1)
 
@@ -302,7 +321,8 @@ def _add_dynamo_translations():
     entries = ((ops.deform_conv2d.default, _dynamo_deform_conv2d_below_19, 18),
                (ops.deform_conv2d.default, _dynamo_deform_conv2d, DEFORM_CONV_OPSET),
                (ops.deform_roi_pool.default, _dynamo_deform_roi_pool, 18),
-               (ops.deform_psroi_pool.default, _dynamo_deform_psroi_pool, 18))
+               (ops.deform_psroi_pool.default, _dynamo_deform_psroi_pool, 18),
+               (ops.ms_deform_attn.default, _dynamo_ms_deform_attn, 18))
     try:
         from torch.onnx._internal.exporter._torchlib._torchlib_registry import onnx_impl
 

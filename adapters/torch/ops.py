@@ -453,6 +453,10 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
     im2col_step = _checks.integer("im2col_step", im2col_step, 1)
     if points_per_level is not None:
         points_per_level = [_checks.integer("points_per_level", p, 1) for p in points_per_level]
+    if torch.onnx.is_in_onnx_export():  # standard ONNX operators instead of the kernel
+        from . import onnx_export
+        return onnx_export.ms_deform_attn(value, spatial_shapes, level_start_index,
+                                          sampling_locations, attention_weights, points_per_level)
     return _ms_deform_attn_op(value, spatial_shapes, level_start_index, sampling_locations,
                               attention_weights, im2col_step, points_per_level)
 

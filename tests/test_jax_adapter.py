@@ -18,6 +18,7 @@ from cudcn.testing import (  # noqa: E402
     deform_conv2d_inputs,
     deform_psroi_pool_inputs,
     deform_roi_pool_inputs,
+    ms_deform_attn_inputs,
 )
 from conftest import assert_directional_gradients  # noqa: E402
 
@@ -67,8 +68,17 @@ OPS = {
                           lambda **kw: deform_roi_pool_inputs(mask=True, output_size=(2, 3), **kw)),
     "deform_psroi_pool": Op("deform_psroi_pool", ("input", "rois", "offset"), ("input", "offset"),
                             lambda **kw: deform_psroi_pool_inputs(**kw)),
+    # The level tables are static arguments (the level sizes decide the launches).
+    "ms_deform_attn": Op("ms_deform_attn", ("value", "sampling_locations", "attention_weights"),
+                         ("value", "sampling_locations", "attention_weights"),
+                         lambda **kw: ms_deform_attn_inputs(**kw)),
 }
 op_params = pytest.mark.parametrize("op", [pytest.param(op, id=name) for name, op in OPS.items()])
+
+
+def _floating(v):
+    """A floating array argument (the level tables and rois keep their dtype)."""
+    return isinstance(v, np.ndarray) and v.dtype.kind == "f"
 
 
 def _grad_output(op, args, seed=7):
@@ -270,7 +280,8 @@ def test_vmap_of_pooling_equals_a_loop(op):
 @op_params
 def test_float32_matches_numpy_api(op):
     with jax.enable_x64(False):
-        args = {k: v.astype(np.float32) if isinstance(v, np.ndarray) else v
+        args = {k: v.astype(np.float32) if isinstance(v, np.ndarray) and v.dtype.kind == "f"
+                else v
                 for k, v in op.make().items()}
         grad_output = _grad_output(op, args).astype(np.float32)
         names, arrays, params = op.split(args)
@@ -289,7 +300,7 @@ def test_float32_matches_numpy_api(op):
 def test_half_types_equal_numpy_api(op, dtype):
     """The NumPy API's own results, bit for bit: the same kernels on XLA's buffers."""
     with jax.enable_x64(False):
-        args = {k: v.astype(jnp.dtype(dtype)) if isinstance(v, np.ndarray) and k != "rois" else v
+        args = {k: v.astype(jnp.dtype(dtype)) if _floating(v) and k != "rois" else v
                 for k, v in op.make().items()}
         grad_output = _grad_output(op, args).astype(jnp.dtype(dtype))
         names, arrays, params = op.split(args)
@@ -388,6 +399,8 @@ def test_empty_batch_or_no_rois(op):
     args = op.make()
     if op.name == "deform_conv2d":
         args = {k: v[:0] if k in ("input", "offset", "mask") else v for k, v in args.items()}
+    elif op.name == "ms_deform_attn":
+        args = {k: v[:0] if k in op.arrays else v for k, v in args.items()}
     else:
         args = {k: v[:0] if k in ("rois", "offset", "mask") and v is not None else v
                 for k, v in args.items()}
@@ -446,7 +459,7 @@ def gpu_branch(monkeypatch):
 @op_params
 @pytest.mark.parametrize("dtype", ["float64", "bfloat16"])
 def test_gpu_branch_on_a_cupy_double(op, dtype, gpu_branch):
-    args = {k: v.astype(jnp.dtype(dtype)) if isinstance(v, np.ndarray) and k != "rois" else v
+    args = {k: v.astype(jnp.dtype(dtype)) if _floating(v) and k != "rois" else v
             for k, v in op.make().items()}
     grad_output = _grad_output(op, args).astype(jnp.dtype(dtype))
     names, arrays, params = op.split(args)
@@ -525,3 +538,23 @@ def test_gpu_matches_numpy_api():
         for i, g in zip(wrt, grads):
             np.testing.assert_allclose(np.asarray(g), getattr(expected, names[i]), rtol=1e-9,
                                        atol=1e-11)
+
+
+def test_ms_deform_attn_level_tables_must_be_static():
+    """The level sizes decide the launches: a traced table is refused with a
+    message that says what to pass; a concrete jax array is taken."""
+    args = ms_deform_attn_inputs(seed=31)
+    value, loc, weights = (jnp.asarray(args[k]) for k in
+                           ("value", "sampling_locations", "attention_weights"))
+
+    @jax.jit
+    def traced(shapes):
+        return cj.ms_deform_attn(value, shapes, args["level_start_index"], loc, weights)
+
+    with pytest.raises(TypeError, match="spatial_shapes must be static"):
+        traced(jnp.asarray(args["spatial_shapes"]))
+    out = cj.ms_deform_attn(value, jnp.asarray(args["spatial_shapes"]),
+                            jnp.asarray(args["level_start_index"]), loc, weights)
+    np.testing.assert_array_equal(np.asarray(out), cudcn.ms_deform_attn(**args))
+    with pytest.raises(TypeError, match="level_start_index must have an integer dtype"):
+        cj.ms_deform_attn(value, args["spatial_shapes"], np.array([0.0, 30.0]), loc, weights)

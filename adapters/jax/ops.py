@@ -15,12 +15,16 @@ double backward).
 import dataclasses
 import os
 
+import numpy as np
+
 import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
 import cudcn
+from cudcn import _backend
 from cudcn import deform_conv as _conv
+from cudcn.ms_deform_attn import _MSDeformAttn
 from cudcn import roi_pool as _pool
 
 from . import _buffers, _checks
@@ -77,14 +81,16 @@ def _forward_rule(primal, params, primals):
     return primal(params, *values.values()), (values, _Needs(needs))
 
 
-def _backward_rule(backward, rule_inputs, params, residuals, g, per_image=frozenset()):
+def _backward_rule(backward, rule_inputs, params, residuals, g, per_image=frozenset(),
+                   output_like="input"):
     """An op's custom_vjp backward rule: cudcn's ``backward`` asked for the
-    gradients the forward rule named, None for the others."""
+    gradients the forward rule named, None for the others. The cotangent
+    takes the dtype of input ``output_like``."""
     values, needs = residuals
     if isinstance(g, SymbolicZero) or not needs.names:
         return (None,) * len(rule_inputs)
     static = (*params, ("needs", needs.names), ("deterministic", _deterministic()))
-    grads = _call(backward, dict(grad_output=_cotangent(g, values["input"]), **values),
+    grads = _call(backward, dict(grad_output=_cotangent(g, values[output_like]), **values),
                   static, [(values[n].shape, values[n].dtype) for n in needs.names],
                   per_image, outputs_per_image=bool(per_image) and set(needs.names) <= per_image)
     return _gradients(rule_inputs, needs.names, grads)
@@ -284,3 +290,105 @@ def deform_psroi_pool(input, rois, offset=None, *, output_dim, group_size, poole
               ("sample_per_part", p.sample_per_part), ("trans_std", p.trans_std),
               ("spatial_scale", p.spatial_scale))
     return _psroi_primal(params, input, rois, offset)
+
+
+# --- ms_deform_attn --------------------------------------------------------
+
+_MSDA_INPUTS = ("value", "sampling_locations", "attention_weights")
+_MSDA_PER_IMAGE = frozenset({"value", "sampling_locations", "attention_weights", "grad_output"})
+
+
+def _levels(value, spatial_shapes, level_start_index):
+    """The static level tables as arrays of value's backend (NumPy or CuPy)."""
+    xp = _backend.array_module(value)
+    return (xp.asarray(np.array(spatial_shapes, dtype=np.int64).reshape(-1, 2)),
+            xp.asarray(np.array(level_start_index, dtype=np.int64)))
+
+
+def _msda_forward(*, value, sampling_locations, attention_weights, spatial_shapes,
+                  level_start_index, im2col_step, points_per_level):
+    shapes, starts = _levels(value, spatial_shapes, level_start_index)
+    return (cudcn.ms_deform_attn(value, shapes, starts, sampling_locations, attention_weights,
+                                 im2col_step, points_per_level),)
+
+
+def _msda_backward(*, grad_output, value, sampling_locations, attention_weights, spatial_shapes,
+                   level_start_index, im2col_step, points_per_level, needs, deterministic):
+    shapes, starts = _levels(value, spatial_shapes, level_start_index)
+    grads = cudcn.ms_deform_attn_backward(grad_output, value, shapes, starts,
+                                          sampling_locations, attention_weights, im2col_step,
+                                          points_per_level, needs=needs,
+                                          deterministic=deterministic)
+    return tuple(getattr(grads, name) for name in needs)
+
+
+def _msda_primal(params, value, sampling_locations, attention_weights):
+    n, _, heads, channels = value.shape
+    shape = (n, sampling_locations.shape[1], heads * channels)
+    arrays = dict(value=value, sampling_locations=sampling_locations,
+                  attention_weights=attention_weights)
+    (out,) = _call(_msda_forward, arrays, params, [(shape, value.dtype)], _MSDA_PER_IMAGE,
+                   outputs_per_image=True)
+    return out
+
+
+_msda_primal = jax.custom_vjp(_msda_primal, nondiff_argnums=(0,))
+
+
+def _msda_fwd(params, value, sampling_locations, attention_weights):
+    return _forward_rule(_msda_primal, params,
+                         dict(value=value, sampling_locations=sampling_locations,
+                              attention_weights=attention_weights))
+
+
+def _msda_bwd(params, residuals, g):
+    return _backward_rule(_msda_backward, _MSDA_INPUTS, params, residuals, g, _MSDA_PER_IMAGE,
+                          output_like="value")
+
+
+_msda_primal.defvjp(_msda_fwd, _msda_bwd, symbolic_zeros=True)
+
+
+def _static_ints(name, x):
+    """A level table as a NumPy int64 array: the level sizes decide the
+    kernels' launches, so they must be known when JAX traces."""
+    if isinstance(x, jax.core.Tracer):
+        raise TypeError(f"{name} must be static (known when jax.jit traces): pass a NumPy "
+                        "array, a tuple, or a concrete jax array, not a traced value")
+    array = np.asarray(x)
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"{name} must have an integer dtype, got {array.dtype}")
+    return array.astype(np.int64)
+
+
+def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
+                   attention_weights, im2col_step=64, points_per_level=None):
+    """Multi-scale deformable attention (Deformable DETR) on jax arrays.
+
+    Args:
+        value: (N, S, M, D).
+        spatial_shapes: (L, 2) (H_l, W_l) per level, static: a NumPy array,
+            a tuple or a concrete jax array (not a traced value).
+        level_start_index: (L,) the first row of each level in S, static.
+        sampling_locations: (N, Lq, M, L, P, 2) (x, y) in [0, 1] (with
+            ``points_per_level``: (N, Lq, M, sum(points_per_level), 2)).
+        attention_weights: (N, Lq, M, L, P) (or (N, Lq, M, sum(points_per_level))).
+        im2col_step, points_per_level: as :func:`cudcn.ms_deform_attn`.
+
+    Returns:
+        (N, Lq, M * D), differentiable in value, sampling_locations and
+        attention_weights (``jax.grad``, ``jax.vjp``); works under
+        ``jax.jit`` and ``jax.vmap``. Bad arguments raise cudcn's TypeError
+        or ValueError when the call is traced.
+    """
+    value, sampling_locations, attention_weights = _checks.as_jax(
+        value=value, sampling_locations=sampling_locations, attention_weights=attention_weights)
+    shapes = _static_ints("spatial_shapes", spatial_shapes)
+    starts = _static_ints("level_start_index", level_start_index)
+    _MSDeformAttn(_stand_in(value), shapes, starts, _stand_in(sampling_locations),
+                  _stand_in(attention_weights), im2col_step, points_per_level)  # the checks
+    params = (("spatial_shapes", tuple(map(tuple, shapes.reshape(-1, 2).tolist()))),
+              ("level_start_index", tuple(starts.tolist())), ("im2col_step", int(im2col_step)),
+              ("points_per_level", None if points_per_level is None
+               else tuple(int(p) for p in points_per_level)))
+    return _msda_primal(params, value, sampling_locations, attention_weights)

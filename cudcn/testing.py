@@ -134,3 +134,29 @@ def ms_deform_attn_inputs(batch=2, queries=5, heads=2, channels=4, shapes=((6, 5
                 sampling_locations=xp.asarray(loc.astype(dtype)),
                 attention_weights=xp.asarray(weights.astype(dtype)),
                 points_per_level=None if points_per_level is None else tuple(points_per_level))
+
+
+def grid_sample_ms_deform_attn(value, spatial_shapes, sampling_locations, attention_weights):
+    """Multi-scale deformable attention the way mmcv, transformers and
+    InternImage compute it without a kernel (torch tensors): per level,
+    ``F.grid_sample`` at ``2 * loc - 1`` with zeros padding and
+    ``align_corners=False``, then the weighted sum. Written from that
+    definition; the peer the tests and ``cudcn bench`` compare with."""
+    import torch
+    import torch.nn.functional as F
+
+    n, _, heads, channels = value.shape
+    _, queries, _, levels, points, _ = sampling_locations.shape
+    level_shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    samples = []
+    for level, (rows, (h, w)) in enumerate(zip(value.split([h * w for h, w in level_shapes],
+                                                           dim=1), level_shapes)):
+        maps = rows.permute(0, 2, 3, 1).reshape(n * heads, channels, h, w)
+        grid = (2 * sampling_locations[:, :, :, level] - 1).transpose(1, 2)
+        grid = grid.reshape(n * heads, queries, points, 2)
+        samples.append(F.grid_sample(maps, grid, mode="bilinear", padding_mode="zeros",
+                                     align_corners=False))  # (N*M, D, Lq, P)
+    stacked = torch.stack(samples, dim=-2).flatten(-2)  # (N*M, D, Lq, L*P)
+    weights = attention_weights.transpose(1, 2).reshape(n * heads, 1, queries, levels * points)
+    out = (stacked * weights).sum(-1).view(n, heads * channels, queries)
+    return out.transpose(1, 2).contiguous()

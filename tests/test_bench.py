@@ -67,7 +67,7 @@ def test_short_rounds_run_more_within_the_seconds_and_the_cap(fake_clock):
 def test_measure_prints_every_contender_and_ratio():
     out = io.StringIO()
     result = bench.measure(rounds=1, conv_shapes=((1, 4, 8),), memory=False, threads=False,
-                           environment=False, rois=False, profile_shape=(1, 4, 8),
+                           environment=False, rois=False, msda=False, profile_shape=(1, 4, 8),
                            seconds=None, out=out)
     text = out.getvalue()
     for word in ("cudcn torch ms", "cudcn NumPy ms", "torchvision ms", "F.conv2d ms",
@@ -80,6 +80,24 @@ def test_measure_prints_every_contender_and_ratio():
     # onnxruntime is in the test extra: ONNX Runtime's DeformConv is a peer.
     assert {"cudcn (torch)", "cudcn (NumPy)", "torchvision", "F.conv2d",
             "ONNX Runtime"} <= set(forward)
+
+
+def test_msda_rows_time_cudcn_and_the_grid_sample_path_on_one_computation(monkeypatch):
+    """The rows' two contenders compute the same attention (here on small
+    levels), and each row has both passes and both contenders."""
+    import torch
+
+    monkeypatch.setattr(bench, "MSDA_LEVELS", ((4, 4), (2, 3), (2, 2), (1, 1)))
+    monkeypatch.setattr(bench, "MSDA_QUERIES", (("encoder", 6), ("decoder", 3)))
+    ours, peer = bench._msda_calls(bench._msda_tensors(5, grad=False))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(), peer(), rtol=1e-5, atol=1e-5)
+    rows = bench.msda_rows(rounds=1)
+    assert list(rows) == ["encoder (Lq=6)", "decoder (Lq=3)"]
+    for fwd, both, peer_name in rows.values():
+        assert peer_name == "grid_sample"
+        assert set(fwd) == set(both) == {"cudcn", "grid_sample"}
+    assert bench._msda_memory(peer=False)["mib"] >= 0
 
 
 def _leaves(node):
@@ -109,12 +127,15 @@ def test_each_torch_backward_starts_as_after_zero_grad(monkeypatch):
         real(y)
 
     monkeypatch.setattr(bench, "_backward", checked)
+    monkeypatch.setattr(bench, "MSDA_LEVELS", ((4, 4), (2, 2), (1, 1), (1, 1)))
+    monkeypatch.setattr(bench, "MSDA_QUERIES", (("encoder", 6), ("decoder", 3)))
     bench.measure(rounds=2, conv_shapes=((1, 4, 8),), memory=False, threads=False,
                   environment=False, rois=True, profile_shape=(1, 4, 8), seconds=None,
                   out=io.StringIO())
     # Each (warm-up + rounds): conv, 2 torch contenders x (1 + 2); pools, 3 rows x 2
-    # contenders x (1 + 3); the profile, 1 + 3 x 2.
-    assert len(seen) == 2 * 3 + 3 * 2 * 4 + 7
+    # contenders x (1 + 3); attention, 2 rows x 2 contenders x (1 + 3); the
+    # profile, 1 + 3 x 2.
+    assert len(seen) == 2 * 3 + 3 * 2 * 4 + 2 * 2 * 4 + 7
     assert all(seen)
 
 

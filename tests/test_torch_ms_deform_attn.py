@@ -8,32 +8,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
-import torch.nn.functional as F  # noqa: E402
-
 import cudcn.adapters.torch as ct  # noqa: E402
+from cudcn.testing import grid_sample_ms_deform_attn as grid_sample_attention  # noqa: E402
 from cudcn.testing import ms_deform_attn_inputs  # noqa: E402
 
 pytestmark = pytest.mark.torchvision
-
-
-def grid_sample_attention(value, spatial_shapes, sampling_locations, attention_weights):
-    """The pure-PyTorch formulation (per level, F.grid_sample at 2 * loc - 1,
-    zeros padding, align_corners=False), written from its definition."""
-    n, _, heads, channels = value.shape
-    _, queries, _, levels, points, _ = sampling_locations.shape
-    sizes = [int(h) * int(w) for h, w in spatial_shapes.tolist()]
-    samples = []
-    for level, (rows, (h, w)) in enumerate(zip(value.split(sizes, dim=1),
-                                              spatial_shapes.tolist())):
-        maps = rows.permute(0, 2, 3, 1).reshape(n * heads, channels, int(h), int(w))
-        grid = 2 * sampling_locations[:, :, :, level] - 1  # (N, Lq, M, P, 2)
-        grid = grid.transpose(1, 2).reshape(n * heads, queries, points, 2)
-        samples.append(F.grid_sample(maps, grid, mode="bilinear", padding_mode="zeros",
-                                     align_corners=False))  # (N*M, D, Lq, P)
-    stacked = torch.stack(samples, dim=-2).flatten(-2)  # (N*M, D, Lq, L*P)
-    weights = attention_weights.transpose(1, 2).reshape(n * heads, 1, queries, levels * points)
-    out = (stacked * weights).sum(-1).view(n, heads * channels, queries)
-    return out.transpose(1, 2).contiguous()
 
 
 def _tensors(args, grad=True):

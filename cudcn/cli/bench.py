@@ -42,6 +42,11 @@ MEMORY_SHAPE = (32, 256, 28)
 SCALING_SHAPE = (2, 64, 56)
 ROI_MAP = (2, 256, 50, 68)  # a stride-16 map of an 800x1088 image
 ROIS = 512
+# Deformable DETR at a 512x512 image (the levels of strides 8 to 64), 8
+# heads of 32 channels, 4 points a level: the encoder's queries are every
+# level's pixels, the decoder's 300 objects (gpu-plan's shapes too).
+MSDA_LEVELS = ((64, 64), (32, 32), (16, 16), (8, 8))
+MSDA_QUERIES = (("encoder", 5440), ("decoder", 300))
 CLEANED = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
@@ -253,6 +258,45 @@ def roi_rows(rounds, seconds=None):
     return rows
 
 
+def _msda_tensors(queries, grad):
+    import torch
+
+    from ..testing import ms_deform_attn_inputs
+
+    args = ms_deform_attn_inputs(batch=1, queries=queries, heads=8, channels=32,
+                                 shapes=MSDA_LEVELS, points=4, dtype=np.float32, seed=0)
+    t = {k: torch.from_numpy(v) for k, v in args.items() if isinstance(v, np.ndarray)}
+    for name in ("value", "sampling_locations", "attention_weights"):
+        t[name].requires_grad_(grad)
+    return t
+
+
+def _msda_calls(t):
+    """(cudcn through the adapter, the grid_sample path) on tensors ``t``."""
+    import cudcn.adapters.torch as ct
+    from ..testing import grid_sample_ms_deform_attn
+
+    ours = lambda: ct.ms_deform_attn(t["value"], t["spatial_shapes"],  # noqa: E731
+                                     t["level_start_index"], t["sampling_locations"],
+                                     t["attention_weights"])
+    peer = lambda: grid_sample_ms_deform_attn(t["value"], t["spatial_shapes"],  # noqa: E731
+                                              t["sampling_locations"], t["attention_weights"])
+    return ours, peer
+
+
+def msda_rows(rounds, seconds=None):
+    """{name: (forward, forward+backward, peer name)} of ms_deform_attn
+    against the grid_sample path, at the encoder's and the decoder's shape."""
+    rows = {}
+    for name, queries in MSDA_QUERIES:
+        t = _msda_tensors(queries, grad=True)
+        ours, peer = _msda_calls(t)
+        leaves = (t["value"], t["sampling_locations"], t["attention_weights"])
+        rows[f"{name} (Lq={queries})"] = _pooling_row(ours, peer, "grid_sample", rounds, leaves,
+                                                      seconds)
+    return rows
+
+
 # --- fresh processes ----------------------------------------------------------------------
 
 def _peak_rss_mib():
@@ -273,6 +317,8 @@ def _peak_rss_mib():
 
 def child(kind, batch, channels, size, workspace_mib=None):
     """Runs in a fresh process: one measurement, as a dict."""
+    if kind in ("msda-memory", "msda-peer-memory"):
+        return _msda_memory(kind == "msda-peer-memory")
     if kind.startswith("env-torch-first"):
         import torch  # noqa: F401
     import cudcn
@@ -314,6 +360,17 @@ def child(kind, batch, channels, size, workspace_mib=None):
         def before():  # wakes OpenBLAS's threads; the GEMM's own time is not cudcn's
             a @ a
     return interleaved_ms(calls, 9, before=before)
+
+
+def _msda_memory(peer):
+    """Peak memory growth of the encoder's forward+backward (cudcn through
+    the adapter, or the grid_sample path), after a small warm-up call."""
+    small = _msda_tensors(10, grad=True)
+    _backward(_msda_calls(small)[peer]())
+    t = _msda_tensors(MSDA_QUERIES[0][1], grad=True)
+    before = _peak_rss_mib()
+    _backward(_msda_calls(t)[peer]())
+    return {"mib": _peak_rss_mib() - before}
 
 
 def _in_subprocess(kind, shape, threads=None, workspace_mib=None):
@@ -372,13 +429,14 @@ def profile_columns(shape, rounds):
 
 
 def measure(rounds=9, conv_shapes=CONV_SHAPES, memory=True, threads=True, environment=True,
-            rois=True, profile_shape=SCALING_SHAPE, seconds=ROW_SECONDS, out=sys.stdout):
+            rois=True, msda=True, profile_shape=SCALING_SHAPE, seconds=ROW_SECONDS,
+            out=sys.stdout):
     """Every row, printed as they come; returns them as a dict. A row runs
     at least ``rounds`` rounds, more where they fit in ``seconds`` (None:
     exactly ``rounds``)."""
     import torch  # noqa: F401 - first, as users import it
 
-    result = {"conv": {}, "roi": {}}
+    result = {"conv": {}, "roi": {}, "msda": {}}
     header = ("op", "shape (N, C, HxW)", "cudcn torch ms", "cudcn NumPy ms", "torchvision ms",
               "F.conv2d ms", "ORT ms", "tv / cudcn", "cudcn / conv2d", "cudcn / ORT",
               "torch / NumPy", "rounds")
@@ -422,6 +480,25 @@ def measure(rounds=9, conv_shapes=CONV_SHAPES, memory=True, threads=True, enviro
               file=out)
         print(_table(("op", "pass", "cudcn ms", "peer", "peer ms", "peer / cudcn", "rounds"),
                      rows), file=out)
+    if msda:
+        rows = []
+        for name, (fwd, both, peer) in msda_rows(rounds, seconds).items():
+            result["msda"][name] = {"forward": fwd, "forward+backward": both}
+            rows.append((name, "forward", fwd["cudcn"], peer, fwd[peer], fwd[peer] / fwd["cudcn"],
+                         fwd.rounds))
+            rows.append((name, "forward+backward", both["cudcn"], peer, both[peer],
+                         both[peer] / both["cudcn"], both.rounds))
+        print("\nms_deform_attn, float32, Deformable DETR at 512x512 (levels 64x64 .. 8x8, 8 "
+              "heads of 32 channels, 4 points a level), through the torch adapter, against the "
+              "grid_sample path", file=out)
+        print(_table(("queries", "pass", "cudcn ms", "peer", "peer ms", "peer / cudcn", "rounds"),
+                     rows), file=out)
+        if memory:
+            ours = _in_subprocess("msda-memory", MEMORY_SHAPE)["mib"]
+            theirs = _in_subprocess("msda-peer-memory", MEMORY_SHAPE)["mib"]
+            result["msda"]["memory"] = {"cudcn": ours, "grid_sample": theirs}
+            print(f"peak memory growth of the encoder's forward+backward: cudcn {ours:.0f} MiB, "
+                  f"grid_sample {theirs:.0f} MiB, ratio {ours / max(theirs, 1e-9):.2f}", file=out)
     if memory:
         ours = _in_subprocess("cudcn-memory", MEMORY_SHAPE)["mib"]
         theirs = _in_subprocess("torch-memory", MEMORY_SHAPE)["mib"]

@@ -187,6 +187,9 @@ def small_and_once(monkeypatch):
     monkeypatch.setattr(workloads, "FEATURE_MAP", (2, 8, 12, 16))
     monkeypatch.setattr(workloads, "ROIS", 16)
     monkeypatch.setattr(workloads, "PS_CLASSES", 2)
+    monkeypatch.setattr(workloads, "MSDA_LEVELS", ((4, 4), (2, 3)))
+    monkeypatch.setitem(workloads.MSDA_QUERIES, "encoder", 22)
+    monkeypatch.setitem(workloads.MSDA_QUERIES, "decoder", 5)
 
 
 @pytest.mark.parametrize("name", sorted(BENCHMARKS))

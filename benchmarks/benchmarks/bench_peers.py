@@ -173,3 +173,39 @@ class DeformPSRoIPoolVsPSRoIAlign(_Contest):
     def track_forward_backward_vs_ps_roi_align(self, backend):
         return ratio_samples(self.timed_with_backward(self._cudcn),
                                 self.timed_with_backward(self._ps_roi_align))
+
+
+class MSDeformAttnVsGridSample(_Contest):
+    """ms_deform_attn against the grid_sample path that mmcv, transformers and
+    InternImage run without a kernel (cudcn.testing.grid_sample_ms_deform_attn)."""
+
+    params = (list(workloads.MSDA_QUERIES), list(BACKENDS))
+    param_names = ("queries", "backend")
+
+    @setup_once
+    def setup(self, queries, backend):
+        try:
+            from cudcn.testing import grid_sample_ms_deform_attn
+        except ImportError:
+            raise NotImplementedError("this build has no ms_deform_attn") from None
+        self.grid_sample = grid_sample_ms_deform_attn
+        self.prepare(backend, workloads.ms_deform_attn_args(queries, "float32"))
+
+    def _cudcn(self):
+        t = self.inputs
+        return self.ours.ms_deform_attn(t["value"], t["spatial_shapes"], t["level_start_index"],
+                                        t["sampling_locations"], t["attention_weights"])
+
+    def _grid_sample(self):
+        t = self.inputs
+        return self.grid_sample(t["value"], t["spatial_shapes"], t["sampling_locations"],
+                                t["attention_weights"])
+
+    @unit("cudcn / grid_sample")
+    def track_forward_vs_grid_sample(self, queries, backend):
+        return ratio_samples(self.timed(self._cudcn), self.timed(self._grid_sample))
+
+    @unit("cudcn / grid_sample")
+    def track_forward_backward_vs_grid_sample(self, queries, backend):
+        return ratio_samples(self.timed_with_backward(self._cudcn),
+                             self.timed_with_backward(self._grid_sample))

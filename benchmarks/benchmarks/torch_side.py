@@ -58,15 +58,21 @@ def tensors(args, where, dtype_name, grad=()):
     out = {}
     for name, value in args.items():
         if isinstance(value, np.ndarray):
-            value = torch.from_numpy(value).to(where, torch.float32 if name == "rois" else dtype)
-            value.requires_grad_(name in grad)
+            if value.dtype.kind != "f":  # integer tables (levels) keep their dtype
+                value = torch.from_numpy(value).to(where)
+            else:
+                value = torch.from_numpy(value).to(where,
+                                                   torch.float32 if name == "rois" else dtype)
+                value.requires_grad_(name in grad)
         out[name] = value
     return out
 
 
 def float_tensors(args):
-    """The names of the differentiable tensors in ``args`` (all but RoIs)."""
-    return tuple(n for n, v in args.items() if isinstance(v, np.ndarray) and n != "rois")
+    """The names of the differentiable tensors in ``args``: the floating
+    arrays but RoIs."""
+    return tuple(n for n, v in args.items()
+                 if isinstance(v, np.ndarray) and v.dtype.kind == "f" and n != "rois")
 
 
 def synchronize(where):

@@ -4,7 +4,8 @@ see the same numbers.
 
 deform_conv2d: 3x3, padding 1, with mask and bias, C_in = C_out, at the
 shapes of issue 12 (ResNet stages). RoI pooling: 512 RoIs on a stride-16 map
-of an 800x1088 image, mmcv's and R-FCN's settings.
+of an 800x1088 image, mmcv's and R-FCN's settings. Multi-scale deformable
+attention: a 512x512 Deformable DETR's encoder and decoder.
 """
 
 import numpy as np
@@ -30,6 +31,12 @@ ROI_VARIANTS = ("no-offset", "offset", "offset-mask")
 
 PS_CLASSES = 21  # R-FCN on VOC: 21 x 7 x 7 score maps
 PS_SAMPLES = 4  # per part and axis: 4 x 4 samples per bin
+
+# Multi-scale deformable attention: Deformable DETR at a 512x512 image (the
+# levels of strides 8 to 64), 8 heads of 32 channels, 4 points a level; the
+# encoder's queries are every level's pixels, the decoder's 300 objects.
+MSDA_LEVELS = ((64, 64), (32, 32), (16, 16), (8, 8))
+MSDA_QUERIES = {"encoder": 5440, "decoder": 300}
 
 
 def _build(builder, **kwargs):
@@ -74,3 +81,9 @@ def deform_psroi_pool_args(dtype, xp=np, offset=True):
                   size=(height, width), rois=ROIS, spatial_scale=SPATIAL_SCALE,
                   sample_per_part=PS_SAMPLES, trans_std=0.1 if offset else 0.0, offset=offset,
                   dtype=dtype, xp=xp)
+
+
+def ms_deform_attn_args(queries, dtype, xp=np):
+    """Keyword arguments of ms_deform_attn for MSDA_QUERIES[queries]."""
+    return _build("ms_deform_attn_inputs", batch=1, queries=MSDA_QUERIES[queries], heads=8,
+                  channels=32, shapes=MSDA_LEVELS, points=4, dtype=dtype, xp=xp)

@@ -158,7 +158,9 @@ __global__ void ms_deform_attn_backward_points_partial(
       const T* g = grad_output + head * s.channels;
       const T* v[4];
       for (int j = 0; j < 4; ++j) v[j] = value + value_at(pt.first_row + q.index[j], m, s);
-      A lane_w[kPointLanes], lane_y[kPointLanes], lane_x[kPointLanes];
+      A lane_w[kPointLanes];
+      A lane_y[kPointLanes];
+      A lane_x[kPointLanes];
       for (int l = 0; l < kPointLanes; ++l) lane_w[l] = lane_y[l] = lane_x[l] = A(0);
       for (int c0 = c_begin; c0 < c_end; c0 += kPointLanes) {
         const int lanes = min(kPointLanes, c_end - c0);

@@ -100,6 +100,15 @@ def test_msda_rows_time_cudcn_and_the_grid_sample_path_on_one_computation(monkey
     assert bench._msda_memory(peer=False)["mib"] >= 0
 
 
+def test_the_end_to_end_row_times_a_kernelized_and_a_default_detector(monkeypatch):
+    pytest.importorskip("transformers")
+    pytest.importorskip("kernels")
+    monkeypatch.setattr(bench, "DETR_SIZE", 128)
+    fwd, step = bench.detr_rows(rounds=1)
+    assert set(fwd) == set(step) == {"cudcn", "grid_sample"}
+    assert fwd.rounds == 1 and step.rounds == 3
+
+
 def _leaves(node):
     """The leaf tensors a backward from ``node`` accumulates into."""
     leaves, stack, visited = [], [node], set()
@@ -129,6 +138,7 @@ def test_each_torch_backward_starts_as_after_zero_grad(monkeypatch):
     monkeypatch.setattr(bench, "_backward", checked)
     monkeypatch.setattr(bench, "MSDA_LEVELS", ((4, 4), (2, 2), (1, 1), (1, 1)))
     monkeypatch.setattr(bench, "MSDA_QUERIES", (("encoder", 6), ("decoder", 3)))
+    monkeypatch.setattr(bench, "DETR_SIZE", 128)
     bench.measure(rounds=2, conv_shapes=((1, 4, 8),), memory=False, threads=False,
                   environment=False, rois=True, profile_shape=(1, 4, 8), seconds=None,
                   out=io.StringIO())

@@ -47,6 +47,7 @@ ROIS = 512
 # level's pixels, the decoder's 300 objects (gpu-plan's shapes too).
 MSDA_LEVELS = ((64, 64), (32, 32), (16, 16), (8, 8))
 MSDA_QUERIES = (("encoder", 5440), ("decoder", 300))
+DETR_SIZE = 512  # the image of the end-to-end row
 CLEANED = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
@@ -297,6 +298,64 @@ def msda_rows(rounds, seconds=None):
     return rows
 
 
+def small_deformable_detr(d_model=128):
+    """A small transformers Deformable DETR from a config (no download): a
+    four-stage ResNet of 16-64 channels, 2 encoder and 2 decoder layers of
+    ``d_model`` channels and 8 heads, 4 levels, 4 points, 100 queries."""
+    import transformers
+
+    backbone = transformers.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 64],
+                                         depths=[1, 1, 1, 1],
+                                         out_features=["stage2", "stage3", "stage4"])
+    config = transformers.DeformableDetrConfig(
+        backbone_config=backbone, use_timm_backbone=False, use_pretrained_backbone=False,
+        d_model=d_model, encoder_layers=2, decoder_layers=2, encoder_attention_heads=8,
+        decoder_attention_heads=8, encoder_ffn_dim=2 * d_model, decoder_ffn_dim=2 * d_model,
+        num_queries=100, num_feature_levels=4, encoder_n_points=4, decoder_n_points=4,
+        num_labels=91, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    return transformers.DeformableDetrForObjectDetection(config)
+
+
+def detr_rows(rounds, seconds=None):
+    """(forward, training step) of a small Deformable DETR at a DETR_SIZE image,
+    default (grid_sample) against kernelized, or None without transformers
+    and kernels."""
+    if not (_importable("transformers") and _importable("kernels")):
+        return None
+    import copy
+
+    import torch
+
+    import cudcn.adapters.torch as ct
+
+    torch.manual_seed(0)
+    default = small_deformable_detr()
+    kernelized = ct.kernelize(copy.deepcopy(default))
+    pixels = torch.randn(1, 3, DETR_SIZE, DETR_SIZE)
+
+    def forward(model):
+        def run():
+            with torch.no_grad():
+                model.eval()(pixel_values=pixels)
+        return run
+
+    def step(model):
+        def run():
+            out = model.train()(pixel_values=pixels)
+            (out.logits.sum() + out.pred_boxes.sum()).backward()
+        return run
+
+    def zero_grad():
+        for model in (default, kernelized):
+            model.zero_grad(set_to_none=True)
+
+    fwd = interleaved_ms({"cudcn": forward(kernelized), "grid_sample": forward(default)},
+                         rounds, seconds=seconds)
+    both = interleaved_ms({"cudcn": step(kernelized), "grid_sample": step(default)},
+                          max(3, rounds // 2), before=zero_grad, seconds=seconds)
+    return fwd, both
+
+
 # --- fresh processes ----------------------------------------------------------------------
 
 def _peak_rss_mib():
@@ -493,6 +552,17 @@ def measure(rounds=9, conv_shapes=CONV_SHAPES, memory=True, threads=True, enviro
               "grid_sample path", file=out)
         print(_table(("queries", "pass", "cudcn ms", "peer", "peer ms", "peer / cudcn", "rounds"),
                      rows), file=out)
+        detr = detr_rows(rounds, seconds)
+        if detr is not None:
+            fwd, both = detr
+            result["msda"]["deformable_detr"] = {"forward": fwd, "training step": both}
+            print(_table(("model", "pass", "kernelized ms", "default ms", "default / kernelized",
+                          "rounds"),
+                         [("small Deformable DETR, 512x512", "forward", fwd["cudcn"],
+                           fwd["grid_sample"], fwd["grid_sample"] / fwd["cudcn"], fwd.rounds),
+                          ("small Deformable DETR, 512x512", "training step", both["cudcn"],
+                           both["grid_sample"], both["grid_sample"] / both["cudcn"],
+                           both.rounds)]), file=out)
         if memory:
             ours = _in_subprocess("msda-memory", MEMORY_SHAPE)["mib"]
             theirs = _in_subprocess("msda-peer-memory", MEMORY_SHAPE)["mib"]

@@ -15,6 +15,20 @@ from . import _kernels, _launch
 CHUNK = 16  # entries one thread of segmented_sum_chunks adds
 
 
+def _pieces(xp, index_dtype, bounds, size):
+    """Runs [bounds[k], bounds[k + 1]) cut into pieces of at most ``size``,
+    in order: (pieces per run, each run's first piece with the count of
+    pieces appended, each piece's first element with bounds[-1] appended)."""
+    per_run = (xp.diff(bounds) + (size - 1)) // size
+    run_first = xp.concatenate([xp.zeros(1, dtype=index_dtype),
+                                xp.cumsum(per_run, dtype=index_dtype)])
+    pieces = int(run_first[-1])
+    piece_run = xp.repeat(xp.arange(int(per_run.size), dtype=index_dtype), per_run)
+    within = xp.arange(pieces, dtype=index_dtype) - run_first[piece_run]
+    piece_first = xp.concatenate([bounds[piece_run] + size * within, bounds[-1:]])
+    return per_run, run_first, xp.ascontiguousarray(piece_first, dtype=index_dtype)
+
+
 def scatter_add(xp, dtype, index, keys, sources, weights, source, channels, source_stride,
                 dest, dest_of_keys, dest_stride, peer_threads):
     """For every key and channel c < ``channels``:
@@ -35,15 +49,10 @@ def scatter_add(xp, dtype, index, keys, sources, weights, source, channels, sour
     boundary[1:] = sorted_keys[1:] != sorted_keys[:-1]
     starts = xp.flatnonzero(boundary).astype(index_dtype)
     segments = int(starts.size)
-    lengths = xp.diff(xp.concatenate([starts, xp.asarray([entries], dtype=index_dtype)]))
-    chunks_per_segment = (lengths + (CHUNK - 1)) // CHUNK
-    segment_first_chunk = xp.concatenate([xp.zeros(1, dtype=index_dtype),
-                                          xp.cumsum(chunks_per_segment, dtype=index_dtype)])
+    chunks_per_segment, segment_first_chunk, chunk_first = _pieces(
+        xp, index_dtype, xp.concatenate([starts, xp.asarray([entries], dtype=index_dtype)]),
+        CHUNK)
     chunks = int(segment_first_chunk[-1])
-    chunk_segment = xp.repeat(xp.arange(segments, dtype=index_dtype), chunks_per_segment)
-    within = xp.arange(chunks, dtype=index_dtype) - segment_first_chunk[chunk_segment]
-    chunk_first = xp.concatenate([starts[chunk_segment] + CHUNK * within,
-                                  xp.asarray([entries], dtype=index_dtype)])
     acc = weights.dtype
     partials = xp.empty(chunks * channels, dtype=acc)
     item = source.dtype.itemsize
@@ -62,18 +71,13 @@ def scatter_add(xp, dtype, index, keys, sources, weights, source, channels, sour
     longest = int(per_segment.max())
     most = _launch.MAX_SERIAL
     while longest > most:
-        groups_per_segment = (per_segment + (most - 1)) // most
-        group_offsets = xp.concatenate([xp.zeros(1, dtype=index_dtype),
-                                        xp.cumsum(groups_per_segment, dtype=index_dtype)])
+        groups_per_segment, group_offsets, group_first = _pieces(xp, index_dtype, first_chunk,
+                                                                 most)
         groups = int(group_offsets[-1])
-        group_segment = xp.repeat(xp.arange(segments, dtype=index_dtype), groups_per_segment)
-        within = xp.arange(groups, dtype=index_dtype) - group_offsets[group_segment]
-        group_first = xp.concatenate([first_chunk[group_segment] + most * within,
-                                      first_chunk[-1:]])
         grouped = xp.empty(groups * channels, dtype=acc)
         _launch.run(_launch.make_launch(
             _kernels.SEGMENTED_SUM_SEGMENTS, dtype, groups * channels, index, partials=partials,
-            segment_first_chunk=xp.ascontiguousarray(group_first, dtype=index_dtype),
+            segment_first_chunk=group_first,
             segment_dest=xp.arange(groups, dtype=index_dtype) * channels, dest=grouped,
             channels=channels, dest_stride=1,
             work=_launch.Work(serial=most, peer_threads=peer_threads,

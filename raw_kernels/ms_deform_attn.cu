@@ -78,6 +78,29 @@ CUDCN_DEVICE I value_at(I row, int m, const MSDeformAttnGeometry& s) {
   return (row * s.heads + m) * s.channels;
 }
 
+// Work item i of a launch over (n, q, m, point, block of channel_block
+// channels), the block fastest: the flat (n, q, m), the point, the head and
+// the block's channels [c_begin, c_end).
+template <typename I>
+struct PointChannels {
+  I head;
+  int point, m, c_begin, c_end;
+};
+
+template <typename I>
+CUDCN_DEVICE PointChannels<I> point_channels(I i, int channel_block,
+                                             const MSDeformAttnGeometry& s) {
+  const int blocks = (s.channels + channel_block - 1) / channel_block;
+  const I item = i / blocks;
+  PointChannels<I> w;
+  w.head = item / s.points;
+  w.point = static_cast<int>(item % s.points);
+  w.m = static_cast<int>(w.head % s.heads);
+  w.c_begin = static_cast<int>(i % blocks) * channel_block;
+  w.c_end = min(w.c_begin + channel_block, s.channels);
+  return w;
+}
+
 template <typename T, typename I>
 __global__ void ms_deform_attn_forward(const T* __restrict__ value, const I* __restrict__ levels,
                                        const I* __restrict__ point_level,
@@ -143,14 +166,10 @@ __global__ void ms_deform_attn_backward_points_partial(
     CUDCN_MS_DEFORM_ATTN_GEOMETRY_PARAMS) {
   CUDCN_MS_DEFORM_ATTN_GEOMETRY;
   using A = acc_t<T>;
-  const int blocks = (s.channels + channel_block - 1) / channel_block;
   CUDCN_KERNEL_LOOP(i, I, n) {
-    const I item = i / blocks;  // (n, q, m, p)
-    const I head = item / s.points;
-    const int p = static_cast<int>(item % s.points);
-    const int m = static_cast<int>(head % s.heads);
-    const int c_begin = static_cast<int>(i % blocks) * channel_block;
-    const int c_end = min(c_begin + channel_block, s.channels);
+    const PointChannels<I> w = point_channels(i, channel_block, s);
+    const I head = w.head;
+    const int p = w.point, m = w.m, c_begin = w.c_begin, c_end = w.c_end;
     const AttnPoint<A, I> pt = attn_point(levels, point_level, locations, weights, head, p, s);
     A sum_w = A(0), sum_y = A(0), sum_x = A(0);
     if (pt.corners.inside) {
@@ -228,14 +247,10 @@ __global__ void ms_deform_attn_backward_value(
     CUDCN_MS_DEFORM_ATTN_GEOMETRY_PARAMS) {
   CUDCN_MS_DEFORM_ATTN_GEOMETRY;
   using A = acc_t<T>;
-  const int blocks = (s.channels + channel_block - 1) / channel_block;
   CUDCN_KERNEL_LOOP(i, I, n) {
-    const I item = i / blocks;  // (n, q, m, p)
-    const I head = item / s.points;
-    const int p = static_cast<int>(item % s.points);
-    const int m = static_cast<int>(head % s.heads);
-    const int c_begin = static_cast<int>(i % blocks) * channel_block;
-    const int c_end = min(c_begin + channel_block, s.channels);
+    const PointChannels<I> w = point_channels(i, channel_block, s);
+    const I head = w.head;
+    const int p = w.point, m = w.m, c_begin = w.c_begin, c_end = w.c_end;
     const AttnPoint<A, I> pt = attn_point(levels, point_level, locations, weights, head, p, s);
     if (!pt.corners.inside) continue;
     const T* g = grad_output + head * s.channels;

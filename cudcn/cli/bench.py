@@ -487,6 +487,18 @@ def profile_columns(shape, rounds):
     return {"forward": forward, "backward": backward}
 
 
+def _peer_rows(measured, record):
+    """Table rows of {name: (forward, forward+backward, peer name)}, two a
+    name, each recorded in ``record``."""
+    rows = []
+    for name, (fwd, both, peer) in measured.items():
+        record[name] = {"forward": fwd, "forward+backward": both}
+        for label, times in (("forward", fwd), ("forward+backward", both)):
+            rows.append((name, label, times["cudcn"], peer, times[peer],
+                         times[peer] / times["cudcn"], times.rounds))
+    return rows
+
+
 def measure(rounds=9, conv_shapes=CONV_SHAPES, memory=True, threads=True, environment=True,
             rois=True, msda=True, profile_shape=SCALING_SHAPE, seconds=ROW_SECONDS,
             out=sys.stdout):
@@ -528,25 +540,13 @@ def measure(rounds=9, conv_shapes=CONV_SHAPES, memory=True, threads=True, enviro
               "up to the total's)", file=out)
         print(_table(("phase", "forward ms", "backward ms"), profile.table(columns)), file=out)
     if rois:
-        rows = []
-        for name, (fwd, both, peer) in roi_rows(rounds, seconds).items():
-            result["roi"][name] = {"forward": fwd, "forward+backward": both}
-            rows.append((name, "forward", fwd["cudcn"], peer, fwd[peer], fwd[peer] / fwd["cudcn"],
-                         fwd.rounds))
-            rows.append((name, "forward+backward", both["cudcn"], peer, both[peer],
-                         both[peer] / both["cudcn"], both.rounds))
+        rows = _peer_rows(roi_rows(rounds, seconds), result["roi"])
         print(f"\nRoI pooling, float32, {ROIS} RoIs on {ROI_MAP}, 7x7, through the torch adapter",
               file=out)
         print(_table(("op", "pass", "cudcn ms", "peer", "peer ms", "peer / cudcn", "rounds"),
                      rows), file=out)
     if msda:
-        rows = []
-        for name, (fwd, both, peer) in msda_rows(rounds, seconds).items():
-            result["msda"][name] = {"forward": fwd, "forward+backward": both}
-            rows.append((name, "forward", fwd["cudcn"], peer, fwd[peer], fwd[peer] / fwd["cudcn"],
-                         fwd.rounds))
-            rows.append((name, "forward+backward", both["cudcn"], peer, both[peer],
-                         both[peer] / both["cudcn"], both.rounds))
+        rows = _peer_rows(msda_rows(rounds, seconds), result["msda"])
         print("\nms_deform_attn, float32, Deformable DETR at 512x512 (levels 64x64 .. 8x8, 8 "
               "heads of 32 channels, 4 points a level), through the torch adapter, against the "
               "grid_sample path", file=out)

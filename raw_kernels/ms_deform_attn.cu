@@ -101,6 +101,46 @@ CUDCN_DEVICE PointChannels<I> point_channels(I i, int channel_block,
   return w;
 }
 
+// The corners' channels from c0: a corner outside its map reads 0. On the
+// host its pointer is a row of kLanes zeros of the thread's own, so that the
+// lane loops load unconditionally and vectorize; on a GPU the load is
+// predicated instead (a pointer into a local array would leave registers).
+// Both give the same values.
+template <typename T>
+struct CornerRows {
+  const T* row[4];
+#ifndef CUDCN_GPU
+  T zeros[kLanes];
+#endif
+
+  template <typename A, typename I>
+  CUDCN_DEVICE void at(const BilinearCorners<A, I>& q, const T* const base[4], int c0) {
+    for (int j = 0; j < 4; ++j) {
+#ifdef CUDCN_GPU
+      row[j] = base[j] + c0;
+#else
+      row[j] = q.valid[j] ? base[j] + c0 : zeros;
+#endif
+    }
+  }
+
+  template <typename A, typename I>
+  CUDCN_DEVICE A load_at(const BilinearCorners<A, I>& q, int j, int l) const {
+#ifdef CUDCN_GPU
+    return q.valid[j] ? load(row[j] + l) : A(0);
+#else
+    return load(row[j] + l);
+#endif
+  }
+};
+
+template <typename T>
+CUDCN_DEVICE void zero_rows(CornerRows<T>& rows) {
+#ifndef CUDCN_GPU
+  for (int l = 0; l < kLanes; ++l) rows.zeros[l] = narrow<T>(acc_t<T>(0));
+#endif
+}
+
 template <typename T, typename I>
 __global__ void ms_deform_attn_forward(const T* __restrict__ value, const I* __restrict__ levels,
                                        const I* __restrict__ point_level,
@@ -116,6 +156,8 @@ __global__ void ms_deform_attn_forward(const T* __restrict__ value, const I* __r
     const int c_begin = static_cast<int>(i % blocks) * channel_block;
     const int c_end = min(c_begin + channel_block, s.channels);
     T* out = output + head * s.channels;
+    CornerRows<T> rows;
+    zero_rows(rows);
     for (int c0 = c_begin; c0 < c_end; c0 += kLanes) {
       const int lanes = min(kLanes, c_end - c0);
       A acc[kLanes];
@@ -124,11 +166,12 @@ __global__ void ms_deform_attn_forward(const T* __restrict__ value, const I* __r
         const AttnPoint<A, I> pt = attn_point(levels, point_level, locations, weights, head, p, s);
         if (!pt.corners.inside) continue;
         const BilinearCorners<A, I>& q = pt.corners;
-        const T* v[4];
-        for (int j = 0; j < 4; ++j) v[j] = value + value_at(pt.first_row + q.index[j], m, s) + c0;
+        const T* base[4];
+        for (int j = 0; j < 4; ++j) base[j] = value + value_at(pt.first_row + q.index[j], m, s);
+        rows.at(q, base, c0);
         for (int l = 0; l < lanes; ++l) {
           A sample = A(0);
-          for (int j = 0; j < 4; ++j) sample += q.weight[j] * (q.valid[j] ? load(v[j] + l) : A(0));
+          for (int j = 0; j < 4; ++j) sample += q.weight[j] * rows.load_at(q, j, l);
           acc[l] += sample * pt.weight;
         }
       }
@@ -175,17 +218,20 @@ __global__ void ms_deform_attn_backward_points_partial(
     if (pt.corners.inside) {
       const BilinearCorners<A, I>& q = pt.corners;
       const T* g = grad_output + head * s.channels;
-      const T* v[4];
-      for (int j = 0; j < 4; ++j) v[j] = value + value_at(pt.first_row + q.index[j], m, s);
+      const T* base[4];
+      for (int j = 0; j < 4; ++j) base[j] = value + value_at(pt.first_row + q.index[j], m, s);
+      CornerRows<T> rows;
+      zero_rows(rows);
       A lane_w[kPointLanes];
       A lane_y[kPointLanes];
       A lane_x[kPointLanes];
       for (int l = 0; l < kPointLanes; ++l) lane_w[l] = lane_y[l] = lane_x[l] = A(0);
       for (int c0 = c_begin; c0 < c_end; c0 += kPointLanes) {
         const int lanes = min(kPointLanes, c_end - c0);
+        rows.at(q, base, c0);
         for (int l = 0; l < lanes; ++l) {
           A corner[4];
-          for (int j = 0; j < 4; ++j) corner[j] = q.valid[j] ? load(v[j] + c0 + l) : A(0);
+          for (int j = 0; j < 4; ++j) corner[j] = rows.load_at(q, j, l);
           A sample = A(0);
           for (int j = 0; j < 4; ++j) sample += q.weight[j] * corner[j];
           A dy, dx;

@@ -101,7 +101,8 @@ CUDCN_DEVICE PointChannels<I> point_channels(I i, int channel_block,
   return w;
 }
 
-// The corners' channels from c0: a corner outside its map reads 0. On the
+// A point's four corner rows of head m in value, from channel c0: a corner
+// outside its map reads 0. On the
 // host its pointer is a row of kLanes zeros of the thread's own, so that the
 // lane loops load unconditionally and vectorize; on a GPU the load is
 // predicated instead (a pointer into a local array would leave registers).
@@ -114,12 +115,14 @@ struct CornerRows {
 #endif
 
   template <typename A, typename I>
-  CUDCN_DEVICE void at(const BilinearCorners<A, I>& q, const T* const base[4], int c0) {
+  CUDCN_DEVICE void at(const T* value, const AttnPoint<A, I>& pt, int m, int c0,
+                       const MSDeformAttnGeometry& s) {
     for (int j = 0; j < 4; ++j) {
+      const T* base = value + value_at(pt.first_row + pt.corners.index[j], m, s) + c0;
 #ifdef CUDCN_GPU
-      row[j] = base[j] + c0;
+      row[j] = base;
 #else
-      row[j] = q.valid[j] ? base[j] + c0 : zeros;
+      row[j] = pt.corners.valid[j] ? base : zeros;
 #endif
     }
   }
@@ -166,9 +169,7 @@ __global__ void ms_deform_attn_forward(const T* __restrict__ value, const I* __r
         const AttnPoint<A, I> pt = attn_point(levels, point_level, locations, weights, head, p, s);
         if (!pt.corners.inside) continue;
         const BilinearCorners<A, I>& q = pt.corners;
-        const T* base[4];
-        for (int j = 0; j < 4; ++j) base[j] = value + value_at(pt.first_row + q.index[j], m, s);
-        rows.at(q, base, c0);
+        rows.at(value, pt, m, c0, s);
         for (int l = 0; l < lanes; ++l) {
           A sample = A(0);
           for (int j = 0; j < 4; ++j) sample += q.weight[j] * rows.load_at(q, j, l);
@@ -210,25 +211,22 @@ __global__ void ms_deform_attn_backward_points_partial(
   CUDCN_MS_DEFORM_ATTN_GEOMETRY;
   using A = acc_t<T>;
   CUDCN_KERNEL_LOOP(i, I, n) {
-    const PointChannels<I> w = point_channels(i, channel_block, s);
-    const I head = w.head;
-    const int p = w.point, m = w.m, c_begin = w.c_begin, c_end = w.c_end;
-    const AttnPoint<A, I> pt = attn_point(levels, point_level, locations, weights, head, p, s);
+    const PointChannels<I> item = point_channels(i, channel_block, s);
+    const AttnPoint<A, I> pt =
+        attn_point(levels, point_level, locations, weights, item.head, item.point, s);
     A sum_w = A(0), sum_y = A(0), sum_x = A(0);
     if (pt.corners.inside) {
       const BilinearCorners<A, I>& q = pt.corners;
-      const T* g = grad_output + head * s.channels;
-      const T* base[4];
-      for (int j = 0; j < 4; ++j) base[j] = value + value_at(pt.first_row + q.index[j], m, s);
+      const T* g = grad_output + item.head * s.channels;
       CornerRows<T> rows;
       zero_rows(rows);
       A lane_w[kPointLanes];
       A lane_y[kPointLanes];
       A lane_x[kPointLanes];
       for (int l = 0; l < kPointLanes; ++l) lane_w[l] = lane_y[l] = lane_x[l] = A(0);
-      for (int c0 = c_begin; c0 < c_end; c0 += kPointLanes) {
-        const int lanes = min(kPointLanes, c_end - c0);
-        rows.at(q, base, c0);
+      for (int c0 = item.c_begin; c0 < item.c_end; c0 += kPointLanes) {
+        const int lanes = min(kPointLanes, item.c_end - c0);
+        rows.at(value, pt, item.m, c0, s);
         for (int l = 0; l < lanes; ++l) {
           A corner[4];
           for (int j = 0; j < 4; ++j) corner[j] = rows.load_at(q, j, l);
@@ -294,17 +292,16 @@ __global__ void ms_deform_attn_backward_value(
   CUDCN_MS_DEFORM_ATTN_GEOMETRY;
   using A = acc_t<T>;
   CUDCN_KERNEL_LOOP(i, I, n) {
-    const PointChannels<I> w = point_channels(i, channel_block, s);
-    const I head = w.head;
-    const int p = w.point, m = w.m, c_begin = w.c_begin, c_end = w.c_end;
-    const AttnPoint<A, I> pt = attn_point(levels, point_level, locations, weights, head, p, s);
+    const PointChannels<I> item = point_channels(i, channel_block, s);
+    const AttnPoint<A, I> pt =
+        attn_point(levels, point_level, locations, weights, item.head, item.point, s);
     if (!pt.corners.inside) continue;
-    const T* g = grad_output + head * s.channels;
+    const T* g = grad_output + item.head * s.channels;
     for (int j = 0; j < 4; ++j) {
       if (!pt.corners.valid[j]) continue;
       const A w = pt.corners.weight[j] * pt.weight;
-      A* to = grad_value + value_at(pt.first_row + pt.corners.index[j], m, s);
-      for (int c = c_begin; c < c_end; ++c) atomic_add(to + c, w * load(g + c));
+      A* to = grad_value + value_at(pt.first_row + pt.corners.index[j], item.m, s);
+      for (int c = item.c_begin; c < item.c_end; ++c) atomic_add(to + c, w * load(g + c));
     }
   }
 }

@@ -12,6 +12,7 @@ pytest.importorskip("onnxscript")
 
 import cudcn.adapters.torch as ct  # noqa: E402
 from cudcn.testing import ms_deform_attn_inputs  # noqa: E402
+from test_onnx_export import export, session  # noqa: E402
 
 pytestmark = [pytest.mark.torchvision,
               pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -35,27 +36,19 @@ def _inputs(batch, queries, shapes, seed):
     return tuple(torch.from_numpy(args[name]) for name in NAMES)
 
 
-def _session(path):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def _export(model, example, path, exporter, names, dynamic):
-    if exporter == "dynamo":
-        dims = {}
-        shapes = tuple({axis: dims.setdefault(label, torch.export.Dim(label, min=1, max=4096))
-                        for axis, label in dynamic.get(name, {}).items()} or None
-                       for name in names)
-        torch.onnx.export(model, example, str(path), dynamo=True, opset_version=19,
-                          input_names=list(names), dynamic_shapes=shapes)
-    else:
-        torch.onnx.export(model, example, str(path), dynamo=False, opset_version=19,
-                          input_names=list(names), dynamic_axes=dynamic)
-    graph = onnx.load(str(path))
+    """test_onnx_export's export with dynamic axes by input name; the graph
+    checked and standard-only; a session of it."""
+    graph = export(model, example, path, exporter,
+                   dynamic={names.index(name): axes for name, axes in dynamic.items()})
     onnx.checker.check_model(graph)
     assert {node.domain for node in graph.graph.node} <= {"", "ai.onnx"}
-    return _session(path)
+    return session(path)
+
+
+def _feed(names, tensors):
+    """ONNX Runtime's inputs, named in0, in1, ... as export names them."""
+    return {f"in{names.index(n)}": t.numpy() for n, t in zip(names, tensors)}
 
 
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
@@ -64,11 +57,11 @@ def test_the_op_exports_with_dynamic_batch_queries_and_level_sizes(tmp_path, exp
     example = _inputs(2, 5, ((6, 5), (3, 4)), seed=0)
     dynamic = {"value": {0: "batch", 1: "rows"}, "sampling_locations": {0: "batch", 1: "queries"},
                "attention_weights": {0: "batch", 1: "queries"}}
-    session = _export(model, example, tmp_path / "msda.onnx", exporter, NAMES, dynamic)
+    ort_session = _export(model, example, tmp_path / "msda.onnx", exporter, NAMES, dynamic)
     for batch, queries, shapes in [(2, 5, ((6, 5), (3, 4))), (1, 9, ((8, 7), (2, 2))),
                                    (3, 2, ((4, 4), (5, 1)))]:
         inputs = _inputs(batch, queries, shapes, seed=batch)
-        (got,) = session.run(None, {n: t.numpy() for n, t in zip(NAMES, inputs)})
+        (got,) = ort_session.run(None, _feed(NAMES, inputs))
         want = model(*inputs).numpy()
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
@@ -102,10 +95,11 @@ def test_mmcv_layer_exports(tmp_path, exporter):
     dynamic = {"query": {0: "batch", 1: "queries"}, "value": {0: "batch"},
                "reference_points": {0: "batch", 1: "queries"}}
     model = Wrapped().eval()
-    session = _export(model, inputs(2, 4, 0), tmp_path / "layer.onnx", exporter, names, dynamic)
+    ort_session = _export(model, inputs(2, 4, 0), tmp_path / "layer.onnx", exporter, names,
+                          dynamic)
     for batch, queries in [(2, 4), (1, 7), (3, 1)]:
         x = inputs(batch, queries, batch + queries)
-        (got,) = session.run(None, {n: t.numpy() for n, t in zip(names, x)})
+        (got,) = ort_session.run(None, _feed(names, x))
         with torch.no_grad():
             np.testing.assert_allclose(got, model(*x).numpy(), rtol=1e-5, atol=1e-5)
 
@@ -130,14 +124,14 @@ def test_kernelized_deformable_detr_exports(tmp_path):
 
     wrapped = Logits().eval()
     pixels = torch.randn(1, 3, 128, 128)
-    session = _export(wrapped, (pixels,), tmp_path / "detr.onnx", "torchscript",
-                      ("pixel_values",), {"pixel_values": {0: "batch"}})
+    ort_session = _export(wrapped, (pixels,), tmp_path / "detr.onnx", "torchscript",
+                          ("pixel_values",), {"pixel_values": {0: "batch"}})
     # cudcn's decomposition (Gather), not transformers' default grid_sample path.
     ops = {node.op_type for node in onnx.load(str(tmp_path / "detr.onnx")).graph.node}
     assert "GridSample" not in ops and "Gather" in ops
     for batch in (1, 2):
         x = torch.randn(batch, 3, 128, 128)
-        got = session.run(None, {"pixel_values": x.numpy()})
+        got = ort_session.run(None, _feed(("pixel_values",), (x,)))
         with torch.no_grad():
             want = wrapped(x)
         for g, w in zip(got, want):

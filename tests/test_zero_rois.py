@@ -94,26 +94,15 @@ def test_compiled_forward_and_gradients(model, count):
 
 @pytest.fixture(scope="module", params=["dynamo", "torchscript"])
 def exported(request, model, tmp_path_factory):
-    """The model exported once per exporter with a dynamic RoI count."""
-    onnx = pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
+    """The model exported once per exporter with a dynamic RoI count (inputs
+    named in0, in1, ... by test_onnx_export's export)."""
+    onnx_tests = pytest.importorskip("test_onnx_export")
     path = tmp_path_factory.mktemp("rois") / f"{request.param}.onnx"
     example = inputs(5)
-    names = [f"in{i}" for i in range(len(example))]
-    if request.param == "dynamo":
-        rois = torch.export.Dim("rois")
-        torch.onnx.export(model, example, str(path), dynamo=True, opset_version=19,
-                          input_names=names,
-                          dynamic_shapes=(None, *({0: rois} for _ in example[1:])))
-    else:
-        torch.onnx.export(model, example, str(path), dynamo=False, opset_version=19,
-                          input_names=names,
-                          dynamic_axes={name: {0: "rois"} for name in names[1:]})
-    onnx.checker.check_model(onnx.load(str(path)))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]), names
+    graph = onnx_tests.export(model, example, path, request.param,
+                              dynamic={i: {0: "rois"} for i in range(1, len(example))})
+    onnx_tests.onnx.checker.check_model(graph)
+    return onnx_tests.session(path), [f"in{i}" for i in range(len(example))]
 
 
 @pytest.mark.parametrize("count", COUNTS)

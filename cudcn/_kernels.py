@@ -334,8 +334,9 @@ MS_DEFORM_ATTN_BACKWARD_VALUE = Kernel(
 MS_DEFORM_ATTN_BACKWARD_VALUE_PLANES = Kernel(
     "cudcn::ms_deform_attn_backward_value_planes",
     "ms_deform_attn.cu",
-    (("grad_output", "const T*"),) + _MS_DEFORM_ATTN_SAMPLING
-    + (("grad_value", "A*"), ("n", "I")) + _MS_DEFORM_ATTN_GEOMETRY,
+    (("grad_output", "const T*"), ("value", "const T*")) + _MS_DEFORM_ATTN_SAMPLING
+    + (("grad_value", "A*"), ("partials", "A*"), ("n", "I"), ("want_points", "int"))
+    + _MS_DEFORM_ATTN_GEOMETRY,
 )
 MS_DEFORM_ATTN_SCATTER_ENTRIES = Kernel(
     "cudcn::ms_deform_attn_scatter_entries",
@@ -343,8 +344,9 @@ MS_DEFORM_ATTN_SCATTER_ENTRIES = Kernel(
     _MS_DEFORM_ATTN_SAMPLING + (("keys", "I*"), ("sources", "I*"), ("entry_weights", "A*"),
                                 ("n", "I")) + _MS_DEFORM_ATTN_GEOMETRY,
 )
-# Channels one thread of the CPU's kernels takes side by side (kLanes in the .cu).
-MS_DEFORM_ATTN_LANES = 16
+# Channels one thread of the CPU's sampling kernels takes side by side (kLanes in
+# point_sampling.cuh): also the channel block of the planes' point sums.
+SAMPLING_LANES = 16
 
 SEGMENTED_SUM_CHUNKS = Kernel(
     "cudcn::segmented_sum_chunks",

@@ -13,11 +13,18 @@ import numbers
 
 import numpy as np
 
-from . import _backend, _checks, _kernels, _launch, _sorted_sum
+from . import _backend, _checks, _kernels, _launch, _point_sampling
 
 MSDeformAttnGrads = collections.namedtuple(
     "MSDeformAttnGrads", ("value", "sampling_locations", "attention_weights"))
 MSDeformAttnGrads.__doc__ = "Gradients of ms_deform_attn; None where not asked for."
+
+_KERNELS = _point_sampling.SamplingKernels(
+    forward=_kernels.MS_DEFORM_ATTN_FORWARD,
+    points_partial=_kernels.MS_DEFORM_ATTN_BACKWARD_POINTS_PARTIAL,
+    value_items=_kernels.MS_DEFORM_ATTN_BACKWARD_VALUE,
+    value_planes=_kernels.MS_DEFORM_ATTN_BACKWARD_VALUE_PLANES,
+    scatter_entries=_kernels.MS_DEFORM_ATTN_SCATTER_ENTRIES)
 
 
 def _host_ints(name, x):
@@ -127,6 +134,7 @@ class _MSDeformAttn:
                                           dtype=index_dtype))
         self.point_level = xp.asarray(np.array(point_level, dtype=index_dtype))
         self.num_levels = levels
+        self.planes = n * m * levels  # the planes strategy's (n, m, level)
 
     def values(self):
         n, s, m, d = self.value.shape
@@ -186,19 +194,7 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
     """
     a = _MSDeformAttn(value, spatial_shapes, level_start_index, sampling_locations,
                       attention_weights, im2col_step, points_per_level)
-    xp = a.xp
-    output = xp.empty(a.output_shape, dtype=a.dtype)
-    kernel = _kernels.MS_DEFORM_ATTN_FORWARD
-    peer = a.heads_total * a.channels  # the peer: a thread per output element
-    block = _launch.channel_block(xp, kernel, a.dtype, a.index, a.heads_total, a.channels, peer,
-                                  per_channel=a.points)
-    items = a.heads_total * -(-a.channels // block)
-    _launch.run(_launch.make_launch(
-        kernel, a.dtype, items, a.index, value=a.value, output=output, channel_block=block,
-        **a.values(),
-        work=_launch.Work(block * a.points, a.heads_total * a.points * a.sample_bytes()
-                          + output.size * a.dtype.itemsize, peer)))
-    return output
+    return _point_sampling.forward(a, _KERNELS)
 
 
 @_backend.on_arrays_device
@@ -227,76 +223,24 @@ def ms_deform_attn_backward(grad_output, value, spatial_shapes, level_start_inde
     a = _MSDeformAttn(value, spatial_shapes, level_start_index, sampling_locations,
                       attention_weights, im2col_step, points_per_level, grad_output=grad_output)
     xp = a.xp
-    grad_value = grad_locations = grad_weights = None
-    peer = a.heads_total * a.channels
-    items = a.heads_total * a.points
-    item = a.dtype.itemsize
-    if "sampling_locations" in wanted or "attention_weights" in wanted:
+    want_points = "sampling_locations" in wanted or "attention_weights" in wanted
+    sums = _point_sampling.backward(a, _KERNELS, want_points, "value" in wanted, deterministic)
+    grad_locations = grad_weights = None
+    if want_points:
         grad_locations = xp.empty(a.locations.shape, dtype=a.dtype)
         grad_weights = xp.empty(a.weights.shape, dtype=a.dtype)
-        kernel = _kernels.MS_DEFORM_ATTN_BACKWARD_POINTS_PARTIAL
-        block = _launch.channel_block(xp, kernel, a.dtype, a.index, items, a.channels, peer,
-                                      max_blocks=_launch.MAX_SERIAL)
-        blocks = -(-a.channels // block)
-        partials = xp.empty(items * blocks * 3, dtype=a.acc_dtype)
-        acc = a.acc_dtype.itemsize
-        _launch.run(_launch.make_launch(
-            kernel, a.dtype, items * blocks, a.index, grad_output=a.grad_output, value=a.value,
-            partials=partials, channel_block=block, **a.values(),
-            work=_launch.Work(block, items * (a.sample_bytes() + a.channels * item
-                                              + 3 * blocks * acc), peer)))
+        items = a.heads_total * a.points
+        item, acc = a.dtype.itemsize, a.acc_dtype.itemsize
         _launch.run(_launch.make_launch(
             _kernels.MS_DEFORM_ATTN_BACKWARD_POINTS_REDUCE, a.dtype, items, a.index,
-            partials=partials, grad_locations=grad_locations, grad_weights=grad_weights,
-            blocks=blocks, want_locations=int("sampling_locations" in wanted),
+            partials=sums.partials, grad_locations=grad_locations, grad_weights=grad_weights,
+            blocks=sums.blocks, want_locations=int("sampling_locations" in wanted),
             want_weights=int("attention_weights" in wanted), **a.values(),
-            work=_launch.Work(blocks, items * (3 * blocks * acc + 6 * item), peer,
-                              auxiliary=True)))
+            work=_launch.Work(sums.blocks, items * (3 * sums.blocks * acc + 6 * item),
+                              a.heads_total * a.channels, auxiliary=True)))
         if "sampling_locations" not in wanted:
             grad_locations = None
         if "attention_weights" not in wanted:
             grad_weights = None
-    if "value" in wanted:
-        grad_value = xp.zeros(a.value.shape, dtype=a.acc_dtype)
-        values = dict(grad_output=a.grad_output, grad_value=grad_value, **a.values())
-        strategy = _launch.strategy(xp, deterministic)
-        if strategy == "planes":
-            n, _, m, d = a.value.shape
-            lanes = _kernels.MS_DEFORM_ATTN_LANES
-            _launch.run(_launch.make_launch(
-                _kernels.MS_DEFORM_ATTN_BACKWARD_VALUE_PLANES, a.dtype,
-                n * m * a.num_levels * -(-d // lanes), a.index, **values))
-        elif strategy == "items":
-            kernel = _kernels.MS_DEFORM_ATTN_BACKWARD_VALUE
-            block = _launch.channel_block(xp, kernel, a.dtype, a.index, items, a.channels, peer,
-                                          per_channel=4)
-            _launch.run(_launch.make_launch(
-                kernel, a.dtype, items * -(-a.channels // block), a.index, channel_block=block,
-                **values,
-                work=_launch.Work(4 * block, items * (3 * item + a.channels * item
-                                                      + 4 * a.channels * a.acc_dtype.itemsize),
-                                  peer)))
-        else:
-            _sorted_grad_value(a, grad_value)
-        grad_value = grad_value.astype(a.dtype, copy=False)
+    grad_value = None if sums.grad_value is None else sums.grad_value.astype(a.dtype, copy=False)
     return MSDeformAttnGrads(grad_value, grad_locations, grad_weights)
-
-
-def _sorted_grad_value(a, grad_value):
-    """grad_value without atomics: every sample corner as an entry, summed
-    per value row and head, channel by channel, in a fixed order."""
-    xp = a.xp
-    samples = a.heads_total * a.points
-    index_dtype = _kernels.INDEX_DTYPES[a.index]
-    keys = xp.empty(4 * samples, dtype=index_dtype)
-    sources = xp.empty(4 * samples, dtype=index_dtype)
-    weights = xp.empty(4 * samples, dtype=a.acc_dtype)
-    _launch.run(_launch.make_launch(
-        _kernels.MS_DEFORM_ATTN_SCATTER_ENTRIES, a.dtype, 4 * samples, a.index, keys=keys,
-        sources=sources, entry_weights=weights, **a.values(),
-        work=_launch.Work(1, samples * (3 * a.dtype.itemsize + 4 * (
-            2 * index_dtype.itemsize + a.acc_dtype.itemsize)), a.heads_total * a.channels)))
-    channels = a.channels
-    _sorted_sum.scatter_add(xp, a.dtype, a.index, keys, sources, weights,
-                            a.grad_output.reshape(-1), channels, 1, grad_value.reshape(-1),
-                            lambda key: key * channels, 1, a.heads_total * channels)

@@ -199,7 +199,7 @@ def test_gpu_source_carries_the_digest_of_every_kernel_file():
     ("deform_conv2d.cu", r"p.width = I\(s.width\) \+ (\d+);", "PLANE_PADDING"),
     ("deform_roi_pool.cu", r"constexpr int kPixelChannels = (\d+);", "ROI_PIXEL_CHANNELS"),
     ("deform_roi_pool.cu", r"constexpr int kRoIChannels = (\d+);", "ROI_CHANNELS"),
-    ("ms_deform_attn.cu", r"constexpr int kLanes = (\d+);", "MS_DEFORM_ATTN_LANES"),
+    ("point_sampling.cuh", r"constexpr int kLanes = (\d+);", "SAMPLING_LANES"),
 ])
 def test_kernel_constants_match_the_python_ones(source, pattern, name):
     import re

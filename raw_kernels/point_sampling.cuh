@@ -1,0 +1,324 @@
+// The machinery of the ops that sample channels-last maps at computed points
+// and sum the samples times per-point weights: multi-scale deformable
+// attention (ms_deform_attn.cu) and DCNv3/DCNv4 (dcnv3.cu). An op supplies
+// only where its points fall; the loops over channels, the gradients and the
+// thread mappings are written once, here.
+//
+// Layouts (C-contiguous): the sampled map `value` is (N, S, M, D): S rows of
+// M heads (DCNv3: groups) of D channels; the result and grad_output are
+// (N, Q, M, D), one (n, q, m) "head" per query and head. A head has P
+// points; point p of head h samples value's rows of image n at its
+// BilinearCorners, with weight `weight` (an attention weight, a mask value).
+//
+// A `Points` type is a small struct of the op's arrays with
+//   SampledPoint<A, I> at(I head, int p) const
+//   int level(int p) const       // the map a point samples (0 for DCNv3)
+// and every kernel below takes it by value with the SamplingGeometry.
+//
+// Thread mappings. Forward: one thread per (head, block of channels),
+// channels fastest; a thread reads each point's geometry once per kLanes
+// channels, which it accumulates side by side (vector registers on the
+// CPU). Gradients of the points (their location and weight): one thread per
+// (head, point, block of channels) sums over its channels, then the op's
+// reduce kernel adds a point's blocks in order. The value gradient, which
+// many heads share: by items (the GPU's default) a thread per (head, point,
+// block of channels) adding with atomics; by planes (the CPU's,
+// deterministic) a thread per (n, m, level, kLanes channels) that owns
+// those rows of grad_value, walks every query's points of its level in order
+// and, when asked, computes those points' partial sums on the way (one pass
+// over the geometry and the corners for both gradients); sorted
+// (deterministic mode on the GPU) lists each sample corner as an entry for
+// segmented_sum.cu.
+#pragma once
+
+#include "cudcn_common.cuh"
+
+namespace cudcn {
+
+constexpr int kLanes = 16;
+
+struct SamplingGeometry {
+  int batch, spatial, queries, heads, channels, points, num_levels;
+};
+
+// One point of one head: where it samples and with what weight.
+template <typename A, typename I>
+struct SampledPoint {
+  BilinearCorners<A, I> corners;  // indices within the point's map
+  I first_row;                    // n * S + the map's first row
+  A weight;
+};
+
+// Where channel 0 of value row `row` of head m starts.
+template <typename I>
+CUDCN_DEVICE I value_at(I row, int m, const SamplingGeometry& s) {
+  return (row * s.heads + m) * s.channels;
+}
+
+// Work item i of a launch over (head, point, block of channel_block
+// channels), the block fastest: the head, the point, m and the block's
+// channels [c_begin, c_end).
+template <typename I>
+struct PointChannels {
+  I head;
+  int point, m, c_begin, c_end;
+};
+
+template <typename I>
+CUDCN_DEVICE PointChannels<I> point_channels(I i, int channel_block, const SamplingGeometry& s) {
+  const int blocks = (s.channels + channel_block - 1) / channel_block;
+  const I item = i / blocks;
+  PointChannels<I> w;
+  w.head = item / s.points;
+  w.point = static_cast<int>(item % s.points);
+  w.m = static_cast<int>(w.head % s.heads);
+  w.c_begin = static_cast<int>(i % blocks) * channel_block;
+  w.c_end = min(w.c_begin + channel_block, s.channels);
+  return w;
+}
+
+// A point's four corner rows of head m in value, from channel c0: a corner
+// outside its map reads 0. On the host its pointer is a row of kLanes zeros
+// of the thread's own, so that the lane loops load unconditionally and
+// vectorize; on a GPU the load is predicated instead (a pointer into a local
+// array would leave registers). Both give the same values.
+template <typename T>
+struct CornerRows {
+  const T* row[4];
+#ifndef CUDCN_GPU
+  T zeros[kLanes];
+#endif
+
+  CUDCN_DEVICE CornerRows() {
+#ifndef CUDCN_GPU
+    for (int l = 0; l < kLanes; ++l) zeros[l] = narrow<T>(acc_t<T>(0));
+#endif
+  }
+
+  template <typename A, typename I>
+  CUDCN_DEVICE void at(const T* value, const SampledPoint<A, I>& pt, int m, int c0,
+                       const SamplingGeometry& s) {
+    for (int j = 0; j < 4; ++j) {
+      const T* base = value + value_at(pt.first_row + pt.corners.index[j], m, s) + c0;
+#ifdef CUDCN_GPU
+      row[j] = base;
+#else
+      row[j] = pt.corners.valid[j] ? base : zeros;
+#endif
+    }
+  }
+
+  template <typename A, typename I>
+  CUDCN_DEVICE A load_at(const BilinearCorners<A, I>& q, int j, int l) const {
+#ifdef CUDCN_GPU
+    return q.valid[j] ? load(row[j] + l) : A(0);
+#else
+    return load(row[j] + l);
+#endif
+  }
+};
+
+// Forward, item i over (head, block of channel_block channels): the head's
+// output channels of the block, each the sum over its points of the
+// weight times the bilinear sample w0 v0 + w1 v1 + w2 v2 + w3 v3 (the
+// peers' order).
+template <typename T, typename I, typename Points>
+CUDCN_DEVICE void sample_forward(const T* value, const Points& points, T* output, I i,
+                                 int channel_block, const SamplingGeometry& s) {
+  using A = acc_t<T>;
+  const int blocks = (s.channels + channel_block - 1) / channel_block;
+  const I head = i / blocks;
+  const int m = static_cast<int>(head % s.heads);
+  const int c_begin = static_cast<int>(i % blocks) * channel_block;
+  const int c_end = min(c_begin + channel_block, s.channels);
+  T* out = output + head * s.channels;
+  CornerRows<T> rows;
+  for (int c0 = c_begin; c0 < c_end; c0 += kLanes) {
+    const int lanes = min(kLanes, c_end - c0);
+    A acc[kLanes];
+    for (int l = 0; l < kLanes; ++l) acc[l] = A(0);
+    for (int p = 0; p < s.points; ++p) {
+      const SampledPoint<A, I> pt = points.at(head, p);
+      if (!pt.corners.inside) continue;
+      const BilinearCorners<A, I>& q = pt.corners;
+      rows.at(value, pt, m, c0, s);
+      for (int l = 0; l < lanes; ++l) {
+        A sample = A(0);
+        for (int j = 0; j < 4; ++j) sample += q.weight[j] * rows.load_at(q, j, l);
+        acc[l] += sample * pt.weight;
+      }
+    }
+    for (int l = 0; l < lanes; ++l) store(out + c0 + l, acc[l]);
+  }
+}
+
+// d(sample)/dy and d(sample)/dx of one channel, given its four corner values:
+// the derivative on the cell [y0, y0 + 1] x [x0, x0 + 1].
+template <typename A, typename I>
+CUDCN_DEVICE void sample_partials(const BilinearCorners<A, I>& q, const A v[4], A& dy, A& dx) {
+  const A hy = A(1) - q.frac_y, ly = q.frac_y, hx = A(1) - q.frac_x, lx = q.frac_x;
+  dy = -hx * v[0] - lx * v[1] + hx * v[2] + lx * v[3];
+  dx = -hy * v[0] + hy * v[1] - ly * v[2] + ly * v[3];
+}
+
+// The sums a point's gradients need, over one block of channels c: of
+// g_c * sample_c, g_c * d(sample_c)/dy and g_c * d(sample_c)/dx, stored at
+// partials[3 * slot + 0, 1, 2]. On the CPU in kPointLanes lanes added in
+// order at the end, which the host compiler keeps in vector registers; on a
+// GPU one lane, since a thread's registers bound its occupancy there.
+#ifdef CUDCN_GPU
+constexpr int kPointLanes = 1;
+#else
+constexpr int kPointLanes = kLanes;
+#endif
+
+template <typename T, typename I, typename A>
+CUDCN_DEVICE void point_sums(const T* grad_output, const T* value, const SampledPoint<A, I>& pt,
+                             I head, int m, int c_begin, int c_end, A* partials, I slot,
+                             const SamplingGeometry& s) {
+  A sum_w = A(0), sum_y = A(0), sum_x = A(0);
+  if (pt.corners.inside) {
+    const BilinearCorners<A, I>& q = pt.corners;
+    const T* g = grad_output + head * s.channels;
+    CornerRows<T> rows;
+    A lane_w[kPointLanes];
+    A lane_y[kPointLanes];
+    A lane_x[kPointLanes];
+    for (int l = 0; l < kPointLanes; ++l) lane_w[l] = lane_y[l] = lane_x[l] = A(0);
+    for (int c0 = c_begin; c0 < c_end; c0 += kPointLanes) {
+      const int lanes = min(kPointLanes, c_end - c0);
+      rows.at(value, pt, m, c0, s);
+      for (int l = 0; l < lanes; ++l) {
+        A corner[4];
+        for (int j = 0; j < 4; ++j) corner[j] = rows.load_at(q, j, l);
+        A sample = A(0);
+        for (int j = 0; j < 4; ++j) sample += q.weight[j] * corner[j];
+        A dy, dx;
+        sample_partials(q, corner, dy, dx);
+        const A gc = load(g + c0 + l);
+        lane_w[l] += gc * sample;
+        lane_y[l] += gc * dy;
+        lane_x[l] += gc * dx;
+      }
+    }
+    for (int l = 0; l < kPointLanes; ++l) {
+      sum_w += lane_w[l];
+      sum_y += lane_y[l];
+      sum_x += lane_x[l];
+    }
+  }
+  store(partials + 3 * slot, sum_w);
+  store(partials + 3 * slot + 1, sum_y);
+  store(partials + 3 * slot + 2, sum_x);
+}
+
+// A point's sums over all its blocks, added in order (the op's reduce
+// kernels, item i over (head, point)).
+template <typename A>
+struct PointSums {
+  A w, y, x;  // of g * sample, g * d(sample)/dy, g * d(sample)/dx
+};
+
+template <typename A, typename I>
+CUDCN_DEVICE PointSums<A> sum_blocks(const A* partials, I i, int blocks) {
+  PointSums<A> sums = {A(0), A(0), A(0)};
+  for (int b = 0; b < blocks; ++b) {
+    const A* part = partials + 3 * (i * blocks + b);
+    sums.w += load(part);
+    sums.y += load(part + 1);
+    sums.x += load(part + 2);
+  }
+  return sums;
+}
+
+// Item i over (head, point, block of channel_block channels): that block's
+// sums, in slot i (blocks of one point side by side).
+template <typename T, typename I, typename Points>
+CUDCN_DEVICE void sample_backward_points_partial(const T* grad_output, const T* value,
+                                                 const Points& points, acc_t<T>* partials, I i,
+                                                 int channel_block, const SamplingGeometry& s) {
+  const PointChannels<I> item = point_channels(i, channel_block, s);
+  const SampledPoint<acc_t<T>, I> pt = points.at(item.head, item.point);
+  point_sums(grad_output, value, pt, item.head, item.m, item.c_begin, item.c_end, partials, i, s);
+}
+
+// Item i over (head, point, block of channel_block channels): grad_value (an
+// accumulation-type array of value's shape, zeroed) += weight * corner
+// weight * grad_output, with atomics.
+template <typename T, typename I, typename Points>
+CUDCN_DEVICE void sample_backward_value(const T* grad_output, const Points& points,
+                                        acc_t<T>* grad_value, I i, int channel_block,
+                                        const SamplingGeometry& s) {
+  using A = acc_t<T>;
+  const PointChannels<I> item = point_channels(i, channel_block, s);
+  const SampledPoint<A, I> pt = points.at(item.head, item.point);
+  if (!pt.corners.inside) return;
+  const T* g = grad_output + item.head * s.channels;
+  for (int j = 0; j < 4; ++j) {
+    if (!pt.corners.valid[j]) continue;
+    const A w = pt.corners.weight[j] * pt.weight;
+    A* to = grad_value + value_at(pt.first_row + pt.corners.index[j], item.m, s);
+    for (int c = item.c_begin; c < item.c_end; ++c) atomic_add(to + c, w * load(g + c));
+  }
+}
+
+// Item i over (n, m, level, kLanes channels): the same sums without
+// atomics, query by query, point by point. With `with_points`, also each
+// visited point's sums over these channels into `partials`, slot (head * P + p) *
+// blocks + block: the layout of sample_backward_points_partial with
+// channel_block kLanes, so that the op's reduce kernel takes either.
+template <typename T, typename I, typename Points>
+CUDCN_DEVICE void sample_backward_value_planes(const T* grad_output, const T* value,
+                                               const Points& points, acc_t<T>* grad_value,
+                                               acc_t<T>* partials, bool with_points, I i,
+                                               const SamplingGeometry& s) {
+  using A = acc_t<T>;
+  const int blocks = (s.channels + kLanes - 1) / kLanes;
+  const int block = static_cast<int>(i % blocks);
+  const int c0 = block * kLanes;
+  const int lanes = min(kLanes, s.channels - c0);
+  const int level = static_cast<int>((i / blocks) % s.num_levels);
+  const int m = static_cast<int>((i / blocks / s.num_levels) % s.heads);
+  const I b = i / blocks / s.num_levels / s.heads;
+  for (I q = 0; q < s.queries; ++q) {
+    const I head = (b * s.queries + q) * s.heads + m;
+    const T* g = grad_output + head * s.channels + c0;
+    A gc[kLanes];
+    for (int l = 0; l < lanes; ++l) gc[l] = load(g + l);
+    for (int p = 0; p < s.points; ++p) {
+      if (points.level(p) != level) continue;
+      const SampledPoint<A, I> pt = points.at(head, p);
+      if (with_points) {
+        point_sums(grad_output, value, pt, head, m, c0, c0 + lanes, partials,
+                   (head * s.points + p) * blocks + block, s);
+      }
+      if (!pt.corners.inside) continue;
+      for (int j = 0; j < 4; ++j) {
+        if (!pt.corners.valid[j]) continue;
+        const A w = pt.corners.weight[j] * pt.weight;
+        A* to = grad_value + value_at(pt.first_row + pt.corners.index[j], m, s) + c0;
+        for (int l = 0; l < lanes; ++l) store(to + l, load(to + l) + w * gc[l]);
+      }
+    }
+  }
+}
+
+// Deterministic mode on the GPU, item i over the four corners of each
+// (head, point): the corner as an entry for segmented_sum.cu (key: the value
+// row and head, (n * S + row) * M + m, or -1; source: the head's channel 0
+// in grad_output; weight: corner weight * point weight).
+template <typename A, typename I, typename Points>
+CUDCN_DEVICE void sample_scatter_entry(const Points& points, I* keys, I* sources,
+                                       A* entry_weights, I i, const SamplingGeometry& s) {
+  const int j = static_cast<int>(i % 4);
+  const I head = i / 4 / s.points;
+  const int p = static_cast<int>(i / 4 % s.points);
+  const int m = static_cast<int>(head % s.heads);
+  const SampledPoint<A, I> pt = points.at(head, p);
+  const bool live = pt.corners.inside && pt.corners.valid[j];
+  store(keys + i, live ? (pt.first_row + pt.corners.index[j]) * s.heads + m : I(-1));
+  store(sources + i, head * s.channels);
+  store(entry_weights + i, live ? pt.corners.weight[j] * pt.weight : A(0));
+}
+
+}  // namespace cudcn

@@ -77,7 +77,7 @@ bench-compare: $(ASV)
 # The kernel tests and fuzzers; torch is left out (it does not run under a preloaded ASan).
 KERNEL_TESTS := tests/test_deform_conv2d.py tests/test_roi_pool.py tests/test_psroi_pool.py \
 	tests/test_fuzz.py tests/test_deterministic.py tests/test_executors.py tests/test_half.py \
-	tests/test_border_gradient.py tests/test_ms_deform_attn.py
+	tests/test_border_gradient.py tests/test_ms_deform_attn.py tests/test_dcnv3.py
 SANITIZE_FLAGS := -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all \
 	-fno-omit-frame-pointer -g -O1
 

@@ -1,5 +1,5 @@
-"""cudcn: deformable convolution, deformable RoI pooling and multi-scale
-deformable attention as CUDA kernels.
+"""cudcn: deformable convolution, deformable RoI pooling, multi-scale
+deformable attention and DCNv3/DCNv4 as CUDA kernels.
 
 The same functions run on CuPy arrays (GPU) and on NumPy arrays (the same
 kernel sources built for the CPU).
@@ -14,6 +14,7 @@ from ._workspace import (
     set_workspace_limit,
     workspace_limit,
 )
+from .dcnv3 import DCNv3Grads, DCNv4Grads, dcnv3, dcnv3_backward, dcnv4, dcnv4_backward
 from .deform_conv import DeformConv2dGrads, deform_conv2d, deform_conv2d_backward
 from .ms_deform_attn import MSDeformAttnGrads, ms_deform_attn, ms_deform_attn_backward
 from .roi_pool import (
@@ -31,11 +32,17 @@ __all__ = [
     "CompileError",
     "CompilerNotFoundError",
     "DEFAULT_CPU_WORKSPACE_LIMIT",
+    "DCNv3Grads",
+    "DCNv4Grads",
     "DEFAULT_WORKSPACE_LIMIT",
     "DeformConv2dGrads",
     "DeformPSRoIPoolGrads",
     "DeformRoIPoolGrads",
     "MSDeformAttnGrads",
+    "dcnv3",
+    "dcnv3_backward",
+    "dcnv4",
+    "dcnv4_backward",
     "deform_conv2d",
     "deform_conv2d_backward",
     "deform_psroi_pool",

@@ -348,6 +348,54 @@ MS_DEFORM_ATTN_SCATTER_ENTRIES = Kernel(
 # point_sampling.cuh): also the channel block of the planes' point sums.
 SAMPLING_LANES = 16
 
+_DCNV3_GEOMETRY = tuple(
+    (name, "int")
+    for name in ("batch", "height", "width", "out_h", "out_w", "groups", "group_channels",
+                 "kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w", "dil_h",
+                 "dil_w", "points", "remove_center", "offset_pixel_stride",
+                 "offset_group_stride", "mask_pixel_stride", "mask_group_stride")
+) + (("offset_scale", "A"),)
+_DCNV3_SAMPLING = (("offset", "const T*"), ("mask", "const T*"))
+
+DCNV3_FORWARD = Kernel(
+    "cudcn::dcnv3_forward",
+    "dcnv3.cu",
+    (("value", "const T*"),) + _DCNV3_SAMPLING
+    + (("output", "T*"), ("n", "I"), ("channel_block", "int")) + _DCNV3_GEOMETRY,
+)
+DCNV3_BACKWARD_POINTS_PARTIAL = Kernel(
+    "cudcn::dcnv3_backward_points_partial",
+    "dcnv3.cu",
+    (("grad_output", "const T*"), ("value", "const T*")) + _DCNV3_SAMPLING
+    + (("partials", "A*"), ("n", "I"), ("channel_block", "int")) + _DCNV3_GEOMETRY,
+)
+DCNV3_BACKWARD_POINTS_REDUCE = Kernel(
+    "cudcn::dcnv3_backward_points_reduce",
+    "dcnv3.cu",
+    (("partials", "const A*"),) + _DCNV3_SAMPLING
+    + (("grad_offset", "T*"), ("grad_mask", "T*"), ("n", "I"), ("blocks", "int"),
+       ("want_offset", "int"), ("want_mask", "int")) + _DCNV3_GEOMETRY,
+)
+DCNV3_BACKWARD_VALUE = Kernel(
+    "cudcn::dcnv3_backward_value",
+    "dcnv3.cu",
+    (("grad_output", "const T*"),) + _DCNV3_SAMPLING
+    + (("grad_value", "A*"), ("n", "I"), ("channel_block", "int")) + _DCNV3_GEOMETRY,
+)
+DCNV3_BACKWARD_VALUE_PLANES = Kernel(
+    "cudcn::dcnv3_backward_value_planes",
+    "dcnv3.cu",
+    (("grad_output", "const T*"), ("value", "const T*")) + _DCNV3_SAMPLING
+    + (("grad_value", "A*"), ("partials", "A*"), ("n", "I"), ("want_points", "int"))
+    + _DCNV3_GEOMETRY,
+)
+DCNV3_SCATTER_ENTRIES = Kernel(
+    "cudcn::dcnv3_scatter_entries",
+    "dcnv3.cu",
+    _DCNV3_SAMPLING + (("keys", "I*"), ("sources", "I*"), ("entry_weights", "A*"), ("n", "I"))
+    + _DCNV3_GEOMETRY,
+)
+
 SEGMENTED_SUM_CHUNKS = Kernel(
     "cudcn::segmented_sum_chunks",
     "segmented_sum.cu",
@@ -381,6 +429,8 @@ KERNELS = (
     MS_DEFORM_ATTN_FORWARD, MS_DEFORM_ATTN_BACKWARD_POINTS_PARTIAL,
     MS_DEFORM_ATTN_BACKWARD_POINTS_REDUCE, MS_DEFORM_ATTN_BACKWARD_VALUE,
     MS_DEFORM_ATTN_BACKWARD_VALUE_PLANES, MS_DEFORM_ATTN_SCATTER_ENTRIES,
+    DCNV3_FORWARD, DCNV3_BACKWARD_POINTS_PARTIAL, DCNV3_BACKWARD_POINTS_REDUCE,
+    DCNV3_BACKWARD_VALUE, DCNV3_BACKWARD_VALUE_PLANES, DCNV3_SCATTER_ENTRIES,
     SEGMENTED_SUM_CHUNKS, SEGMENTED_SUM_SEGMENTS,
 )
 

@@ -221,3 +221,58 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
         out += np.sum(samples * level_weights.reshape(n * m, 1, lq, count), axis=-1)
         first += count
     return out.reshape(n, m, d, lq).transpose(0, 3, 1, 2).reshape(n, lq, m * d)
+
+
+def _dcn_kernel_points(kernel_h, kernel_w, remove_center):
+    """(i, j) of each kernel point, x-outer, y-inner, the centre skipped on request."""
+    return [(i, j) for i in range(kernel_w) for j in range(kernel_h)
+            if not (remove_center and i == kernel_w // 2 and j == kernel_h // 2)]
+
+
+def dcnv3(input, offset, mask, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+          offset_scale=1.0, remove_center=False):
+    """SPEC.md section 7, in float64: point (i, j) of output (ho, wo) samples
+    group g's channels with ``bilinear_zero_border`` at
+    x = p0_x - half_x * s + (i * dil_w + dx) * s, likewise y."""
+    x_in = np.asarray(input, np.float64)
+    offset = np.asarray(offset, np.float64)
+    mask = np.asarray(mask, np.float64)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (_pair(v) for v in (kernel_size, stride, padding,
+                                                                 dilation))
+    n, h, w, channels = x_in.shape
+    g, c = groups, channels // groups
+    ho = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
+    wo = (w + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+    points = _dcn_kernel_points(kh, kw, remove_center)
+    k = len(points)
+    offset = offset.reshape(n, ho, wo, g, k, 2)
+    mask = mask.reshape(n, ho, wo, g, k)
+    half_x, half_y = (dw * (kw - 1)) // 2, (dh * (kh - 1)) // 2
+    p0_x = (half_x - pw + np.arange(wo) * sw) - half_x * offset_scale  # (Wo,)
+    p0_y = (half_y - ph + np.arange(ho) * sh) - half_y * offset_scale  # (Ho,)
+    i = np.array([p[0] for p in points], np.float64)
+    j = np.array([p[1] for p in points], np.float64)
+    xs = p0_x[None, None, :, None, None] + (i * dw + offset[..., 0]) * offset_scale
+    ys = p0_y[None, :, None, None, None] + (j * dh + offset[..., 1]) * offset_scale
+    planes = x_in.reshape(n, h, w, g, c).transpose(0, 3, 4, 1, 2).reshape(n * g, c, h, w)
+    # (N, Ho, Wo, G, K) -> (N * G, Ho * Wo, K), the planes' order
+    ys = ys.transpose(0, 3, 1, 2, 4).reshape(n * g, ho * wo, k)
+    xs = xs.transpose(0, 3, 1, 2, 4).reshape(n * g, ho * wo, k)
+    samples = bilinear_zero_border(planes, ys, xs)  # (N*G, C, Ho*Wo, K)
+    weights = mask.transpose(0, 3, 1, 2, 4).reshape(n * g, 1, ho * wo, k)
+    out = np.sum(samples * weights, axis=-1).reshape(n, g, c, ho, wo)
+    return out.transpose(0, 3, 4, 1, 2).reshape(n, ho, wo, channels)
+
+
+def dcnv4(input, offset_mask, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+          offset_scale=1.0, remove_center=False):
+    """SPEC.md section 7's DCNv4 packing, unpacked and handed to :func:`dcnv3`."""
+    offset_mask = np.asarray(offset_mask, np.float64)
+    (kh, kw) = _pair(kernel_size)
+    k = kh * kw - (1 if remove_center else 0)
+    n, ho, wo, _ = offset_mask.shape
+    packed = offset_mask[..., :groups * 3 * k].reshape(n, ho, wo, groups, 3 * k)
+    offset = packed[..., :2 * k].reshape(n, ho, wo, groups * 2 * k)
+    mask = packed[..., 2 * k:].reshape(n, ho, wo, groups * k)
+    return dcnv3(input, offset, mask, kernel_size, stride, padding, dilation, groups,
+                 offset_scale, remove_center)

@@ -136,6 +136,61 @@ def ms_deform_attn_inputs(batch=2, queries=5, heads=2, channels=4, shapes=((6, 5
                 points_per_level=None if points_per_level is None else tuple(points_per_level))
 
 
+def dcnv3_inputs(batch=2, size=(7, 6), groups=2, group_channels=3, kernel=(3, 3), stride=1,
+                 padding=1, dilation=1, offset_scale=1.0, remove_center=False, outside=0.1,
+                 away_from_kinks=False, packed=False, pad_to=8, dtype=np.float64, seed=0, xp=np):
+    """Random arguments of dcnv3 (or, ``packed``, of dcnv4), as a dict of
+    keyword arguments.
+
+    Offsets are uniform in [-2, 2) pixels; about ``outside`` of them are
+    pushed 2 to 8 pixels further, mostly beyond the border. The mask is
+    uniform in [0, 1). ``packed``: DCNv4's offset_mask, its last dimension
+    padded with random values up to a multiple of ``pad_to``.
+    ``away_from_kinks`` puts every sampling point's fractional part in
+    [0.15, 0.85] inside the open window, so that finite differences of the
+    offsets of width < 0.15 / offset_scale cross no kink.
+    """
+    rng = np.random.default_rng(seed)
+    (h, w), (kh, kw) = _pair(size), _pair(kernel)
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    out_h = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
+    out_w = (w + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+    points = [(i, j) for i in range(kw) for j in range(kh)
+              if not (remove_center and i == kw // 2 and j == kh // 2)]
+    k = len(points)
+    shape = (batch, out_h, out_w, groups, k, 2)
+    if away_from_kinks:
+        cell = np.stack([rng.integers(-1, w, shape[:-1]), rng.integers(-1, h, shape[:-1])], -1)
+        target = cell + rng.uniform(0.15, 0.85, shape)  # (x, y) where each point samples
+        half = np.array([(dw * (kw - 1)) // 2, (dh * (kh - 1)) // 2])
+        p0 = np.stack(np.broadcast_arrays(
+            (half[0] - pw + np.arange(out_w) * sw)[None, :], (half[1] - ph + np.arange(out_h)
+                                                               * sh)[:, None]), -1)
+        p0 = p0[None, :, :, None, None] - half * offset_scale
+        along = np.array([[i * dw, j * dh] for i, j in points], np.float64)  # (K, 2)
+        offset = (target - p0) / offset_scale - along
+    else:
+        offset = rng.uniform(-2, 2, shape)
+        far = rng.uniform(0, 1, shape) < outside
+        offset = np.where(far, np.sign(offset) * rng.uniform(2, 8, shape) + offset, offset)
+    mask = rng.uniform(0, 1, (batch, out_h, out_w, groups, k))
+    args = dict(input=rng.standard_normal((batch, h, w, groups * group_channels)),
+                kernel_size=(kh, kw), stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw),
+                groups=groups, offset_scale=offset_scale, remove_center=remove_center)
+    if packed:
+        width = -(-groups * 3 * k // pad_to) * pad_to
+        offset_mask = rng.uniform(-1, 1, (batch, out_h, out_w, width))
+        offset_mask[..., :groups * 3 * k] = np.concatenate(
+            [offset.reshape(*shape[:4], 2 * k), mask], -1).reshape(*shape[:3], groups * 3 * k)
+        args["offset_mask"] = offset_mask
+    else:
+        args["offset"] = offset.reshape(*shape[:3], groups * 2 * k)
+        args["mask"] = mask.reshape(*shape[:3], groups * k)
+    floats = ("input", "offset", "mask", "offset_mask")
+    return {name: xp.asarray(v.astype(dtype)) if name in floats else v
+            for name, v in args.items()}
+
+
 def grid_sample_ms_deform_attn(value, spatial_shapes, sampling_locations, attention_weights):
     """Multi-scale deformable attention the way mmcv, transformers and
     InternImage compute it without a kernel (torch tensors): per level,
@@ -160,3 +215,105 @@ def grid_sample_ms_deform_attn(value, spatial_shapes, sampling_locations, attent
     weights = attention_weights.transpose(1, 2).reshape(n * heads, 1, queries, levels * points)
     out = (stacked * weights).sum(-1).view(n, heads * channels, queries)
     return out.transpose(1, 2).contiguous()
+
+
+def grid_sample_dcnv3(input, offset, mask, kernel_size, stride=1, padding=0, dilation=1,
+                      groups=1, offset_scale=1.0, remove_center=False):
+    """DCNv3's core the way InternImage computes it without its kernel
+    (``dcnv3_core_pytorch``; torch tensors): zero-pad the input, add each
+    output's reference point, the kernel's dilation grid and the offsets
+    (both scaled by ``offset_scale``), ``F.grid_sample`` (bilinear, zeros
+    padding, ``align_corners=False``) over (N * G, C_g, H_pad, W_pad), times
+    the mask, summed over the points. Written from that definition; the peer
+    the tests and ``cudcn bench`` compare with.
+
+    Two departures from InternImage, both towards its CUDA kernel (SPEC
+    section 7): each axis is padded by its own amount (InternImage pads H by
+    pad_w and W by pad_h), and the sampling grid is built in the input's
+    dtype (InternImage builds it in float32, which rounds float64 locations
+    and cannot be sampled with a half input).
+
+    Args:
+        input: (N, H, W, G * C_g), channels last.
+        offset: (N, H_out, W_out, G * K * 2), per group K (dx, dy) pairs in
+            pixels; point k = i * kh + j for column i < kw and row j < kh.
+        mask: (N, H_out, W_out, G * K), the points' weights.
+        kernel_size, stride, padding, dilation: int or (h, w).
+        groups: G.
+        offset_scale: scales both the dilation grid and the offsets.
+        remove_center: skip the centre point (odd square kernels), so
+            K = kh * kw - 1 rather than kh * kw.
+
+    Returns:
+        (N, H_out, W_out, G * C_g).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    (kh, kw), (sh, sw) = _pair(kernel_size), _pair(stride)
+    (ph, pw), (dh, dw) = _pair(padding), _pair(dilation)
+    if remove_center and (kh != kw or kh % 2 == 0):
+        raise ValueError(f"remove_center needs an odd square kernel, got {(kh, kw)}")
+    n, h, w, channels = input.shape
+    if channels % groups:
+        raise ValueError(f"input's {channels} channels do not divide into {groups} groups")
+    group_channels = channels // groups
+    points = kh * kw - int(bool(remove_center))
+    # F.pad takes the last dimension first: channels, then W, then H.
+    padded = F.pad(input, (0, 0, pw, pw, ph, ph))
+    hp, wp = h + 2 * ph, w + 2 * pw
+    ho = (hp - (dh * (kh - 1) + 1)) // sh + 1
+    wo = (wp - (dw * (kw - 1) + 1)) // sw + 1
+    like = dict(dtype=input.dtype, device=input.device)
+
+    # Locations in pixels of the padded map. grid_sample's pixel p covers
+    # [p, p + 1) (align_corners=False), hence the half pixel on the centres.
+    reach_h, reach_w = dh * (kh - 1) // 2, dw * (kw - 1) // 2
+    centre_x = reach_w + 0.5 + sw * torch.arange(wo, **like)
+    centre_y = reach_h + 0.5 + sh * torch.arange(ho, **like)
+    centres = torch.stack(torch.meshgrid(centre_x, centre_y, indexing="xy"), -1)  # (Ho, Wo, 2)
+    tap_x = (dw * torch.arange(kw, **like) - reach_w).repeat_interleave(kh)  # x outer
+    tap_y = (dh * torch.arange(kh, **like) - reach_h).repeat(kw)  # y inner
+    taps = torch.stack([tap_x, tap_y], -1)  # (kh * kw, 2)
+    if remove_center:
+        taps = torch.cat([taps[:kh * kw // 2], taps[kh * kw // 2 + 1:]])
+    offsets = offset.reshape(n, ho, wo, groups, points, 2)
+    locations = centres[:, :, None, None] + (taps + offsets) * offset_scale  # (N, Ho, Wo, G, K, 2)
+    grid = 2 * locations / torch.tensor([wp, hp], **like) - 1
+
+    maps = padded.reshape(n, hp, wp, groups, group_channels).permute(0, 3, 4, 1, 2)
+    grid = grid.permute(0, 3, 1, 2, 4, 5).reshape(n * groups, ho * wo, points, 2)
+    samples = F.grid_sample(maps.reshape(n * groups, group_channels, hp, wp), grid,
+                            mode="bilinear", padding_mode="zeros",
+                            align_corners=False)  # (N * G, C_g, Ho * Wo, K)
+    weights = mask.reshape(n, ho * wo, groups, points).transpose(1, 2)
+    out = (samples * weights.reshape(n * groups, 1, ho * wo, points)).sum(-1)
+    return out.reshape(n, channels, ho * wo).transpose(1, 2).reshape(n, ho, wo, channels)
+
+
+def grid_sample_dcnv4(input, offset_mask, kernel_size, stride=1, padding=0, dilation=1,
+                      groups=1, offset_scale=1.0, remove_center=False):
+    """DCNv4's core (torch tensors): :func:`grid_sample_dcnv3` on the
+    offsets and mask unpacked from DCNv4's ``offset_mask``, as DCNv4's own
+    tests compare it with DCNv3 (no softmax).
+
+    Args:
+        input: (N, H, W, G * C_g), channels last.
+        offset_mask: (N, H_out, W_out, D_pad), D_pad >= G * 3K: per group g,
+            the values g * 3K ... g * 3K + 2K - 1 are the K (dx, dy) pairs and
+            the next K the mask; the rest (DCNv4 pads to a multiple of 8) is
+            ignored.
+        kernel_size, stride, padding, dilation, groups, offset_scale,
+        remove_center: as in :func:`grid_sample_dcnv3`.
+
+    Returns:
+        (N, H_out, W_out, G * C_g).
+    """
+    kh, kw = _pair(kernel_size)
+    points = kh * kw - int(bool(remove_center))
+    packed = offset_mask[..., :groups * 3 * points]
+    per_group = packed.reshape(*packed.shape[:-1], groups, 3 * points)
+    offset = per_group[..., :2 * points].flatten(-2)
+    mask = per_group[..., 2 * points:].flatten(-2)
+    return grid_sample_dcnv3(input, offset, mask, kernel_size, stride, padding, dilation, groups,
+                             offset_scale, remove_center)

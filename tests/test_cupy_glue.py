@@ -15,13 +15,14 @@ import pytest
 
 import cudcn
 from cudcn import _blas, _gpu_build, _kernels, _launch
-from cudcn.testing import (deform_conv2d_inputs, deform_psroi_pool_inputs, deform_roi_pool_inputs,
-                           ms_deform_attn_inputs)
+from cudcn.testing import (dcnv3_inputs, deform_conv2d_inputs, deform_psroi_pool_inputs,
+                           deform_roi_pool_inputs, ms_deform_attn_inputs)
 
 import cupy_double
 from conftest import assert_close
 from deform_conv2d_cases import CASES as CONV_CASES
 from test_ms_deform_attn import CASES as MSDA_CASES
+from test_dcnv3 import CASES as DCNV3_CASES
 from test_psroi_pool import CASES as PSROI_CASES
 from test_roi_pool import CASES as ROI_CASES
 
@@ -81,8 +82,24 @@ def _msda(put, case, dtype, deterministic):
     return dict(output=out, **{f"grad {k}": v for k, v in grads._asdict().items()})
 
 
+def _dcnv3(put, case, dtype, deterministic):
+    """Both packings: DCNv4's with the same geometry."""
+    results = {}
+    for packed, (op, backward) in ((False, (cudcn.dcnv3, cudcn.dcnv3_backward)),
+                                   (True, (cudcn.dcnv4, cudcn.dcnv4_backward))):
+        args = _put(put, dcnv3_inputs(dtype=dtype, packed=packed, seed=13, **case))
+        out = op(**args)
+        grad = put(np.random.default_rng(14).standard_normal(out.shape).astype(dtype))
+        grads = backward(grad, **args, deterministic=deterministic)
+        name = "dcnv4" if packed else "dcnv3"
+        results.update({f"{name} output": out,
+                        **{f"{name} grad {k}": v for k, v in grads._asdict().items()}})
+    return results
+
+
 OPS = {"deform_conv2d": (_conv, CONV_CASES), "deform_roi_pool": (_roi, ROI_CASES),
-       "deform_psroi_pool": (_psroi, PSROI_CASES), "ms_deform_attn": (_msda, MSDA_CASES)}
+       "deform_psroi_pool": (_psroi, PSROI_CASES), "ms_deform_attn": (_msda, MSDA_CASES),
+       "dcnv3": (_dcnv3, DCNV3_CASES)}
 GRID = [pytest.param(op, case, id=f"{op}-{name}")
         for op, (_, cases) in OPS.items() for name, case in cases.items()]
 

@@ -17,7 +17,7 @@ from cudcn.cli import gpu_plan
 
 pytest.importorskip("cudcn._nvrtc")
 ARCHS = ("sm_80", "sm_90")
-OPS = {"deform_conv2d", "deform_roi_pool", "deform_psroi_pool", "ms_deform_attn"}
+OPS = {"deform_conv2d", "deform_roi_pool", "deform_psroi_pool", "ms_deform_attn", "dcnv3"}
 # The CPU's own kernels, never launched on a GPU (the 'planes' strategy).
 CPU_ONLY = {k.name.rsplit("::", 1)[-1] for k in _kernels.KERNELS
             if k.name.endswith("_planes") or k.name.endswith("_corners")}

@@ -22,8 +22,8 @@ import json
 import numpy as np
 
 from .. import _device, _kernels, _launch, _sources
-from ..testing import (deform_conv2d_inputs, deform_psroi_pool_inputs, deform_roi_pool_inputs,
-                       ms_deform_attn_inputs)
+from ..testing import (dcnv3_inputs, deform_conv2d_inputs, deform_psroi_pool_inputs,
+                       deform_roi_pool_inputs, ms_deform_attn_inputs)
 
 # The asv suite's shapes: deform_conv2d at ResNet stages (N, C, H = W), 3x3,
 # padding 1, with mask; 512 RoIs on a stride-16 map for the poolings.
@@ -35,10 +35,14 @@ ROIS = 512
 # pixels of every level, the decoder's 300 objects.
 MSDA_LEVELS = ((64, 64), (32, 32), (16, 16), (8, 8))
 MSDA_QUERIES = (("encoder", 5440), ("decoder", 300))
+# DCNv3 at InternImage-T's stages (batch 2, 3x3, padding 1, groups of 16
+# channels); the last stage's 7x7 map is the smallest launch.
+DCNV3_STAGES = ((56, 64, 4), (28, 128, 8), (14, 256, 16), (7, 512, 32))
 
 # Their results steer later launches (what is sorted, how many entries).
 STEERING = {_kernels.DEFORM_CONV2D_SCATTER_ENTRIES, _kernels.DEFORM_ROI_POOL_SCATTER_ENTRIES,
-            _kernels.DEFORM_PSROI_POOL_SCATTER_ENTRIES, _kernels.MS_DEFORM_ATTN_SCATTER_ENTRIES}
+            _kernels.DEFORM_PSROI_POOL_SCATTER_ENTRIES, _kernels.MS_DEFORM_ATTN_SCATTER_ENTRIES,
+            _kernels.DCNV3_SCATTER_ENTRIES}
 
 
 @dataclasses.dataclass
@@ -141,6 +145,11 @@ def _cases(dtype, conv_shapes):
                                      shapes=MSDA_LEVELS, points=4, dtype=dtype, seed=0)
         yield ("ms_deform_attn", f"{name} Lq={queries} 8x32 L=4 P=4", msda,
                cudcn.ms_deform_attn, cudcn.ms_deform_attn_backward)
+    for size, channels, groups in DCNV3_STAGES:
+        dcn = dcnv3_inputs(batch=2, size=(size, size), groups=groups,
+                           group_channels=channels // groups, dtype=dtype, seed=0)
+        yield ("dcnv3", f"N=2 C={channels} G={groups} {size}x{size} 3x3", dcn, cudcn.dcnv3,
+               cudcn.dcnv3_backward)
 
 
 def plan(target, dtype="float32", conv_shapes=CONV_SHAPES, on_device=False):

@@ -10,6 +10,7 @@ torchvision's), and the functions are ``torch.fx`` leaves.
 
 from ._errors import ArgumentTypeError, ArgumentValueError
 from .convert import convert_to_deformable, param_groups
+from .dcn_modules import DCNv3, DCNv4
 from .hub_kernels import kernelize
 from .modules import (
     DeformConv2d,
@@ -21,7 +22,7 @@ from .modules import (
     ModulatedDeformRoIPoolPack,
     MultiScaleDeformableAttention,
 )
-from .ops import deform_conv2d, deform_psroi_pool, deform_roi_pool, ms_deform_attn
+from .ops import dcnv3, dcnv4, deform_conv2d, deform_psroi_pool, deform_roi_pool, ms_deform_attn
 from . import onnx_export as _onnx_export
 
 _onnx_export.register()  # torch.onnx.export writes cudcn's ops as standard ONNX
@@ -29,6 +30,8 @@ _onnx_export.register()  # torch.onnx.export writes cudcn's ops as standard ONNX
 __all__ = [
     "ArgumentTypeError",
     "ArgumentValueError",
+    "DCNv3",
+    "DCNv4",
     "DeformConv2d",
     "DeformConv2dPack",
     "DeformPSRoIPool",
@@ -38,6 +41,8 @@ __all__ = [
     "ModulatedDeformRoIPoolPack",
     "MultiScaleDeformableAttention",
     "convert_to_deformable",
+    "dcnv3",
+    "dcnv4",
     "deform_conv2d",
     "deform_psroi_pool",
     "deform_roi_pool",

@@ -461,8 +461,139 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
                               attention_weights, im2col_step, points_per_level)
 
 
+# --- dcnv3 / dcnv4 --------------------------------------------------------
+
+def _dcnv3_output(input, kernel_size, stride, padding, dilation):
+    n, h, w, channels = input.shape
+    size = [(s + 2 * p - (d * (k - 1) + 1)) // st + 1 for s, p, d, k, st in
+            zip((h, w), padding, dilation, kernel_size, stride)]
+    return input.new_empty((n, *size, channels))
+
+
+def _dcnv3_impl(input: Tensor, offset: Tensor, mask: Tensor, kernel_size: List[int],
+                stride: List[int], padding: List[int], dilation: List[int], groups: int,
+                offset_scale: float, remove_center: bool) -> Tensor:
+    return _run(input, cudcn.dcnv3, input, offset, mask, tuple(kernel_size), tuple(stride),
+                tuple(padding), tuple(dilation), groups, offset_scale, remove_center)
+
+
+_dcnv3 = _custom_op("dcnv3", _dcnv3_impl)
+
+
+@_dcnv3.register_fake
+def _(input, offset, mask, kernel_size, stride, padding, dilation, groups, offset_scale,
+      remove_center):
+    return _dcnv3_output(input, kernel_size, stride, padding, dilation)
+
+
+def _dcnv3_backward_impl(grad: Tensor, input: Tensor, offset: Tensor, mask: Tensor,
+                         kernel_size: List[int], stride: List[int], padding: List[int],
+                         dilation: List[int], groups: int, offset_scale: float,
+                         remove_center: bool, needs: List[bool],
+                         deterministic: bool) -> List[Tensor]:
+    return _run(input, cudcn.dcnv3_backward, grad, input, offset, mask, tuple(kernel_size),
+                tuple(stride), tuple(padding), tuple(dilation), groups, offset_scale,
+                remove_center, needs=_wanted(cudcn.DCNv3Grads._fields, needs),
+                deterministic=deterministic)
+
+
+_dcnv3_backward = _custom_op("dcnv3_backward", _dcnv3_backward_impl)
+
+
+@_dcnv3_backward.register_fake
+def _(grad, input, offset, mask, kernel_size, stride, padding, dilation, groups, offset_scale,
+      remove_center, needs, deterministic):
+    return _fake_grads((input, offset, mask), needs)
+
+
+_dcnv3_op = _Op("dcnv3", _dcnv3_impl, _dcnv3_backward_impl, 3, (0, 1, 2))
+
+
+def _dcnv4_impl(input: Tensor, offset_mask: Tensor, kernel_size: List[int], stride: List[int],
+                padding: List[int], dilation: List[int], groups: int, offset_scale: float,
+                remove_center: bool) -> Tensor:
+    return _run(input, cudcn.dcnv4, input, offset_mask, tuple(kernel_size), tuple(stride),
+                tuple(padding), tuple(dilation), groups, offset_scale, remove_center)
+
+
+_dcnv4 = _custom_op("dcnv4", _dcnv4_impl)
+
+
+@_dcnv4.register_fake
+def _(input, offset_mask, kernel_size, stride, padding, dilation, groups, offset_scale,
+      remove_center):
+    return _dcnv3_output(input, kernel_size, stride, padding, dilation)
+
+
+def _dcnv4_backward_impl(grad: Tensor, input: Tensor, offset_mask: Tensor,
+                         kernel_size: List[int], stride: List[int], padding: List[int],
+                         dilation: List[int], groups: int, offset_scale: float,
+                         remove_center: bool, needs: List[bool],
+                         deterministic: bool) -> List[Tensor]:
+    return _run(input, cudcn.dcnv4_backward, grad, input, offset_mask, tuple(kernel_size),
+                tuple(stride), tuple(padding), tuple(dilation), groups, offset_scale,
+                remove_center, needs=_wanted(cudcn.DCNv4Grads._fields, needs),
+                deterministic=deterministic)
+
+
+_dcnv4_backward = _custom_op("dcnv4_backward", _dcnv4_backward_impl)
+
+
+@_dcnv4_backward.register_fake
+def _(grad, input, offset_mask, kernel_size, stride, padding, dilation, groups, offset_scale,
+      remove_center, needs, deterministic):
+    return _fake_grads((input, offset_mask), needs)
+
+
+_dcnv4_op = _Op("dcnv4", _dcnv4_impl, _dcnv4_backward_impl, 2, (0, 1))
+
+
+def _dcnv3_params(kernel_size, stride, padding, dilation, groups, offset_scale, remove_center):
+    """The ops' non-tensor arguments, checked, in the schema's types."""
+    if not isinstance(remove_center, bool):
+        raise TypeError(f"remove_center must be a bool, got {type(remove_center).__name__}")
+    return (list(_checks.int_pair("kernel_size", kernel_size, 1)),
+            list(_checks.int_pair("stride", stride, 1)),
+            list(_checks.int_pair("padding", padding, 0)),
+            list(_checks.int_pair("dilation", dilation, 1)),
+            _checks.integer("groups", groups, 1), _checks.real("offset_scale", offset_scale),
+            remove_center)
+
+
+@_fx.leaf
+@_errors.torch_errors
+def dcnv3(input, offset, mask, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+          offset_scale=1.0, remove_center=False):
+    """InternImage's DCNv3 core (``DCNv3Function``), run by cudcn;
+    differentiable in input, offset and mask. Channels-last: input
+    (N, H, W, G * C), offset (N, H_out, W_out, G * K * 2), mask
+    (N, H_out, W_out, G * K); see :func:`cudcn.dcnv3`."""
+    _bridge.check_tensors(input=input, offset=offset, mask=mask)
+    input, offset, mask = _autocast(input, offset, mask)
+    params = _dcnv3_params(kernel_size, stride, padding, dilation, groups, offset_scale,
+                           remove_center)
+    return _dcnv3_op(input, offset, mask, *params)
+
+
+@_fx.leaf
+@_errors.torch_errors
+def dcnv4(input, offset_mask, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+          offset_scale=1.0, remove_center=False):
+    """FlashInternImage's DCNv4 core (``DCNv4Function``), run by cudcn;
+    differentiable in input and offset_mask (its padding channels get zero
+    gradient). input (N, H, W, G * C), offset_mask (N, H_out, W_out,
+    D >= G * 3K); see :func:`cudcn.dcnv4`."""
+    _bridge.check_tensors(input=input, offset_mask=offset_mask)
+    input, offset_mask = _autocast(input, offset_mask)
+    params = _dcnv3_params(kernel_size, stride, padding, dilation, groups, offset_scale,
+                           remove_center)
+    return _dcnv4_op(input, offset_mask, *params)
+
+
 # FX leaves also through this module's globals (what torchvision does).
 torch.fx.wrap("deform_conv2d")
 torch.fx.wrap("deform_roi_pool")
 torch.fx.wrap("deform_psroi_pool")
 torch.fx.wrap("ms_deform_attn")
+torch.fx.wrap("dcnv3")
+torch.fx.wrap("dcnv4")

@@ -352,10 +352,10 @@ _DCNV3_GEOMETRY = tuple(
     (name, "int")
     for name in ("batch", "height", "width", "out_h", "out_w", "groups", "group_channels",
                  "kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w", "dil_h",
-                 "dil_w", "points", "remove_center", "offset_pixel_stride",
+                 "dil_w", "points", "offset_pixel_stride",
                  "offset_group_stride", "mask_pixel_stride", "mask_group_stride")
 ) + (("offset_scale", "A"),)
-_DCNV3_SAMPLING = (("offset", "const T*"), ("mask", "const T*"))
+_DCNV3_SAMPLING = (("offset", "const T*"), ("mask", "const T*"), ("point_grid", "const I*"))
 
 DCNV3_FORWARD = Kernel(
     "cudcn::dcnv3_forward",

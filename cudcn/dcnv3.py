@@ -10,6 +10,8 @@ mask packed in one array per pixel (padded; the padding is ignored).
 
 import collections
 
+import numpy as np
+
 from . import _backend, _checks, _kernels, _launch, _point_sampling
 
 DCNv3Grads = collections.namedtuple("DCNv3Grads", ("input", "offset", "mask"))
@@ -109,11 +111,15 @@ class _DCNv3:
         self.planes = n * groups  # the planes strategy's (n, group)
         self.index = _launch.index_type(self.value.size, self.offset.size, self.mask.size,
                                         n * out_h * out_w * channels, 4 * self.heads_total * k)
+        # (i * dil_w, j * dil_h) of each kernel point: x-outer, y-inner, the centre skipped.
+        grid = [(i * dw, j * dh) for i in range(kw) for j in range(kh)
+                if not (remove_center and i == kw // 2 and j == kh // 2)]
+        point_grid = xp.asarray(np.array(grid, dtype=_kernels.INDEX_DTYPES[self.index]))
         self._values = dict(
-            offset=self.offset, mask=self.mask, batch=n, height=h, width=w, out_h=out_h,
-            out_w=out_w, groups=groups, group_channels=self.channels, kernel_h=kh, kernel_w=kw,
-            stride_h=sh, stride_w=sw, pad_h=ph, pad_w=pw, dil_h=dh, dil_w=dw, points=k,
-            remove_center=int(remove_center), offset_scale=offset_scale, **strides)
+            offset=self.offset, mask=self.mask, point_grid=point_grid, batch=n, height=h,
+            width=w, out_h=out_h, out_w=out_w, groups=groups, group_channels=self.channels,
+            kernel_h=kh, kernel_w=kw, stride_h=sh, stride_w=sw, pad_h=ph, pad_w=pw, dil_h=dh,
+            dil_w=dw, points=k, offset_scale=offset_scale, **strides)
 
     def values(self):
         return self._values

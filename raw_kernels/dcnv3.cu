@@ -18,7 +18,8 @@
 // offset and mask are written through separate, unrestricted pointers).
 //
 // Kernel points run x-outer, y-inner, k = i * kernel_h + j, the centre
-// skipped with remove_center; a point samples at
+// skipped with remove_center (point_grid lists their (i * dil_w, j * dil_h),
+// so that no thread divides by the kernel's height); a point samples at
 //   x = p0_x - half_x * scale + (i * dil_w + dx) * scale,
 //   p0_x = half_x - pad_w + wo * stride_w, half_x = (dil_w * (kernel_w - 1)) / 2,
 // likewise y, bilinearly with zero corners (no half-pixel shift), only if
@@ -27,28 +28,52 @@
 
 namespace cudcn {
 
+#define CUDCN_DCNV3_SAMPLING \
+  const T* __restrict__ offset, const T* __restrict__ mask, const I* __restrict__ point_grid
 #define CUDCN_DCNV3_PARAMS                                                                    \
   int batch, int height, int width, int out_h, int out_w, int groups, int group_channels,     \
       int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, \
-      int dil_w, int points, int remove_center, int offset_pixel_stride,                      \
-      int offset_group_stride, int mask_pixel_stride, int mask_group_stride,                  \
-      acc_t<T> offset_scale
+      int dil_w, int points, int offset_pixel_stride, int offset_group_stride,                \
+      int mask_pixel_stride, int mask_group_stride, acc_t<T> offset_scale
 #define CUDCN_DCNV3_POINTS                                                                    \
   const SamplingGeometry s = {batch, height * width, out_h * out_w, groups, group_channels,    \
                               points, 1};                                                     \
-  const DCNv3Points<T, I> at_points = {offset, mask, width, height, out_w, kernel_h, kernel_w, \
-                                       stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,        \
-                                       remove_center, offset_pixel_stride,                    \
+  const DCNv3Points<T, I> at_points = {offset, mask, point_grid, width, height, out_w,        \
+                                       kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,  \
+                                       dil_h, dil_w, offset_pixel_stride,                     \
                                        offset_group_stride, mask_pixel_stride,                \
                                        mask_group_stride, offset_scale, s}
+
+// The points of one head, the flat (n, output pixel, group): where each samples.
+template <typename T, typename I>
+struct DCNv3Head {
+  const T* offset;      // the head's first (dx, dy)
+  const T* mask;        // the head's first mask value
+  const I* point_grid;  // (i * dil_w, j * dil_h) of each kernel point
+  I image_row;          // n * H * W
+  acc_t<T> p0_x, p0_y;  // where the scaled kernel grid starts
+  acc_t<T> scale;
+  int height, width;
+
+  CUDCN_DEVICE SampledPoint<acc_t<T>, I> at(int p) const {
+    using A = acc_t<T>;
+    SampledPoint<A, I> pt;
+    pt.first_row = image_row;
+    const A x = p0_x + (A(load(point_grid + 2 * p)) + load(offset + 2 * p)) * scale;
+    const A y = p0_y + (A(load(point_grid + 2 * p + 1)) + load(offset + 2 * p + 1)) * scale;
+    pt.weight = load(mask + p);
+    pt.corners = bilinear_corners<A, I>(y, x, height, width);
+    return pt;
+  }
+};
 
 template <typename T, typename I>
 struct DCNv3Points {
   const T* offset;
   const T* mask;
+  const I* point_grid;
   int width, height, out_w, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
-  int remove_center, offset_pixel_stride, offset_group_stride, mask_pixel_stride,
-      mask_group_stride;
+  int offset_pixel_stride, offset_group_stride, mask_pixel_stride, mask_group_stride;
   acc_t<T> scale;
   SamplingGeometry s;
 
@@ -63,43 +88,32 @@ struct DCNv3Points {
     return (head / s.heads) * mask_pixel_stride + I(head % s.heads) * mask_group_stride + p;
   }
 
-  CUDCN_DEVICE SampledPoint<acc_t<T>, I> at(I head, int p) const {
+  // InternImage's arithmetic: p0 = half - pad + wo * stride as an int, then
+  // minus half * scale in the accumulation type.
+  CUDCN_DEVICE DCNv3Head<T, I> head(I h) const {
     using A = acc_t<T>;
-    SampledPoint<A, I> pt;
-    const I pixel = head / s.heads;
+    const I pixel = h / s.heads;
     const int q = static_cast<int>(pixel % s.queries);
     const int ho = q / out_w, wo = q % out_w;
-    pt.first_row = (pixel / s.queries) * s.spatial;
-    // The kernel point: with remove_center, those after the centre move up one.
-    const int center = (kernel_w / 2) * kernel_h + kernel_h / 2;
-    const int k = remove_center && p >= center ? p + 1 : p;
-    const int i = k / kernel_h, j = k % kernel_h;
     const int half_x = (dil_w * (kernel_w - 1)) >> 1;
     const int half_y = (dil_h * (kernel_h - 1)) >> 1;
-    const A p0_x = A(half_x - pad_w + wo * stride_w) - A(half_x) * scale;
-    const A p0_y = A(half_y - pad_h + ho * stride_h) - A(half_y) * scale;
-    const I at_offset = offset_at(head, p);
-    const A x = p0_x + (A(i * dil_w) + load(offset + at_offset)) * scale;
-    const A y = p0_y + (A(j * dil_h) + load(offset + at_offset + 1)) * scale;
-    pt.weight = load(mask + mask_at(head, p));
-    pt.corners = bilinear_corners<A, I>(y, x, height, width);
-    return pt;
+    return {offset + offset_at(h, 0), mask + mask_at(h, 0), point_grid,
+            (pixel / s.queries) * s.spatial, A(half_x - pad_w + wo * stride_w) - A(half_x) * scale,
+            A(half_y - pad_h + ho * stride_h) - A(half_y) * scale, scale, height, width};
   }
 };
 
 template <typename T, typename I>
-__global__ void dcnv3_forward(const T* __restrict__ value, const T* __restrict__ offset,
-                              const T* __restrict__ mask, T* __restrict__ output, I n,
-                              int channel_block, CUDCN_DCNV3_PARAMS) {
+__global__ void dcnv3_forward(const T* __restrict__ value, CUDCN_DCNV3_SAMPLING,
+                              T* __restrict__ output, I n, int channel_block,
+                              CUDCN_DCNV3_PARAMS) {
   CUDCN_DCNV3_POINTS;
   CUDCN_KERNEL_LOOP(i, I, n) sample_forward(value, at_points, output, i, channel_block, s);
 }
 
 template <typename T, typename I>
 __global__ void dcnv3_backward_points_partial(const T* __restrict__ grad_output,
-                                              const T* __restrict__ value,
-                                              const T* __restrict__ offset,
-                                              const T* __restrict__ mask,
+                                              const T* __restrict__ value, CUDCN_DCNV3_SAMPLING,
                                               acc_t<T>* __restrict__ partials, I n,
                                               int channel_block, CUDCN_DCNV3_PARAMS) {
   CUDCN_DCNV3_POINTS;
@@ -114,10 +128,9 @@ __global__ void dcnv3_backward_points_partial(const T* __restrict__ grad_output,
 // g * sample. A point outside the window has zero sums.
 template <typename T, typename I>
 __global__ void dcnv3_backward_points_reduce(const acc_t<T>* __restrict__ partials,
-                                             const T* __restrict__ offset,
-                                             const T* __restrict__ mask, T* grad_offset,
-                                             T* grad_mask, I n, int blocks, int want_offset,
-                                             int want_mask, CUDCN_DCNV3_PARAMS) {
+                                             CUDCN_DCNV3_SAMPLING, T* grad_offset, T* grad_mask,
+                                             I n, int blocks, int want_offset, int want_mask,
+                                             CUDCN_DCNV3_PARAMS) {
   CUDCN_DCNV3_POINTS;
   using A = acc_t<T>;
   CUDCN_KERNEL_LOOP(i, I, n) {
@@ -136,8 +149,7 @@ __global__ void dcnv3_backward_points_reduce(const acc_t<T>* __restrict__ partia
 }
 
 template <typename T, typename I>
-__global__ void dcnv3_backward_value(const T* __restrict__ grad_output,
-                                     const T* __restrict__ offset, const T* __restrict__ mask,
+__global__ void dcnv3_backward_value(const T* __restrict__ grad_output, CUDCN_DCNV3_SAMPLING,
                                      acc_t<T>* __restrict__ grad_value, I n, int channel_block,
                                      CUDCN_DCNV3_PARAMS) {
   CUDCN_DCNV3_POINTS;
@@ -148,9 +160,7 @@ __global__ void dcnv3_backward_value(const T* __restrict__ grad_output,
 
 template <typename T, typename I>
 __global__ void dcnv3_backward_value_planes(const T* __restrict__ grad_output,
-                                            const T* __restrict__ value,
-                                            const T* __restrict__ offset,
-                                            const T* __restrict__ mask,
+                                            const T* __restrict__ value, CUDCN_DCNV3_SAMPLING,
                                             acc_t<T>* __restrict__ grad_value,
                                             acc_t<T>* __restrict__ partials, I n,
                                             int want_points, CUDCN_DCNV3_PARAMS) {
@@ -162,8 +172,8 @@ __global__ void dcnv3_backward_value_planes(const T* __restrict__ grad_output,
 }
 
 template <typename T, typename I>
-__global__ void dcnv3_scatter_entries(const T* __restrict__ offset, const T* __restrict__ mask,
-                                      I* __restrict__ keys, I* __restrict__ sources,
+__global__ void dcnv3_scatter_entries(CUDCN_DCNV3_SAMPLING, I* __restrict__ keys,
+                                      I* __restrict__ sources,
                                       acc_t<T>* __restrict__ entry_weights, I n,
                                       CUDCN_DCNV3_PARAMS) {
   CUDCN_DCNV3_POINTS;

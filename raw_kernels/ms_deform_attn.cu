@@ -25,7 +25,30 @@ namespace cudcn {
   const SamplingGeometry s = {batch, spatial, queries, heads, channels, points, num_levels}; \
   const AttnPoints<T, I> at_points = {levels, point_level, locations, weights, s}
 
-// Where the points of a head (the flat (n, q, m)) sample.
+// The points of one head (the flat (n, q, m)): where each samples.
+template <typename T, typename I>
+struct AttnHead {
+  const I* levels;
+  const I* point_level;
+  const T* locations;  // the head's first point's
+  const T* weights;    // likewise
+  I image_row;         // n * S
+
+  CUDCN_DEVICE SampledPoint<acc_t<T>, I> at(int p) const {
+    using A = acc_t<T>;
+    SampledPoint<A, I> pt;
+    const I level = load(point_level + p);
+    const int height = static_cast<int>(load(levels + level * 3));
+    const int width = static_cast<int>(load(levels + level * 3 + 1));
+    pt.first_row = image_row + load(levels + level * 3 + 2);
+    const A x = load(locations + 2 * p) * A(width) - A(0.5);
+    const A y = load(locations + 2 * p + 1) * A(height) - A(0.5);
+    pt.weight = load(weights + p);
+    pt.corners = bilinear_corners<A, I>(y, x, height, width);
+    return pt;
+  }
+};
+
 template <typename T, typename I>
 struct AttnPoints {
   const I* levels;
@@ -36,20 +59,10 @@ struct AttnPoints {
 
   CUDCN_DEVICE int level(int p) const { return static_cast<int>(load(point_level + p)); }
 
-  CUDCN_DEVICE SampledPoint<acc_t<T>, I> at(I head, int p) const {
-    using A = acc_t<T>;
-    SampledPoint<A, I> pt;
-    const int lvl = level(p);
-    const int height = static_cast<int>(load(levels + lvl * 3));
-    const int width = static_cast<int>(load(levels + lvl * 3 + 1));
-    const I n = head / (I(s.queries) * s.heads);
-    pt.first_row = n * s.spatial + load(levels + lvl * 3 + 2);
-    const I flat = head * s.points + p;
-    const A x = load(locations + 2 * flat) * A(width) - A(0.5);
-    const A y = load(locations + 2 * flat + 1) * A(height) - A(0.5);
-    pt.weight = load(weights + flat);
-    pt.corners = bilinear_corners<A, I>(y, x, height, width);
-    return pt;
+  CUDCN_DEVICE AttnHead<T, I> head(I h) const {
+    const I first = h * s.points;
+    return {levels, point_level, locations + 2 * first, weights + first,
+            (h / (I(s.queries) * s.heads)) * s.spatial};
   }
 };
 

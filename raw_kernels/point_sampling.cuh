@@ -11,9 +11,13 @@
 // BilinearCorners, with weight `weight` (an attention weight, a mask value).
 //
 // A `Points` type is a small struct of the op's arrays with
-//   SampledPoint<A, I> at(I head, int p) const
+//   Head head(I head) const      // what a head's points share, computed once
 //   int level(int p) const       // the map a point samples (0 for DCNv3)
-// and every kernel below takes it by value with the SamplingGeometry.
+// where Head has SampledPoint<A, I> at(int p) const; every kernel below
+// takes it with the SamplingGeometry. Whatever needs a division (the
+// head's image, pixel, group) belongs in head(): integer divisions cost
+// more than a point's arithmetic, and a thread meets a head's points in a
+// row.
 //
 // Thread mappings. Forward: one thread per (head, block of channels),
 // channels fastest; a thread reads each point's geometry once per kLanes
@@ -133,12 +137,13 @@ CUDCN_DEVICE void sample_forward(const T* value, const Points& points, T* output
   const int c_end = min(c_begin + channel_block, s.channels);
   T* out = output + head * s.channels;
   CornerRows<T> rows;
+  const auto head_points = points.head(head);
   for (int c0 = c_begin; c0 < c_end; c0 += kLanes) {
     const int lanes = min(kLanes, c_end - c0);
     A acc[kLanes];
     for (int l = 0; l < kLanes; ++l) acc[l] = A(0);
     for (int p = 0; p < s.points; ++p) {
-      const SampledPoint<A, I> pt = points.at(head, p);
+      const SampledPoint<A, I> pt = head_points.at(p);
       if (!pt.corners.inside) continue;
       const BilinearCorners<A, I>& q = pt.corners;
       rows.at(value, pt, m, c0, s);
@@ -152,20 +157,19 @@ CUDCN_DEVICE void sample_forward(const T* value, const Points& points, T* output
   }
 }
 
-// d(sample)/dy and d(sample)/dx of one channel, given its four corner values:
-// the derivative on the cell [y0, y0 + 1] x [x0, x0 + 1].
-template <typename A, typename I>
-CUDCN_DEVICE void sample_partials(const BilinearCorners<A, I>& q, const A v[4], A& dy, A& dx) {
-  const A hy = A(1) - q.frac_y, ly = q.frac_y, hx = A(1) - q.frac_x, lx = q.frac_x;
-  dy = -hx * v[0] - lx * v[1] + hx * v[2] + lx * v[3];
-  dx = -hy * v[0] + hy * v[1] - ly * v[2] + ly * v[3];
-}
-
 // The sums a point's gradients need, over one block of channels c: of
 // g_c * sample_c, g_c * d(sample_c)/dy and g_c * d(sample_c)/dx, stored at
-// partials[3 * slot + 0, 1, 2]. On the CPU in kPointLanes lanes added in
-// order at the end, which the host compiler keeps in vector registers; on a
-// GPU one lane, since a thread's registers bound its occupancy there.
+// partials[3 * slot + 0, 1, 2]. All three are linear in the corners' values,
+// so they come from the four dot products d_j = sum of g_c * v_{j, c}
+// (corner j's channels against the incoming gradient): sample = sum of
+// w_j d_j, and on the cell [y0, y0 + 1] x [x0, x0 + 1]
+//   d/dy = -(1 - fx) d_0 - fx d_1 + (1 - fx) d_2 + fx d_3,
+//   d/dx = -(1 - fy) d_0 + (1 - fy) d_1 - fy d_2 + fy d_3,
+// four multiply-adds a channel instead of one sample and its two
+// derivatives each. On the CPU the dot products run in kPointLanes lanes
+// added in order at the end, which the host compiler keeps in vector
+// registers; on a GPU in one, since a thread's registers bound its
+// occupancy there.
 #ifdef CUDCN_GPU
 constexpr int kPointLanes = 1;
 #else
@@ -181,31 +185,27 @@ CUDCN_DEVICE void point_sums(const T* grad_output, const T* value, const Sampled
     const BilinearCorners<A, I>& q = pt.corners;
     const T* g = grad_output + head * s.channels;
     CornerRows<T> rows;
-    A lane_w[kPointLanes];
-    A lane_y[kPointLanes];
-    A lane_x[kPointLanes];
-    for (int l = 0; l < kPointLanes; ++l) lane_w[l] = lane_y[l] = lane_x[l] = A(0);
+    A lane_dot[4][kPointLanes];
+    for (int j = 0; j < 4; ++j) {
+      for (int l = 0; l < kPointLanes; ++l) lane_dot[j][l] = A(0);
+    }
     for (int c0 = c_begin; c0 < c_end; c0 += kPointLanes) {
       const int lanes = min(kPointLanes, c_end - c0);
       rows.at(value, pt, m, c0, s);
       for (int l = 0; l < lanes; ++l) {
-        A corner[4];
-        for (int j = 0; j < 4; ++j) corner[j] = rows.load_at(q, j, l);
-        A sample = A(0);
-        for (int j = 0; j < 4; ++j) sample += q.weight[j] * corner[j];
-        A dy, dx;
-        sample_partials(q, corner, dy, dx);
         const A gc = load(g + c0 + l);
-        lane_w[l] += gc * sample;
-        lane_y[l] += gc * dy;
-        lane_x[l] += gc * dx;
+        for (int j = 0; j < 4; ++j) lane_dot[j][l] += gc * rows.load_at(q, j, l);
       }
     }
-    for (int l = 0; l < kPointLanes; ++l) {
-      sum_w += lane_w[l];
-      sum_y += lane_y[l];
-      sum_x += lane_x[l];
+    A dot[4];
+    for (int j = 0; j < 4; ++j) {
+      dot[j] = A(0);
+      for (int l = 0; l < kPointLanes; ++l) dot[j] += lane_dot[j][l];
     }
+    const A hy = A(1) - q.frac_y, ly = q.frac_y, hx = A(1) - q.frac_x, lx = q.frac_x;
+    for (int j = 0; j < 4; ++j) sum_w += q.weight[j] * dot[j];
+    sum_y = -hx * dot[0] - lx * dot[1] + hx * dot[2] + lx * dot[3];
+    sum_x = -hy * dot[0] + hy * dot[1] - ly * dot[2] + ly * dot[3];
   }
   store(partials + 3 * slot, sum_w);
   store(partials + 3 * slot + 1, sum_y);
@@ -238,7 +238,7 @@ CUDCN_DEVICE void sample_backward_points_partial(const T* grad_output, const T* 
                                                  const Points& points, acc_t<T>* partials, I i,
                                                  int channel_block, const SamplingGeometry& s) {
   const PointChannels<I> item = point_channels(i, channel_block, s);
-  const SampledPoint<acc_t<T>, I> pt = points.at(item.head, item.point);
+  const SampledPoint<acc_t<T>, I> pt = points.head(item.head).at(item.point);
   point_sums(grad_output, value, pt, item.head, item.m, item.c_begin, item.c_end, partials, i, s);
 }
 
@@ -251,7 +251,7 @@ CUDCN_DEVICE void sample_backward_value(const T* grad_output, const Points& poin
                                         const SamplingGeometry& s) {
   using A = acc_t<T>;
   const PointChannels<I> item = point_channels(i, channel_block, s);
-  const SampledPoint<A, I> pt = points.at(item.head, item.point);
+  const SampledPoint<A, I> pt = points.head(item.head).at(item.point);
   if (!pt.corners.inside) return;
   const T* g = grad_output + item.head * s.channels;
   for (int j = 0; j < 4; ++j) {
@@ -285,9 +285,10 @@ CUDCN_DEVICE void sample_backward_value_planes(const T* grad_output, const T* va
     const T* g = grad_output + head * s.channels + c0;
     A gc[kLanes];
     for (int l = 0; l < lanes; ++l) gc[l] = load(g + l);
+    const auto head_points = points.head(head);
     for (int p = 0; p < s.points; ++p) {
       if (points.level(p) != level) continue;
-      const SampledPoint<A, I> pt = points.at(head, p);
+      const SampledPoint<A, I> pt = head_points.at(p);
       if (with_points) {
         point_sums(grad_output, value, pt, head, m, c0, c0 + lanes, partials,
                    (head * s.points + p) * blocks + block, s);
@@ -314,7 +315,7 @@ CUDCN_DEVICE void sample_scatter_entry(const Points& points, I* keys, I* sources
   const I head = i / 4 / s.points;
   const int p = static_cast<int>(i / 4 % s.points);
   const int m = static_cast<int>(head % s.heads);
-  const SampledPoint<A, I> pt = points.at(head, p);
+  const SampledPoint<A, I> pt = points.head(head).at(p);
   const bool live = pt.corners.inside && pt.corners.valid[j];
   store(keys + i, live ? (pt.first_row + pt.corners.index[j]) * s.heads + m : I(-1));
   store(sources + i, head * s.channels);

@@ -1,6 +1,7 @@
 """cudcn.adapters.jax: jit, grad, vjp and vmap against the NumPy API, finite
 differences of the float64 reference, trace-time errors, buffers in place, half
-types, and the GPU branch on the CuPy double."""
+types, and the GPU branch on the CuPy double; dcnv3 and dcnv4 also bit for bit
+in every dtype."""
 
 import types
 
@@ -15,6 +16,7 @@ import cudcn.adapters.jax as cj  # noqa: E402
 from cudcn import _kernels, reference  # noqa: E402
 from cudcn.adapters.jax import _buffers  # noqa: E402
 from cudcn.testing import (  # noqa: E402
+    dcnv3_inputs,
     deform_conv2d_inputs,
     deform_psroi_pool_inputs,
     deform_roi_pool_inputs,
@@ -57,6 +59,10 @@ class Op:
         return lambda *arrays: self.jax(**dict(zip(names, arrays)), **params)
 
 
+# Every static argument away from its default, pad_h != pad_w included.
+DCNV3_GEOMETRY = dict(size=(9, 8), kernel=(3, 5), stride=(2, 1), padding=(2, 1), dilation=(1, 2),
+                      offset_scale=0.7)
+
 OPS = {
     "deform_conv2d": Op("deform_conv2d", ("input", "offset", "weight", "bias", "mask"),
                         ("input", "offset", "weight", "bias", "mask"),
@@ -72,6 +78,10 @@ OPS = {
     "ms_deform_attn": Op("ms_deform_attn", ("value", "sampling_locations", "attention_weights"),
                          ("value", "sampling_locations", "attention_weights"),
                          lambda **kw: ms_deform_attn_inputs(**kw)),
+    "dcnv3": Op("dcnv3", ("input", "offset", "mask"), ("input", "offset", "mask"),
+                lambda **kw: dcnv3_inputs(**DCNV3_GEOMETRY, **kw)),
+    "dcnv4": Op("dcnv4", ("input", "offset_mask"), ("input", "offset_mask"),
+                lambda **kw: dcnv3_inputs(packed=True, **DCNV3_GEOMETRY, **kw)),
 }
 op_params = pytest.mark.parametrize("op", [pytest.param(op, id=name) for name, op in OPS.items()])
 
@@ -136,6 +146,8 @@ FD_CASES = [
     pytest.param(OPS["deform_conv2d"], dict(away_from_kinks=True, seed=1), id="deform_conv2d"),
     pytest.param(OPS["deform_roi_pool"], dict(seed=3), id="deform_roi_pool"),
     pytest.param(OPS["deform_psroi_pool"], dict(seed=3), id="deform_psroi_pool"),
+    pytest.param(OPS["dcnv3"], dict(away_from_kinks=True, seed=5), id="dcnv3"),
+    pytest.param(OPS["dcnv4"], dict(away_from_kinks=True, seed=5), id="dcnv4"),
 ]
 
 
@@ -169,6 +181,9 @@ def backward_needs(monkeypatch):
     (OPS["deform_conv2d"], ("offset", "mask")),
     (OPS["deform_roi_pool"], ("offset",)),
     (OPS["deform_psroi_pool"], ("input",)),
+    (OPS["dcnv3"], ("input",)),
+    (OPS["dcnv3"], ("offset", "mask")),
+    (OPS["dcnv4"], ("offset_mask",)),
 ], ids=lambda v: v.name if isinstance(v, Op) else "-".join(v))
 def test_only_the_gradients_asked_for_are_computed(op, wrt, backward_needs):
     args = op.make()
@@ -318,12 +333,49 @@ def _bad_cases():
     conv = [(OPS["deform_conv2d"], case) for case in test_bad_input.BAD]
     pools = [(OPS["deform_roi_pool"], case) for case in test_roi_pool.BAD]
     pools += [(OPS["deform_psroi_pool"], case) for case in test_psroi_pool.BAD]
+    dcn = [(OPS["dcnv3"], case) for case in DCNV3_BAD + DCNV3_AND_DCNV4_BAD]
+    dcn += [(OPS["dcnv4"], case) for case in DCNV4_BAD + DCNV3_AND_DCNV4_BAD]
     return [pytest.param(op, case[1], case[2], id=f"{op.name}-{case[0]}") for op, case in
-            conv + pools]
+            conv + pools + dcn]
 
+
+# (id, changed arguments, error) on dcnv3_inputs(): the NumPy API's error is
+# the one expected, word for word.
+DCNV3_AND_DCNV4_BAD = [
+    ("input-3d", dict(input=np.zeros((2, 7, 6))), ValueError),
+    ("input-list", dict(input=[[1.0]]), TypeError),
+    ("input-int", dict(input=np.zeros((2, 7, 6, 6), np.int64)), TypeError),
+    ("groups-not-dividing", dict(groups=4), ValueError),
+    ("groups-0", dict(groups=0), ValueError),
+    ("groups-float", dict(groups=2.0), TypeError),
+    ("remove-center-rect", dict(remove_center=True, kernel_size=(3, 5)), ValueError),
+    ("remove-center-even", dict(remove_center=True, kernel_size=4), ValueError),
+    ("remove-center-int", dict(remove_center=1), TypeError),
+    ("kernel-0", dict(kernel_size=(3, 0)), ValueError),
+    ("stride-float", dict(stride=1.5), TypeError),
+    ("padding-negative", dict(padding=-1), ValueError),
+    ("dilation-triple", dict(dilation=(1, 1, 1)), TypeError),
+    ("offset-scale-nan", dict(offset_scale=np.nan), ValueError),
+    ("offset-scale-str", dict(offset_scale="1"), TypeError),
+    ("empty-output", dict(kernel_size=9, padding=0), ValueError),
+]
+DCNV3_BAD = [
+    ("offset-shape", dict(offset=np.zeros((2, 7, 6, 35))), ValueError),
+    ("mask-shape", dict(mask=np.zeros((2, 7, 6, 9))), ValueError),
+    ("mask-float32", dict(mask=np.zeros((2, 7, 6, 18), np.float32)), TypeError),
+    ("offset-none", dict(offset=None), TypeError),
+]
+DCNV4_BAD = [
+    ("offset-mask-narrow", dict(offset_mask=np.zeros((2, 7, 6, 53))), ValueError),
+    ("offset-mask-rows", dict(offset_mask=np.zeros((2, 6, 6, 56))), ValueError),
+    ("offset-mask-float32", dict(offset_mask=np.zeros((2, 7, 6, 56), np.float32)), TypeError),
+    ("offset-mask-none", dict(offset_mask=None), TypeError),
+]
 
 _BAD_BASE = {"deform_roi_pool": deform_roi_pool_inputs,
-             "deform_psroi_pool": deform_psroi_pool_inputs}
+             "deform_psroi_pool": deform_psroi_pool_inputs,
+             "dcnv3": dcnv3_inputs,
+             "dcnv4": lambda: dcnv3_inputs(packed=True)}
 
 
 def _bad_args(op, change):
@@ -399,7 +451,7 @@ def test_empty_batch_or_no_rois(op):
     args = op.make()
     if op.name == "deform_conv2d":
         args = {k: v[:0] if k in ("input", "offset", "mask") else v for k, v in args.items()}
-    elif op.name == "ms_deform_attn":
+    elif op.name in ("ms_deform_attn", "dcnv3", "dcnv4"):
         args = {k: v[:0] if k in op.arrays else v for k, v in args.items()}
     else:
         args = {k: v[:0] if k in ("rois", "offset", "mask") and v is not None else v
@@ -558,3 +610,109 @@ def test_ms_deform_attn_level_tables_must_be_static():
     np.testing.assert_array_equal(np.asarray(out), cudcn.ms_deform_attn(**args))
     with pytest.raises(TypeError, match="level_start_index must have an integer dtype"):
         cj.ms_deform_attn(value, args["spatial_shapes"], np.array([0.0, 30.0]), loc, weights)
+
+
+# --- dcnv3 / dcnv4 ---------------------------------------------------------
+
+DCNV3_CASES = {
+    "rect-stride-dilation": DCNV3_GEOMETRY,
+    "remove-center": dict(remove_center=True, offset_scale=1.3),
+    "mostly-outside": dict(groups=1, group_channels=5, outside=0.8),
+}
+
+
+@pytest.mark.parametrize("jit", [True, False], ids=["jit", "eager"])
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("case", DCNV3_CASES)
+@pytest.mark.parametrize("packed", [False, True], ids=["dcnv3", "dcnv4"])
+def test_dcnv3_and_dcnv4_equal_the_numpy_api_bit_for_bit(packed, case, dtype, jit):
+    """The forward and jax.grad against cudcn.dcnv3 / dcnv3_backward (dcnv4 /
+    dcnv4_backward): the same kernels on XLA's buffers give the same bits."""
+    op = OPS["dcnv4" if packed else "dcnv3"]
+    args = {k: v.astype(jnp.dtype(dtype)) if _floating(v) else v
+            for k, v in dcnv3_inputs(packed=packed, **DCNV3_CASES[case], seed=21).items()}
+    grad_output = _grad_output(op, args).astype(jnp.dtype(dtype))
+    names, arrays, params = op.split(args)
+    f = op.function(names, params)
+    grad = jax.grad(lambda *a: jnp.sum(f(*a) * grad_output), argnums=tuple(range(len(names))))
+    if jit:
+        f, grad = jax.jit(f), jax.jit(grad)
+    with jax.enable_x64(dtype == "float64"):
+        out = f(*map(jnp.asarray, arrays))
+        grads = grad(*map(jnp.asarray, arrays))
+    assert out.dtype == jnp.dtype(dtype)
+    np.testing.assert_array_equal(np.asarray(out), op.numpy(**args))
+    expected = op.numpy_backward(grad_output, **args)
+    for name, g in zip(names, grads):
+        assert g.dtype == jnp.dtype(dtype), name
+        np.testing.assert_array_equal(np.asarray(g), getattr(expected, name), err_msg=name)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["dcnv3", "dcnv4"])
+def test_vmap_of_dcnv3_folds_into_one_call_and_equals_a_loop(packed, monkeypatch):
+    """Nothing is shared between images: a vmapped forward or backward runs
+    once, on the batch folded into N, with a loop's bits."""
+    op = OPS["dcnv4" if packed else "dcnv3"]
+    calls = []
+    for fn in (op.numpy, op.numpy_backward):
+        def spy(*args, real=fn, **kwargs):
+            calls.append((real.__name__, (args[1] if "backward" in real.__name__ else
+                                          args[0]).shape))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(cudcn, fn.__name__, spy)
+    stacks = [op.make(seed=s) for s in range(3)]
+    names, _, params = op.split(stacks[0])
+    batched = [jnp.asarray(np.stack([a[n] for a in stacks])) for n in names]
+    f = op.function(names, params)
+    out = jax.jit(jax.vmap(f))(*batched)
+    everything = tuple(range(len(names)))
+    grads = jax.jit(jax.vmap(jax.grad(lambda *a: jnp.sum(f(*a) ** 2), argnums=everything)))(
+        *batched)
+    folded = (6, *stacks[0]["input"].shape[1:])  # 3 batches of 2 images
+    # The vmapped forward, then jax.grad's forward and backward: one call each.
+    assert calls == [(op.name, folded), (op.name, folded), (f"{op.name}_backward", folded)]
+    monkeypatch.undo()
+    for i, one in enumerate(stacks):
+        expected_out = op.numpy(**one)
+        np.testing.assert_array_equal(np.asarray(out[i]), expected_out)
+        expected = op.numpy_backward(2 * expected_out, **one)
+        for name, g in zip(names, grads):
+            np.testing.assert_array_equal(np.asarray(g[i]), getattr(expected, name),
+                                          err_msg=name)
+
+
+def test_dcnv3_static_arguments_are_python_values():
+    """Every non-array argument decides the launch: a traced one is refused
+    by cudcn's own check; int and pair spellings compile one program."""
+    args = dcnv3_inputs(seed=22)
+    arrays = [jnp.asarray(args[k]) for k in ("input", "offset", "mask")]
+
+    @jax.jit
+    def traced_scale(scale):
+        return cj.dcnv3(*arrays, 3, padding=1, groups=2, offset_scale=scale)
+
+    with pytest.raises(TypeError, match="offset_scale must be a real number"):
+        traced_scale(1.0)
+
+    @jax.jit
+    def traced_center(flag):
+        return cj.dcnv3(*arrays, 3, padding=1, groups=2, remove_center=flag)
+
+    with pytest.raises(TypeError, match="remove_center must be a bool"):
+        traced_center(False)
+    spellings = [cj.dcnv3(*arrays, kernel_size=k, stride=s, padding=p, dilation=d, groups=2)
+                 for k, s, p, d in ((3, 1, 1, 1), ((3, 3), (1, 1), [1, 1], (1, 1)))]
+    np.testing.assert_array_equal(np.asarray(spellings[0]), np.asarray(spellings[1]))
+    np.testing.assert_array_equal(np.asarray(spellings[0]), cudcn.dcnv3(**args))
+
+
+def test_dcnv4_padding_channels_get_a_zero_gradient():
+    args = dcnv3_inputs(packed=True, seed=23)
+    used = args["groups"] * 3 * 9
+    assert args["offset_mask"].shape[-1] > used  # padded to a multiple of 8
+    names, arrays, params = OPS["dcnv4"].split(args)
+    f = OPS["dcnv4"].function(names, params)
+    grad = jax.grad(lambda x, om: jnp.sum(f(x, om) ** 2), argnums=1)(*map(jnp.asarray, arrays))
+    assert not np.asarray(grad)[..., used:].any()
+    assert np.asarray(grad)[..., :used].any()

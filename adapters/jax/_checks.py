@@ -2,9 +2,10 @@
 
 JAX knows every shape and dtype when it traces, before any buffer exists.
 cudcn's checks (``cudcn.deform_conv._geometry``, ``cudcn.roi_pool._RoIPool``,
-``_PSRoIPool``) read nothing but shapes and dtypes, so they run here on
-stand-ins: NumPy arrays of the traced shape and dtype. The errors are then
-the NumPy API's, word for word, raised where the user's call is.
+``_PSRoIPool``, ``cudcn.dcnv3._DCNv3``) read nothing but shapes and dtypes,
+so they run here on stand-ins: NumPy arrays of the traced shape and dtype.
+The errors are then the NumPy API's, word for word, raised where the user's
+call is.
 """
 
 import jax
@@ -12,15 +13,18 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def as_jax(**values):
-    """Each argument (None allowed) is a jax.Array (a tracer too) or a NumPy
-    array; returns them as jax arrays, in order."""
+def as_jax(optional=(), **values):
+    """Each argument is a jax.Array (a tracer too) or a NumPy array, or None
+    if its name is in ``optional``; returns them as jax arrays, in order."""
     arrays = []
     for name, value in values.items():
-        if value is not None and not isinstance(value, (jax.Array, np.ndarray)):
+        if value is None and name in optional:
+            arrays.append(None)
+            continue
+        if not isinstance(value, (jax.Array, np.ndarray)):
             raise TypeError(f"{name} must be a jax.Array or numpy.ndarray, "
                             f"got {type(value).__name__}")
-        arrays.append(None if value is None else jnp.asarray(value))
+        arrays.append(jnp.asarray(value))
     return arrays
 
 

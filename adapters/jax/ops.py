@@ -23,7 +23,9 @@ from jax.custom_derivatives import SymbolicZero
 
 import cudcn
 from cudcn import _backend
+from cudcn import _checks as _cudcn_checks
 from cudcn import deform_conv as _conv
+from cudcn.dcnv3 import _DCNv3
 from cudcn.ms_deform_attn import _MSDeformAttn
 from cudcn import roi_pool as _pool
 
@@ -160,7 +162,8 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
         ``jax.jit`` and ``jax.vmap``. Bad arguments raise cudcn's TypeError or
         ValueError when the call is traced.
     """
-    arrays = _checks.as_jax(input=input, offset=offset, weight=weight, bias=bias, mask=mask)
+    arrays = _checks.as_jax(optional=("bias", "mask"), input=input, offset=offset,
+                             weight=weight, bias=bias, mask=mask)
     g = _conv._geometry(*map(_stand_in, arrays), stride, padding, dilation)
     params = (("stride", g.stride), ("padding", g.padding), ("dilation", g.dilation))
     return _conv_primal(params, *arrays)
@@ -221,7 +224,8 @@ def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0,
     Returns:
         (K, C, PH, PW), differentiable in input, offset and mask.
     """
-    input, rois, offset, mask = _checks.as_jax(input=input, rois=rois, offset=offset, mask=mask)
+    input, rois, offset, mask = _checks.as_jax(optional=("offset", "mask"), input=input,
+                                               rois=rois, offset=offset, mask=mask)
     p = _pool._RoIPool(_stand_in(input), _stand_in(rois), _stand_in(offset), _stand_in(mask),
                        output_size, spatial_scale, sampling_ratio, gamma)
     params = (("output_size", p.pooled), ("spatial_scale", p.spatial_scale),
@@ -281,7 +285,8 @@ def deform_psroi_pool(input, rois, offset=None, *, output_dim, group_size, poole
     Returns:
         (K, output_dim, pooled_size, pooled_size), differentiable in input and offset.
     """
-    input, rois, offset = _checks.as_jax(input=input, rois=rois, offset=offset)
+    input, rois, offset = _checks.as_jax(optional=("offset",), input=input, rois=rois,
+                                         offset=offset)
     p = _pool._PSRoIPool(_stand_in(input), _stand_in(rois), _stand_in(offset), output_dim,
                          group_size, pooled_size, part_size, sample_per_part, trans_std,
                          spatial_scale)
@@ -392,3 +397,160 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
               ("points_per_level", None if points_per_level is None
                else tuple(int(p) for p in points_per_level)))
     return _msda_primal(params, value, sampling_locations, attention_weights)
+
+
+# --- dcnv3 / dcnv4 ---------------------------------------------------------
+
+_DCNV3_INPUTS = ("input", "offset", "mask")
+_DCNV4_INPUTS = ("input", "offset_mask")
+# Every array of both ops (and every gradient) has the image axis N first and
+# nothing is shared between images: vmap always folds into N.
+_DCNV3_PER_IMAGE = frozenset({"input", "offset", "mask", "offset_mask", "grad_output"})
+
+
+def _dcnv3_forward(*, input, offset, mask, **params):
+    return (cudcn.dcnv3(input, offset, mask, **params),)
+
+
+def _dcnv3_backward(*, grad_output, input, offset, mask, needs, deterministic, **params):
+    grads = cudcn.dcnv3_backward(grad_output, input, offset, mask, needs=needs,
+                                 deterministic=deterministic, **params)
+    return tuple(getattr(grads, name) for name in needs)
+
+
+def _dcnv4_forward(*, input, offset_mask, **params):
+    return (cudcn.dcnv4(input, offset_mask, **params),)
+
+
+def _dcnv4_backward(*, grad_output, input, offset_mask, needs, deterministic, **params):
+    grads = cudcn.dcnv4_backward(grad_output, input, offset_mask, needs=needs,
+                                 deterministic=deterministic, **params)
+    return tuple(getattr(grads, name) for name in needs)
+
+
+def _dcnv3_output(input, per_pixel):
+    """The result's (shape, dtype): (N, H_out, W_out) from offset or
+    offset_mask (the checks made them agree with the geometry), input's
+    channels and dtype."""
+    return [((*per_pixel.shape[:3], input.shape[3]), input.dtype)]
+
+
+def _dcnv3_primal(params, input, offset, mask):
+    (out,) = _call(_dcnv3_forward, dict(input=input, offset=offset, mask=mask), params,
+                   _dcnv3_output(input, offset), _DCNV3_PER_IMAGE, outputs_per_image=True)
+    return out
+
+
+_dcnv3_primal = jax.custom_vjp(_dcnv3_primal, nondiff_argnums=(0,))
+
+
+def _dcnv3_fwd(params, input, offset, mask):
+    return _forward_rule(_dcnv3_primal, params, dict(input=input, offset=offset, mask=mask))
+
+
+def _dcnv3_bwd(params, residuals, g):
+    return _backward_rule(_dcnv3_backward, _DCNV3_INPUTS, params, residuals, g,
+                          _DCNV3_PER_IMAGE)
+
+
+_dcnv3_primal.defvjp(_dcnv3_fwd, _dcnv3_bwd, symbolic_zeros=True)
+
+
+def _dcnv4_primal(params, input, offset_mask):
+    (out,) = _call(_dcnv4_forward, dict(input=input, offset_mask=offset_mask), params,
+                   _dcnv3_output(input, offset_mask), _DCNV3_PER_IMAGE, outputs_per_image=True)
+    return out
+
+
+_dcnv4_primal = jax.custom_vjp(_dcnv4_primal, nondiff_argnums=(0,))
+
+
+def _dcnv4_fwd(params, input, offset_mask):
+    return _forward_rule(_dcnv4_primal, params, dict(input=input, offset_mask=offset_mask))
+
+
+def _dcnv4_bwd(params, residuals, g):
+    return _backward_rule(_dcnv4_backward, _DCNV4_INPUTS, params, residuals, g,
+                          _DCNV3_PER_IMAGE)
+
+
+_dcnv4_primal.defvjp(_dcnv4_fwd, _dcnv4_bwd, symbolic_zeros=True)
+
+
+def _dcnv3_params(kernel_size, stride, padding, dilation, groups, offset_scale, remove_center):
+    """The static arguments, normalised (``kernel_size=3`` and ``(3, 3)`` are
+    one compiled program). cudcn's ``_DCNv3`` has checked them already."""
+    return (("kernel_size", _cudcn_checks.int_pair("kernel_size", kernel_size, 1)),
+            ("stride", _cudcn_checks.int_pair("stride", stride, 1)),
+            ("padding", _cudcn_checks.int_pair("padding", padding, 0)),
+            ("dilation", _cudcn_checks.int_pair("dilation", dilation, 1)),
+            ("groups", _cudcn_checks.integer("groups", groups, 1)),
+            ("offset_scale", _cudcn_checks.real("offset_scale", offset_scale)),
+            ("remove_center", remove_center))
+
+
+_DCNV3_ARGS_DOC = """kernel_size, stride, padding, dilation: int or (h, w) pair.
+        groups: int G; input's channels must be a multiple of it.
+        offset_scale: real number, InternImage's ``offset_scale`` (the factor
+            of the offsets and of the kernel's extent around its centre).
+        remove_center: bool: skip the kernel's centre point (odd square
+            kernels of at least 3 x 3); K = kh * kw - 1 then.
+        These seven are static: Python values, fixed when ``jax.jit``
+            traces (a traced value raises a TypeError)."""
+
+
+def dcnv3(input, offset, mask, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+          offset_scale=1.0, remove_center=False):
+    """DCNv3's core (InternImage's ``DCNv3Function``), channels-last, on jax arrays.
+
+    Args:
+        input: (N, H, W, G * C).
+        offset: (N, H_out, W_out, G * K * 2): per group, K (dx, dy) pairs,
+            the K = kh * kw kernel points x-outer, y-inner.
+        mask: (N, H_out, W_out, G * K), the softmax (if any) already applied.
+        {args}
+
+    Returns:
+        (N, H_out, W_out, G * C) in the inputs' dtype, ``H_out = (H + 2 *
+        pad_h - (dil_h * (kh - 1) + 1)) // stride_h + 1`` (likewise W_out);
+        see :func:`cudcn.dcnv3`. Differentiable in input, offset and mask
+        (``jax.grad``, ``jax.vjp``); works under ``jax.jit`` and
+        ``jax.vmap``. Bad arguments raise cudcn's TypeError or ValueError
+        when the call is traced.
+    """
+    input, offset, mask = _checks.as_jax(input=input, offset=offset, mask=mask)
+    static = (kernel_size, stride, padding, dilation, groups, offset_scale, remove_center)
+    # cudcn's checks, on stand-ins of the traced shapes and dtypes.
+    _DCNv3(_stand_in(input), *static, offset=_stand_in(offset), mask=_stand_in(mask))
+    return _dcnv3_primal(_dcnv3_params(*static), input, offset, mask)
+
+
+def dcnv4(input, offset_mask, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+          offset_scale=1.0, remove_center=False):
+    """DCNv4's core (FlashInternImage's ``DCNv4Function``), channels-last, on
+    jax arrays: :func:`dcnv3` with offsets and mask packed in one array.
+
+    Args:
+        input: (N, H, W, G * C).
+        offset_mask: (N, H_out, W_out, D), D >= G * 3K: per group g, the
+            values at g * 3K ... g * 3K + 2K - 1 are the K (dx, dy) pairs and
+            the next K the mask; channels from G * 3K on (DCNv4 pads D to a
+            multiple of 8) are ignored.
+        {args}
+
+    Returns:
+        (N, H_out, W_out, G * C) in the inputs' dtype, as :func:`dcnv3`.
+        Differentiable in input and offset_mask (its padding channels get a
+        zero gradient); works under ``jax.jit`` and ``jax.vmap``. Bad
+        arguments raise cudcn's TypeError or ValueError when the call is
+        traced.
+    """
+    input, offset_mask = _checks.as_jax(input=input, offset_mask=offset_mask)
+    static = (kernel_size, stride, padding, dilation, groups, offset_scale, remove_center)
+    # cudcn's checks, on stand-ins of the traced shapes and dtypes.
+    _DCNv3(_stand_in(input), *static, offset_mask=_stand_in(offset_mask))
+    return _dcnv4_primal(_dcnv3_params(*static), input, offset_mask)
+
+
+dcnv3.__doc__ = dcnv3.__doc__.replace("{args}", _DCNV3_ARGS_DOC)
+dcnv4.__doc__ = dcnv4.__doc__.replace("{args}", _DCNV3_ARGS_DOC)

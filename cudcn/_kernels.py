@@ -323,7 +323,8 @@ MS_DEFORM_ATTN_BACKWARD_POINTS_REDUCE = Kernel(
     "ms_deform_attn.cu",
     (("partials", "const A*"),) + _MS_DEFORM_ATTN_SAMPLING
     + (("grad_locations", "T*"), ("grad_weights", "T*"), ("n", "I"), ("blocks", "int"),
-       ("want_locations", "int"), ("want_weights", "int")) + _MS_DEFORM_ATTN_GEOMETRY,
+       ("run", "int"), ("want_locations", "int"), ("want_weights", "int"))
+    + _MS_DEFORM_ATTN_GEOMETRY,
 )
 MS_DEFORM_ATTN_BACKWARD_VALUE = Kernel(
     "cudcn::ms_deform_attn_backward_value",
@@ -374,7 +375,7 @@ DCNV3_BACKWARD_POINTS_REDUCE = Kernel(
     "dcnv3.cu",
     (("partials", "const A*"),) + _DCNV3_SAMPLING
     + (("grad_offset", "T*"), ("grad_mask", "T*"), ("n", "I"), ("blocks", "int"),
-       ("want_offset", "int"), ("want_mask", "int")) + _DCNV3_GEOMETRY,
+       ("run", "int"), ("want_offset", "int"), ("want_mask", "int")) + _DCNV3_GEOMETRY,
 )
 DCNV3_BACKWARD_VALUE = Kernel(
     "cudcn::dcnv3_backward_value",

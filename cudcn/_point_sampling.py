@@ -107,6 +107,22 @@ def backward(a, kernels, want_points, want_value, deterministic):
     return Sums(partials, blocks, grad_value)
 
 
+def reduce_points(a, kernel, sums, point_bytes, **values):
+    """The op's reduce kernel over the partial sums: each point's blocks
+    added, then its parameters' gradients (``values``: the kernel's own
+    arguments). A thread takes a head's points in a run on the CPU, one
+    point on a GPU. ``point_bytes``: what a point's gradients read and
+    write besides the sums, for gpu-plan."""
+    run = a.points if _launch.target(a.xp).kind == "cpu" else 1
+    items = a.heads_total * a.points
+    _launch.run(_launch.make_launch(
+        kernel, a.dtype, a.heads_total * -(-a.points // run), a.index, partials=sums.partials,
+        blocks=sums.blocks, run=run, **values, **a.values(),
+        work=_launch.Work(run * sums.blocks,
+                          items * (3 * sums.blocks * a.acc_dtype.itemsize + point_bytes),
+                          a.heads_total * a.channels, auxiliary=True)))
+
+
 def _sorted_grad_value(a, kernel, grad_value):
     """grad_value without atomics: every sample corner as an entry, summed
     per value row and head, channel by channel, in a fixed order."""

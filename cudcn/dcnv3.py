@@ -146,14 +146,9 @@ class _DCNv3:
                 grad_offset = xp.empty(self.offset.shape, dtype=self.dtype)
                 grad_mask = xp.empty(self.mask.shape, dtype=self.dtype)
                 targets = dict(grad_offset=grad_offset, grad_mask=grad_mask)
-            items = self.heads_total * self.points
-            item, acc = self.dtype.itemsize, self.acc_dtype.itemsize
-            _launch.run(_launch.make_launch(
-                _kernels.DCNV3_BACKWARD_POINTS_REDUCE, self.dtype, items, self.index,
-                partials=sums.partials, blocks=sums.blocks, want_offset=int(want_offset),
-                want_mask=int(want_mask), **targets, **self.values(),
-                work=_launch.Work(sums.blocks, items * (3 * sums.blocks * acc + 4 * item),
-                                  self.heads_total * self.channels, auxiliary=True)))
+            _point_sampling.reduce_points(
+                self, _kernels.DCNV3_BACKWARD_POINTS_REDUCE, sums, 4 * self.dtype.itemsize,
+                want_offset=int(want_offset), want_mask=int(want_mask), **targets)
         grad_input = None if sums.grad_value is None else sums.grad_value.astype(self.dtype,
                                                                                  copy=False)
         return grad_input, grad_offset, grad_mask

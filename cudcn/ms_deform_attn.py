@@ -229,15 +229,11 @@ def ms_deform_attn_backward(grad_output, value, spatial_shapes, level_start_inde
     if want_points:
         grad_locations = xp.empty(a.locations.shape, dtype=a.dtype)
         grad_weights = xp.empty(a.weights.shape, dtype=a.dtype)
-        items = a.heads_total * a.points
-        item, acc = a.dtype.itemsize, a.acc_dtype.itemsize
-        _launch.run(_launch.make_launch(
-            _kernels.MS_DEFORM_ATTN_BACKWARD_POINTS_REDUCE, a.dtype, items, a.index,
-            partials=sums.partials, grad_locations=grad_locations, grad_weights=grad_weights,
-            blocks=sums.blocks, want_locations=int("sampling_locations" in wanted),
-            want_weights=int("attention_weights" in wanted), **a.values(),
-            work=_launch.Work(sums.blocks, items * (3 * sums.blocks * acc + 6 * item),
-                              a.heads_total * a.channels, auxiliary=True)))
+        _point_sampling.reduce_points(
+            a, _kernels.MS_DEFORM_ATTN_BACKWARD_POINTS_REDUCE, sums, 6 * a.dtype.itemsize,
+            grad_locations=grad_locations, grad_weights=grad_weights,
+            want_locations=int("sampling_locations" in wanted),
+            want_weights=int("attention_weights" in wanted))
         if "sampling_locations" not in wanted:
             grad_locations = None
         if "attention_weights" not in wanted:

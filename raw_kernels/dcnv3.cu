@@ -122,28 +122,29 @@ __global__ void dcnv3_backward_points_partial(const T* __restrict__ grad_output,
   }
 }
 
-// One thread per (n, output pixel, group, point): its blocks' sums added in
-// order, then the gradients: x moves by scale per unit of dx, so d/d(dx) =
-// scale * mask * sum of g * d(sample)/dx, likewise dy; d/d(mask) = sum of
-// g * sample. A point outside the window has zero sums.
+// One thread per (n, output pixel, group, run of points): each point's
+// blocks' sums added in order, then the gradients: x moves by scale per unit
+// of dx, so d/d(dx) = scale * mask * sum of g * d(sample)/dx, likewise dy;
+// d/d(mask) = sum of g * sample. A point outside the window has zero sums.
 template <typename T, typename I>
 __global__ void dcnv3_backward_points_reduce(const acc_t<T>* __restrict__ partials,
                                              CUDCN_DCNV3_SAMPLING, T* grad_offset, T* grad_mask,
-                                             I n, int blocks, int want_offset, int want_mask,
-                                             CUDCN_DCNV3_PARAMS) {
+                                             I n, int blocks, int run, int want_offset,
+                                             int want_mask, CUDCN_DCNV3_PARAMS) {
   CUDCN_DCNV3_POINTS;
   using A = acc_t<T>;
   CUDCN_KERNEL_LOOP(i, I, n) {
-    const I head = i / s.points;
-    const int p = static_cast<int>(i % s.points);
-    const PointSums<A> sums = sum_blocks(partials, i, blocks);
-    const I at_mask = at_points.mask_at(head, p);
-    if (want_mask) store(grad_mask + at_mask, sums.w);
-    if (want_offset) {
-      const A weight = load(mask + at_mask) * offset_scale;
-      const I at_offset = at_points.offset_at(head, p);
-      store(grad_offset + at_offset, sums.x * weight);
-      store(grad_offset + at_offset + 1, sums.y * weight);
+    const PointRun<I> r = point_run(i, run, s);
+    const I first_offset = at_points.offset_at(r.head, 0);
+    const I first_mask = at_points.mask_at(r.head, 0);
+    for (int p = r.p_begin; p < r.p_end; ++p) {
+      const PointSums<A> sums = sum_blocks(partials, r.head * s.points + p, blocks);
+      if (want_mask) store(grad_mask + first_mask + p, sums.w);
+      if (want_offset) {
+        const A weight = load(mask + first_mask + p) * offset_scale;
+        store(grad_offset + first_offset + 2 * p, sums.x * weight);
+        store(grad_offset + first_offset + 2 * p + 1, sums.y * weight);
+      }
     }
   }
 }

@@ -88,25 +88,31 @@ __global__ void ms_deform_attn_backward_points_partial(
   }
 }
 
-// One thread per (n, q, m, point): its blocks' sums added in order, then
-// the gradients: x = loc_x * W - 0.5, so d/dloc_x = W * d/dx, times the
-// attention weight; likewise y. A point outside the window has zero sums.
+// One thread per (n, q, m, run of points): each point's blocks' sums added
+// in order, then the gradients: x = loc_x * W - 0.5, so d/dloc_x = W *
+// d/dx, times the attention weight; likewise y. A point outside the window
+// has zero sums.
 template <typename T, typename I>
 __global__ void ms_deform_attn_backward_points_reduce(
     const acc_t<T>* __restrict__ partials, const I* __restrict__ levels,
     const I* __restrict__ point_level, const T* __restrict__ locations,
     const T* __restrict__ weights, T* __restrict__ grad_locations, T* __restrict__ grad_weights,
-    I n, int blocks, int want_locations, int want_weights, CUDCN_MS_DEFORM_ATTN_GEOMETRY_PARAMS) {
+    I n, int blocks, int run, int want_locations, int want_weights,
+    CUDCN_MS_DEFORM_ATTN_GEOMETRY_PARAMS) {
   CUDCN_MS_DEFORM_ATTN_POINTS;
   using A = acc_t<T>;
   CUDCN_KERNEL_LOOP(i, I, n) {
-    const int lvl = at_points.level(static_cast<int>(i % s.points));
-    const PointSums<A> sums = sum_blocks(partials, i, blocks);
-    const A weight = load(weights + i);
-    if (want_weights) store(grad_weights + i, sums.w);
-    if (want_locations) {
-      store(grad_locations + 2 * i, sums.x * weight * A(load(levels + lvl * 3 + 1)));
-      store(grad_locations + 2 * i + 1, sums.y * weight * A(load(levels + lvl * 3)));
+    const PointRun<I> r = point_run(i, run, s);
+    for (int p = r.p_begin; p < r.p_end; ++p) {
+      const I at = r.head * s.points + p;
+      const int lvl = at_points.level(p);
+      const PointSums<A> sums = sum_blocks(partials, at, blocks);
+      const A weight = load(weights + at);
+      if (want_weights) store(grad_weights + at, sums.w);
+      if (want_locations) {
+        store(grad_locations + 2 * at, sums.x * weight * A(load(levels + lvl * 3 + 1)));
+        store(grad_locations + 2 * at + 1, sums.y * weight * A(load(levels + lvl * 3)));
+      }
     }
   }
 }

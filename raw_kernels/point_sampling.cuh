@@ -167,7 +167,7 @@ CUDCN_DEVICE void sample_forward(const T* value, const Points& points, T* output
 //   d/dx = -(1 - fy) d_0 + (1 - fy) d_1 - fy d_2 + fy d_3,
 // four multiply-adds a channel instead of one sample and its two
 // derivatives each. On the CPU the dot products run in kPointLanes lanes
-// added in order at the end, which the host compiler keeps in vector
+// added up at the end (lane_sum), which the host compiler keeps in vector
 // registers; on a GPU in one, since a thread's registers bound its
 // occupancy there.
 #ifdef CUDCN_GPU
@@ -175,6 +175,17 @@ constexpr int kPointLanes = 1;
 #else
 constexpr int kPointLanes = kLanes;
 #endif
+
+// The sum of a thread's lanes, halves folded onto halves (a fixed order,
+// as fast as vector adds go; adding them one by one waits on each add).
+template <typename A, int N>
+CUDCN_DEVICE A lane_sum(A (&lane)[N]) {
+  static_assert((N & (N - 1)) == 0, "lanes come in a power of 2");
+  for (int half = N / 2; half > 0; half /= 2) {
+    for (int l = 0; l < half; ++l) lane[l] += lane[l + half];
+  }
+  return lane[0];
+}
 
 template <typename T, typename I, typename A>
 CUDCN_DEVICE void point_sums(const T* grad_output, const T* value, const SampledPoint<A, I>& pt,
@@ -198,10 +209,7 @@ CUDCN_DEVICE void point_sums(const T* grad_output, const T* value, const Sampled
       }
     }
     A dot[4];
-    for (int j = 0; j < 4; ++j) {
-      dot[j] = A(0);
-      for (int l = 0; l < kPointLanes; ++l) dot[j] += lane_dot[j][l];
-    }
+    for (int j = 0; j < 4; ++j) dot[j] = lane_sum(lane_dot[j]);
     const A hy = A(1) - q.frac_y, ly = q.frac_y, hx = A(1) - q.frac_x, lx = q.frac_x;
     for (int j = 0; j < 4; ++j) sum_w += q.weight[j] * dot[j];
     sum_y = -hx * dot[0] - lx * dot[1] + hx * dot[2] + lx * dot[3];
@@ -212,8 +220,28 @@ CUDCN_DEVICE void point_sums(const T* grad_output, const T* value, const Sampled
   store(partials + 3 * slot + 2, sum_x);
 }
 
-// A point's sums over all its blocks, added in order (the op's reduce
-// kernels, item i over (head, point)).
+// Item i of an op's reduce kernel: a head and a run of `run` of its points,
+// [p_begin, p_end). The CPU takes a head's points in one run, so that what
+// needs a division (the head's place) is found once for them all; a GPU one
+// point a thread.
+template <typename I>
+struct PointRun {
+  I head;
+  int p_begin, p_end;
+};
+
+template <typename I>
+CUDCN_DEVICE PointRun<I> point_run(I i, int run, const SamplingGeometry& s) {
+  const int runs = (s.points + run - 1) / run;
+  PointRun<I> r;
+  r.head = i / runs;
+  r.p_begin = static_cast<int>(i % runs) * run;
+  r.p_end = min(r.p_begin + run, s.points);
+  return r;
+}
+
+// A point's sums over all its blocks (slot: the flat (head, point)), added
+// in order.
 template <typename A>
 struct PointSums {
   A w, y, x;  // of g * sample, g * d(sample)/dy, g * d(sample)/dx

@@ -90,13 +90,17 @@ def test_build_command_writes_exactly_one_wheel(tmp_path):
 
 def test_the_suite_covers_every_op_both_apis_and_the_peers():
     names = set(BENCHMARKS)
+    for op in ("DeformConv2d", "DeformRoIPool", "DeformPSRoIPool", "MSDeformAttn", "DCNv3"):
+        numpy_api = {n.rsplit(".", 1)[1] for n in names if n.split(".")[1] == op}
+        assert {"time_forward", "time_backward", "peakmem_forward_backward"} <= numpy_api, op
     for op in ("DeformConv2d", "DeformRoIPool", "DeformPSRoIPool"):
         numpy_api = {n.rsplit(".", 1)[1] for n in names if n.split(".")[1] == op}
         assert {"time_forward", "time_backward", "peakmem_forward_backward"} <= numpy_api
         adapter = {n.rsplit(".", 1)[1] for n in names if n.split(".")[1] == f"Torch{op}"}
         assert {"time_forward", "time_forward_backward"} <= adapter
     tracks = {n.rsplit(".", 1)[1] for n in names if _kind(n) == "track"}
-    for peer in ("torchvision", "conv2d", "onnxruntime", "roi_align", "ps_roi_align"):
+    for peer in ("torchvision", "conv2d", "onnxruntime", "roi_align", "ps_roi_align",
+                 "grid_sample"):
         assert any(t.endswith(f"_vs_{peer}") for t in tracks), peer
     for name, bench in BENCHMARKS.items():
         assert _grid(bench)[bench.param_names.index("backend")] == ["cpu", "gpu"], name
@@ -190,6 +194,8 @@ def small_and_once(monkeypatch):
     monkeypatch.setattr(workloads, "MSDA_LEVELS", ((4, 4), (2, 3)))
     monkeypatch.setitem(workloads.MSDA_QUERIES, "encoder", 22)
     monkeypatch.setitem(workloads.MSDA_QUERIES, "decoder", 5)
+    for stage in workloads.DCNV3_STAGES:
+        monkeypatch.setitem(workloads.DCNV3_STAGES, stage, (5, 8, 2))
 
 
 @pytest.mark.parametrize("name", sorted(BENCHMARKS))

@@ -185,12 +185,16 @@ class DCNv3(nn.Module):
         mask = self.mask(features).reshape(n, h, w, self.group, -1).softmax(-1)
         # Under autocast the softmax runs in float32; the op takes x's dtype.
         mask = mask.reshape(n, h, w, -1).to(x.dtype)
-        sampled = ops.dcnv3(x, offset, mask, self.kernel_size, self.stride, self.pad,
-                            self.dilation, self.group, self.offset_scale,
-                            bool(self.remove_center))
+        sampled = self.sample(x, offset, mask)
         if self.center_feature_scale:
             sampled = _blend_with_center_features(self, sampled, x, features)
         return self.output_proj(sampled)
+
+    def sample(self, x, offset, mask):
+        """The core op on channels-last x (cudcn's :func:`dcnv3`): the one
+        place where InternImage's ``DCNv3`` and ``DCNv3_pytorch`` differ."""
+        return ops.dcnv3(x, offset, mask, self.kernel_size, self.stride, self.pad,
+                         self.dilation, self.group, self.offset_scale, bool(self.remove_center))
 
     def extra_repr(self):
         return (f"channels={self.channels}, kernel_size={self.kernel_size}, "

@@ -209,3 +209,35 @@ class MSDeformAttnVsGridSample(_Contest):
     def track_forward_backward_vs_grid_sample(self, queries, backend):
         return ratio_samples(self.timed_with_backward(self._cudcn),
                              self.timed_with_backward(self._grid_sample))
+
+
+class DCNv3VsGridSample(_Contest):
+    """dcnv3 against the grid_sample path InternImage runs without its kernel
+    (dcnv3_core_pytorch; cudcn.testing.grid_sample_dcnv3)."""
+
+    params = (list(workloads.DCNV3_STAGES), list(BACKENDS))
+    param_names = ("stage", "backend")
+
+    @setup_once
+    def setup(self, stage, backend):
+        try:
+            from cudcn.testing import grid_sample_dcnv3
+        except ImportError:
+            raise NotImplementedError("this build has no dcnv3") from None
+        self.grid_sample = grid_sample_dcnv3
+        self.prepare(backend, workloads.dcnv3_args(stage, "float32"))
+
+    def _cudcn(self):
+        return self.ours.dcnv3(**self.inputs)
+
+    def _grid_sample(self):
+        return self.grid_sample(**self.inputs)
+
+    @unit("cudcn / grid_sample")
+    def track_forward_vs_grid_sample(self, stage, backend):
+        return ratio_samples(self.timed(self._cudcn), self.timed(self._grid_sample))
+
+    @unit("cudcn / grid_sample")
+    def track_forward_backward_vs_grid_sample(self, stage, backend):
+        return ratio_samples(self.timed_with_backward(self._cudcn),
+                             self.timed_with_backward(self._grid_sample))

@@ -38,6 +38,11 @@ PS_SAMPLES = 4  # per part and axis: 4 x 4 samples per bin
 MSDA_LEVELS = ((64, 64), (32, 32), (16, 16), (8, 8))
 MSDA_QUERIES = {"encoder": 5440, "decoder": 300}
 
+# DCNv3 at InternImage-T's stages: batch 2, (H = W, channels, groups of 16
+# channels), 3x3, padding 1.
+DCNV3_STAGES = {"56-C64-G4": (56, 64, 4), "28-C128-G8": (28, 128, 8),
+                "14-C256-G16": (14, 256, 16)}
+
 
 def _build(builder, **kwargs):
     """Call cudcn.testing.<builder>; a build whose builders predate these
@@ -87,3 +92,10 @@ def ms_deform_attn_args(queries, dtype, xp=np):
     """Keyword arguments of ms_deform_attn for MSDA_QUERIES[queries]."""
     return _build("ms_deform_attn_inputs", batch=1, queries=MSDA_QUERIES[queries], heads=8,
                   channels=32, shapes=MSDA_LEVELS, points=4, dtype=dtype, xp=xp)
+
+
+def dcnv3_args(stage, dtype, xp=np):
+    """Keyword arguments of dcnv3 for DCNV3_STAGES[stage]."""
+    size, channels, groups = DCNV3_STAGES[stage]
+    return _build("dcnv3_inputs", batch=2, size=(size, size), groups=groups,
+                  group_channels=channels // groups, dtype=dtype, xp=xp)

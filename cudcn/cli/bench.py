@@ -48,6 +48,10 @@ ROIS = 512
 MSDA_LEVELS = ((64, 64), (32, 32), (16, 16), (8, 8))
 MSDA_QUERIES = (("encoder", 5440), ("decoder", 300))
 DETR_SIZE = 512  # the image of the end-to-end row
+# DCNv3 at InternImage-T's stages: (H = W, C, G) at batch 2, 3x3, padding 1,
+# groups of 16 channels (gpu-plan's shapes too); the block row and the
+# memory row at the first stage.
+DCNV3_STAGES = ((56, 64, 4), (28, 128, 8), (14, 256, 16))
 CLEANED = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
@@ -358,6 +362,77 @@ def detr_rows(rounds, seconds=None):
 
 # --- fresh processes ----------------------------------------------------------------------
 
+def _dcnv3_tensors(size, channels, groups, grad):
+    import torch
+
+    from ..testing import dcnv3_inputs
+
+    args = dcnv3_inputs(batch=2, size=(size, size), groups=groups,
+                        group_channels=channels // groups, dtype=np.float32, seed=0)
+    return {k: torch.from_numpy(v).requires_grad_(grad) if isinstance(v, np.ndarray) else v
+            for k, v in args.items()}
+
+
+def _dcnv3_calls(t):
+    """(cudcn through the adapter, InternImage's grid_sample path) on ``t``."""
+    import cudcn.adapters.torch as ct
+    from ..testing import grid_sample_dcnv3
+
+    return lambda: ct.dcnv3(**t), lambda: grid_sample_dcnv3(**t)
+
+
+def dcnv3_rows(rounds, seconds=None):
+    """{name: (forward, forward+backward, peer name)} of dcnv3 against the
+    grid_sample path at InternImage-T's stages."""
+    rows = {}
+    for size, channels, groups in DCNV3_STAGES:
+        t = _dcnv3_tensors(size, channels, groups, grad=True)
+        ours, peer = _dcnv3_calls(t)
+        leaves = (t["input"], t["offset"], t["mask"])
+        rows[f"2, {channels}, {size}x{size}, G={groups}"] = _pooling_row(
+            ours, peer, "grid_sample", rounds, leaves, seconds)
+    return rows
+
+
+def _dcnv3_blocks(channels, groups):
+    """(cudcn's DCNv3 module, the same module with the grid_sample core, as
+    InternImage's DCNv3_pytorch), with the same parameters."""
+    import torch
+
+    import cudcn.adapters.torch as ct
+    from ..testing import grid_sample_dcnv3
+
+    class GridSampleDCNv3(ct.DCNv3):
+        def sample(self, x, offset, mask):
+            return grid_sample_dcnv3(x, offset, mask, self.kernel_size, self.stride, self.pad,
+                                     self.dilation, self.group, self.offset_scale,
+                                     bool(self.remove_center))
+
+    torch.manual_seed(0)
+    ours = ct.DCNv3(channels=channels, group=groups)
+    theirs = GridSampleDCNv3(channels=channels, group=groups)
+    with torch.no_grad():  # offsets off their zero start, as after training
+        ours.offset.weight.normal_(0, 0.1)
+        ours.mask.weight.normal_(0, 0.1)
+    theirs.load_state_dict(ours.state_dict())
+    return ours, theirs
+
+
+def dcnv3_block_rows(rounds, seconds=None):
+    """Forward and forward+backward (input and every parameter) of an
+    InternImage-T-sized DCNv3 layer, projections included, cudcn's module
+    against the pure-PyTorch one, at the first stage."""
+    import torch
+
+    size, channels, groups = DCNV3_STAGES[0]
+    ours, theirs = _dcnv3_blocks(channels, groups)
+    x = torch.randn(2, size, size, channels, generator=torch.Generator().manual_seed(0))
+    x.requires_grad_(True)
+    leaves = (x, *ours.parameters(), *theirs.parameters())
+    return _pooling_row(lambda: ours(x), lambda: theirs(x), "grid_sample", rounds, leaves,
+                        seconds)
+
+
 def _peak_rss_mib():
     """This process's peak resident memory. Linux keeps ru_maxrss across exec
     (a child of a large parent starts with the parent's peak), so VmHWM,
@@ -378,6 +453,8 @@ def child(kind, batch, channels, size, workspace_mib=None):
     """Runs in a fresh process: one measurement, as a dict."""
     if kind in ("msda-memory", "msda-peer-memory"):
         return _msda_memory(kind == "msda-peer-memory")
+    if kind in ("dcnv3-memory", "dcnv3-peer-memory"):
+        return _dcnv3_memory(kind == "dcnv3-peer-memory")
     if kind.startswith("env-torch-first"):
         import torch  # noqa: F401
     import cudcn
@@ -429,6 +506,17 @@ def _msda_memory(peer):
     t = _msda_tensors(MSDA_QUERIES[0][1], grad=True)
     before = _peak_rss_mib()
     _backward(_msda_calls(t)[peer]())
+    return {"mib": _peak_rss_mib() - before}
+
+
+def _dcnv3_memory(peer):
+    """Peak memory growth of dcnv3's forward+backward at the first stage
+    (cudcn through the adapter, or the grid_sample path), after a small
+    warm-up call."""
+    _backward(_dcnv3_calls(_dcnv3_tensors(8, 16, 1, grad=True))[peer]())
+    t = _dcnv3_tensors(*DCNV3_STAGES[0], grad=True)
+    before = _peak_rss_mib()
+    _backward(_dcnv3_calls(t)[peer]())
     return {"mib": _peak_rss_mib() - before}
 
 
@@ -500,14 +588,14 @@ def _peer_rows(measured, record):
 
 
 def measure(rounds=9, conv_shapes=CONV_SHAPES, memory=True, threads=True, environment=True,
-            rois=True, msda=True, profile_shape=SCALING_SHAPE, seconds=ROW_SECONDS,
+            rois=True, msda=True, dcnv3=True, profile_shape=SCALING_SHAPE, seconds=ROW_SECONDS,
             out=sys.stdout):
     """Every row, printed as they come; returns them as a dict. A row runs
     at least ``rounds`` rounds, more where they fit in ``seconds`` (None:
     exactly ``rounds``)."""
     import torch  # noqa: F401 - first, as users import it
 
-    result = {"conv": {}, "roi": {}, "msda": {}}
+    result = {"conv": {}, "roi": {}, "msda": {}, "dcnv3": {}}
     header = ("op", "shape (N, C, HxW)", "cudcn torch ms", "cudcn NumPy ms", "torchvision ms",
               "F.conv2d ms", "ORT ms", "tv / cudcn", "cudcn / conv2d", "cudcn / ORT",
               "torch / NumPy", "rounds")
@@ -569,6 +657,24 @@ def measure(rounds=9, conv_shapes=CONV_SHAPES, memory=True, threads=True, enviro
             result["msda"]["memory"] = {"cudcn": ours, "grid_sample": theirs}
             print(f"peak memory growth of the encoder's forward+backward: cudcn {ours:.0f} MiB, "
                   f"grid_sample {theirs:.0f} MiB, ratio {ours / max(theirs, 1e-9):.2f}", file=out)
+    if dcnv3:
+        rows = _peer_rows(dcnv3_rows(rounds, seconds), result["dcnv3"])
+        rows += _peer_rows({"DCNv3 layer, 2, 64, 56x56, G=4": dcnv3_block_rows(rounds, seconds)},
+                           result["dcnv3"])
+        print("\ndcnv3, float32, InternImage-T's stages (N, C, HxW, groups of 16 channels; "
+              "3x3, padding 1), through the torch adapter, against the grid_sample path "
+              "(InternImage's dcnv3_core_pytorch); the layer with its projections, depthwise "
+              "conv and softmax, cudcn's module against the same module on the grid_sample "
+              "path", file=out)
+        print(_table(("shape", "pass", "cudcn ms", "peer", "peer ms", "peer / cudcn", "rounds"),
+                     rows), file=out)
+        if memory:
+            ours = _in_subprocess("dcnv3-memory", MEMORY_SHAPE)["mib"]
+            theirs = _in_subprocess("dcnv3-peer-memory", MEMORY_SHAPE)["mib"]
+            result["dcnv3"]["memory"] = {"cudcn": ours, "grid_sample": theirs}
+            print(f"peak memory growth of forward+backward at 2, 64, 56x56: cudcn {ours:.0f} "
+                  f"MiB, grid_sample {theirs:.0f} MiB, ratio {ours / max(theirs, 1e-9):.2f}",
+                  file=out)
     if memory:
         ours = _in_subprocess("cudcn-memory", MEMORY_SHAPE)["mib"]
         theirs = _in_subprocess("torch-memory", MEMORY_SHAPE)["mib"]

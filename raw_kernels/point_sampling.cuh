@@ -53,10 +53,17 @@ struct SampledPoint {
   A weight;
 };
 
-// Where channel 0 of value row `row` of head m starts.
-template <typename I>
-CUDCN_DEVICE I value_at(I row, int m, const SamplingGeometry& s) {
-  return (row * s.heads + m) * s.channels;
+// Where a point's corner j starts in value (or grad_value), from channel
+// c0 of head m: the point's map at `map_at(pt, m, c0, s)`, plus the corner's
+// index times a row's length. Two multiplies a corner, not four.
+template <typename A, typename I>
+CUDCN_DEVICE I map_at(const SampledPoint<A, I>& pt, int m, int c0, const SamplingGeometry& s) {
+  return pt.first_row * (I(s.heads) * s.channels) + I(m) * s.channels + c0;
+}
+
+template <typename A, typename I>
+CUDCN_DEVICE I corner_at(I map, const SampledPoint<A, I>& pt, int j, const SamplingGeometry& s) {
+  return map + pt.corners.index[j] * (I(s.heads) * s.channels);
 }
 
 // Work item i of a launch over (head, point, block of channel_block
@@ -102,8 +109,9 @@ struct CornerRows {
   template <typename A, typename I>
   CUDCN_DEVICE void at(const T* value, const SampledPoint<A, I>& pt, int m, int c0,
                        const SamplingGeometry& s) {
+    const I map = map_at(pt, m, c0, s);
     for (int j = 0; j < 4; ++j) {
-      const T* base = value + value_at(pt.first_row + pt.corners.index[j], m, s) + c0;
+      const T* base = value + corner_at(map, pt, j, s);
 #ifdef CUDCN_GPU
       row[j] = base;
 #else
@@ -178,13 +186,16 @@ constexpr int kPointLanes = kLanes;
 
 // The sum of a thread's lanes, halves folded onto halves (a fixed order,
 // as fast as vector adds go; adding them one by one waits on each add).
-template <typename A, int N>
-CUDCN_DEVICE A lane_sum(A (&lane)[N]) {
+// Each fold a loop of constant length, which the host compiler vectorizes.
+template <int N, typename A>
+CUDCN_DEVICE A lane_sum(A* lane) {
   static_assert((N & (N - 1)) == 0, "lanes come in a power of 2");
-  for (int half = N / 2; half > 0; half /= 2) {
-    for (int l = 0; l < half; ++l) lane[l] += lane[l + half];
+  if constexpr (N == 1) {
+    return lane[0];
+  } else {
+    for (int l = 0; l < N / 2; ++l) lane[l] += lane[l + N / 2];
+    return lane_sum<N / 2>(lane);
   }
-  return lane[0];
 }
 
 template <typename T, typename I, typename A>
@@ -209,7 +220,7 @@ CUDCN_DEVICE void point_sums(const T* grad_output, const T* value, const Sampled
       }
     }
     A dot[4];
-    for (int j = 0; j < 4; ++j) dot[j] = lane_sum(lane_dot[j]);
+    for (int j = 0; j < 4; ++j) dot[j] = lane_sum<kPointLanes>(lane_dot[j]);
     const A hy = A(1) - q.frac_y, ly = q.frac_y, hx = A(1) - q.frac_x, lx = q.frac_x;
     for (int j = 0; j < 4; ++j) sum_w += q.weight[j] * dot[j];
     sum_y = -hx * dot[0] - lx * dot[1] + hx * dot[2] + lx * dot[3];
@@ -282,10 +293,11 @@ CUDCN_DEVICE void sample_backward_value(const T* grad_output, const Points& poin
   const SampledPoint<A, I> pt = points.head(item.head).at(item.point);
   if (!pt.corners.inside) return;
   const T* g = grad_output + item.head * s.channels;
+  const I map = map_at(pt, item.m, 0, s);
   for (int j = 0; j < 4; ++j) {
     if (!pt.corners.valid[j]) continue;
     const A w = pt.corners.weight[j] * pt.weight;
-    A* to = grad_value + value_at(pt.first_row + pt.corners.index[j], item.m, s);
+    A* to = grad_value + corner_at(map, pt, j, s);
     for (int c = item.c_begin; c < item.c_end; ++c) atomic_add(to + c, w * load(g + c));
   }
 }
@@ -322,10 +334,11 @@ CUDCN_DEVICE void sample_backward_value_planes(const T* grad_output, const T* va
                    (head * s.points + p) * blocks + block, s);
       }
       if (!pt.corners.inside) continue;
+      const I map = map_at(pt, m, c0, s);
       for (int j = 0; j < 4; ++j) {
         if (!pt.corners.valid[j]) continue;
         const A w = pt.corners.weight[j] * pt.weight;
-        A* to = grad_value + value_at(pt.first_row + pt.corners.index[j], m, s) + c0;
+        A* to = grad_value + corner_at(map, pt, j, s);
         for (int l = 0; l < lanes; ++l) store(to + l, load(to + l) + w * gc[l]);
       }
     }

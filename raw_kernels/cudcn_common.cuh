@@ -134,9 +134,10 @@ CUDCN_DEVICE BilinearCorners<A, I> bilinear_corners(A y, A x, int height, int wi
   c.valid[3] = y1_in && x1_in;
   const A wy[2] = {A(1) - c.frac_y, c.frac_y};
   const A wx[2] = {A(1) - c.frac_x, c.frac_x};
+  const I first = I(y0) * width + x0;  // corner 0's index, even where it is outside
   for (int q = 0; q < 4; ++q) {
     const int dy = q >> 1, dx = q & 1;
-    c.index[q] = c.valid[q] ? I(y0 + dy) * width + (x0 + dx) : I(0);
+    c.index[q] = c.valid[q] ? first + (dy ? width : 0) + dx : I(0);
     c.weight[q] = c.valid[q] ? wy[dy] * wx[dx] : A(0);
   }
   return c;

@@ -200,13 +200,12 @@ CUDCN_DEVICE A lane_sum(A* lane) {
 
 template <typename T, typename I, typename A>
 CUDCN_DEVICE void point_sums(const T* grad_output, const T* value, const SampledPoint<A, I>& pt,
-                             I head, int m, int c_begin, int c_end, A* partials, I slot,
-                             const SamplingGeometry& s) {
+                             I head, int m, int c_begin, int c_end, CornerRows<T>& rows,
+                             A* partials, I slot, const SamplingGeometry& s) {
   A sum_w = A(0), sum_y = A(0), sum_x = A(0);
   if (pt.corners.inside) {
     const BilinearCorners<A, I>& q = pt.corners;
     const T* g = grad_output + head * s.channels;
-    CornerRows<T> rows;
     A lane_dot[4][kPointLanes];
     for (int j = 0; j < 4; ++j) {
       for (int l = 0; l < kPointLanes; ++l) lane_dot[j][l] = A(0);
@@ -278,7 +277,9 @@ CUDCN_DEVICE void sample_backward_points_partial(const T* grad_output, const T* 
                                                  int channel_block, const SamplingGeometry& s) {
   const PointChannels<I> item = point_channels(i, channel_block, s);
   const SampledPoint<acc_t<T>, I> pt = points.head(item.head).at(item.point);
-  point_sums(grad_output, value, pt, item.head, item.m, item.c_begin, item.c_end, partials, i, s);
+  CornerRows<T> rows;
+  point_sums(grad_output, value, pt, item.head, item.m, item.c_begin, item.c_end, rows, partials,
+             i, s);
 }
 
 // Item i over (head, point, block of channel_block channels): grad_value (an
@@ -320,6 +321,7 @@ CUDCN_DEVICE void sample_backward_value_planes(const T* grad_output, const T* va
   const int level = static_cast<int>((i / blocks) % s.num_levels);
   const int m = static_cast<int>((i / blocks / s.num_levels) % s.heads);
   const I b = i / blocks / s.num_levels / s.heads;
+  CornerRows<T> rows;
   for (I q = 0; q < s.queries; ++q) {
     const I head = (b * s.queries + q) * s.heads + m;
     const T* g = grad_output + head * s.channels + c0;
@@ -330,7 +332,7 @@ CUDCN_DEVICE void sample_backward_value_planes(const T* grad_output, const T* va
       if (points.level(p) != level) continue;
       const SampledPoint<A, I> pt = head_points.at(p);
       if (with_points) {
-        point_sums(grad_output, value, pt, head, m, c0, c0 + lanes, partials,
+        point_sums(grad_output, value, pt, head, m, c0, c0 + lanes, rows, partials,
                    (head * s.points + p) * blocks + block, s);
       }
       if (!pt.corners.inside) continue;

@@ -99,7 +99,10 @@ def _blend_with_center_features(module, sampled, projected, gate_input):
     All tensors (N, H, W, C)."""
     gate = F.linear(gate_input, module.center_feature_scale_proj_weight,
                     module.center_feature_scale_proj_bias).sigmoid()  # (N, H, W, group)
-    gate = gate.repeat_interleave(module.group_channels, dim=-1)
+    # Spread by expand, not repeat_interleave: torch's TorchScript ONNX
+    # symbolic of repeat_interleave(dim=-1) rewrites a traced -1 that the
+    # mask's reshape shares, which breaks the exported graph's dynamic axes.
+    gate = gate.unsqueeze(-1).expand(*gate.shape, module.group_channels).flatten(-2)
     return sampled * (1 - gate) + projected * gate
 
 

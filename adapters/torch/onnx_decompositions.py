@@ -1,14 +1,15 @@
-"""cudcn's RoI pooling and multi-scale deformable attention written with
-plain tensor operations, for ONNX export.
+"""cudcn's RoI pooling, multi-scale deformable attention and DCNv3 / DCNv4
+written with plain tensor operations, for ONNX export.
 
 Both of ``torch.onnx.export``'s exporters translate these operations
-(arithmetic, Floor, Where, Gather) into standard ONNX, so a model exported
-while they run computes what the cudcn kernels compute (SPEC.md sections 2
-and 3): the same sample points in the same arithmetic order, RoIAlign's
-clamping rule, the zero-outside rules, and zeros for an RoI whose batch index
-is not in [0, N) or whose box is not finite. They need a number of samples per
-bin fixed at export time: deform_roi_pool's sampling_ratio > 0 and
-deform_psroi_pool's sample_per_part.
+(arithmetic, Floor, Where, Gather; GridSample for dcnv3 and dcnv4) into
+standard ONNX, so a model exported while they run computes what the cudcn
+kernels compute (SPEC.md sections 2, 3, 6 and 7): the same sample points in
+the same arithmetic order, RoIAlign's clamping rule, the zero-outside rules,
+and zeros for an RoI whose batch index is not in [0, N) or whose box is not
+finite. The pooling ones need a number of samples per bin fixed at export
+time: deform_roi_pool's sampling_ratio > 0 and deform_psroi_pool's
+sample_per_part.
 
 They are never used to compute in eager mode: the kernels are faster and use
 far less memory (these gather every sample of every bin at once).
@@ -327,3 +328,187 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
             term = (picked * scale.unsqueeze(-1)).sum(3)  # (N, Lq, M, D)
             out = term if out is None else out + term
     return _as(out.reshape(n, queries, heads * channels), value.dtype)
+
+
+def _dcnv3_taps(kernel_h, kernel_w, dil_h, dil_w, remove_center):
+    """Each kernel point's distance in pixels from the window's first point,
+    as two lists (x of each, y of each), in SPEC.md section 7's point order:
+    x-outer, y-inner, the centre skipped on request."""
+    points = [(i, j) for i in range(kernel_w) for j in range(kernel_h)
+              if not (remove_center and i == kernel_w // 2 and j == kernel_h // 2)]
+    return [i * dil_w for i, _ in points], [j * dil_h for _, j in points]
+
+
+# Where GridSample is sent for a point outside the window: with
+# align_corners=False, -3 is pixel -W - 0.5 (likewise rows), whose corners
+# are both left of the map, so nothing is read. ONNX Runtime's GridSample
+# (1.32) reads pixels of the map at NaN, inf and huge coordinates (an inf
+# there would make the zero weight's product NaN), hence this Where too.
+_OUTSIDE_GRID = -3.0
+
+
+def _dcnv3_sample(input, offset, mask, out_size, kernel_size, stride, padding, dilation,
+                  groups, offset_scale, remove_center):
+    """SPEC.md section 7 with one GridSample (bilinear, zeros padding,
+    align_corners=False) over the unpadded input.
+
+    Sampling the unpadded map at ``p0 - pad`` is what sampling the padded map
+    at p0 computes (the padding is zeros, as GridSample's border), without a
+    Pad node. Pixel p of GridSample with align_corners=False covers
+    [p - 0.5, p + 0.5], so location x is grid ``(2x + 1) / W - 1``, and its
+    zeros padding reads a point as 0 exactly when it is outside
+    -1 < x < W, -1 < y < H: SPEC's window. A point outside the window, NaN
+    or infinite included, is sent to a grid value that reads nothing and
+    weighted 0, so its mask (even inf or NaN) adds nothing either.
+
+    Args:
+        input: (N, H, W, G * C) in the accumulation dtype.
+        offset: (N, H_out, W_out, G, K, 2) (dx, dy) pairs, accumulation dtype.
+        mask: (N, H_out, W_out, G, K), accumulation dtype.
+        out_size: (H_out, W_out), read from a 4-d argument's shape: the
+            TorchScript exporter loses track of sizes read after an
+            unflatten and would write them as constants.
+        kernel_size, stride, padding, dilation: (h, w) pairs.
+        groups: G; offset_scale: float; remove_center: bool.
+
+    Returns:
+        (N, H_out, W_out, G * C) in the accumulation dtype.
+    """
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
+    batch, height, width, channels = input.shape
+    out_h, out_w = out_size
+    acc = input.dtype
+    half_h, half_w = dh * (kh - 1) // 2, dw * (kw - 1) // 2
+    tap_x, tap_y = _dcnv3_taps(kh, kw, dh, dw, remove_center)
+    # The reference's arithmetic order: (half - pad + o * stride) - half * s, then
+    # + (tap + d) * s, so that float64 results agree to rounding.
+    p0_x = torch.arange(out_w, dtype=acc) * sw + (half_w - pw) - half_w * offset_scale
+    p0_y = torch.arange(out_h, dtype=acc) * sh + (half_h - ph) - half_h * offset_scale
+    step_x = _constant(tap_x, acc) + offset[..., 0]  # (N, H_out, W_out, G, K)
+    step_y = _constant(tap_y, acc) + offset[..., 1]
+    if offset_scale != 1:
+        step_x, step_y = step_x * offset_scale, step_y * offset_scale
+    x = p0_x.reshape(-1, 1, 1) + step_x
+    y = p0_y.reshape(-1, 1, 1, 1) + step_y
+    inside = (x > -1) & (x < width) & (y > -1) & (y < height)  # False for NaN
+    grid = torch.stack([(2 * x + 1) / width - 1, (2 * y + 1) / height - 1], dim=-1)
+    grid = torch.where(inside.unsqueeze(-1), grid, _constant(_OUTSIDE_GRID, acc))
+    weights = torch.where(inside, mask, _constant(0.0, acc))
+
+    # One plane per (image, group): (N * G, C, H, W), sampled at the group's
+    # (H_out * W_out, K) points. Every size is spelt out, none -1: ONNX's
+    # Reshape cannot infer a -1 among sizes whose product is 0, so the
+    # dynamo exporter's graph takes N = 0. (The TorchScript exporter writes
+    # its own -1 and 0 into every Reshape of dynamic sizes: its graphs do not.)
+    points, group_channels = len(tap_x), channels // groups
+    planes = input.reshape(batch, height, width, groups, group_channels).permute(0, 3, 4, 1, 2)
+    planes = planes.reshape(batch * groups, group_channels, height, width)
+    grid = grid.permute(0, 3, 1, 2, 4, 5).reshape(batch * groups, out_h * out_w, points, 2)
+    samples = torch.nn.functional.grid_sample(planes, grid, mode="bilinear",
+                                              padding_mode="zeros", align_corners=False)
+    weights = weights.permute(0, 3, 1, 2, 4).reshape(batch * groups, 1, out_h * out_w, points)
+    out = (samples * weights).sum(-1)  # (N * G, C, H_out * W_out)
+    return out.reshape(batch, channels, out_h, out_w).permute(0, 2, 3, 1)
+
+
+def _example_size(size):
+    """A size of the example being exported as an int, or None when it is a
+    dynamic dimension of torch.export's (a SymInt, whose value checks would
+    turn into guards). The TorchScript tracer's sizes are 0-d tensors;
+    reading their example value adds nothing to the trace."""
+    if isinstance(size, torch.Tensor):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            return int(size)
+    return size if isinstance(size, int) else None
+
+
+def _dcnv3_points(input, out_size, kernel_size, stride, padding, dilation, groups,
+                  remove_center):
+    """K, after the checks of cudcn.dcnv3 that export would otherwise skip
+    (the kernels make them in eager mode; the traced graph would compute
+    garbage or fail with a less helpful message), on the example's sizes
+    where the exporter knows them.
+
+    Args:
+        input: (N, H, W, G * C); out_size: the offsets' (H_out, W_out);
+        the rest the op's arguments.
+    """
+    kh, kw = kernel_size
+    if remove_center and (kh != kw or kh % 2 == 0 or kh < 3):
+        raise ValueError(f"remove_center needs an odd square kernel of at least 3 x 3, got "
+                         f"kernel_size {(kh, kw)}")
+    _, height, width, channels = (_example_size(size) for size in input.shape)
+    out_size = tuple(_example_size(size) for size in out_size)
+    if channels is not None and channels % groups:
+        raise ValueError(f"input has {channels} channels, which groups = {groups} does not "
+                         "divide")
+    if None not in (height, width, *out_size):
+        expected = tuple((size + 2 * pad - (dil * (k - 1) + 1)) // step + 1 for size, pad, dil, k,
+                         step in zip((height, width), padding, dilation, kernel_size, stride))
+        if out_size != expected:
+            raise ValueError(f"the offsets are given on a {out_size} grid but input "
+                             f"{(height, width)} with kernel {tuple(kernel_size)}, stride "
+                             f"{tuple(stride)}, padding {tuple(padding)} and dilation "
+                             f"{tuple(dilation)} gives a {expected} output")
+    return kh * kw - (1 if remove_center else 0)
+
+
+def dcnv3(input, offset, mask, kernel_size, stride, padding, dilation, groups, offset_scale,
+          remove_center):
+    """DCNv3's core (SPEC.md section 7) with GridSample and arithmetic.
+
+    Args:
+        input: (N, H, W, G * C).
+        offset: (N, H_out, W_out, G * K * 2), per group K (dx, dy) pairs.
+        mask: (N, H_out, W_out, G * K).
+        kernel_size, stride, padding, dilation: (h, w) pairs of ints.
+        groups: G; offset_scale: float; remove_center: bool.
+
+    Returns:
+        (N, H_out, W_out, G * C) in input's dtype (computed in float32 for
+        half types). H_out and W_out are the offsets' (the kernels require
+        them to be the geometry's); the batch and all spatial sizes may be
+        dynamic.
+    """
+    points = _dcnv3_points(input, offset.shape[1:3], kernel_size, stride, padding, dilation,
+                           groups, remove_center)
+    for name, tensor, per_group in (("offset", offset, 2 * points), ("mask", mask, points)):
+        size = _example_size(tensor.shape[-1])
+        if size is not None and size != groups * per_group:
+            raise ValueError(f"{name} has {size} channels, groups * {per_group} = "
+                             f"{groups * per_group} expected")
+    acc = _accumulation_dtype(input.dtype)
+    out = _dcnv3_sample(_as(input, acc), _as(offset, acc).unflatten(-1, (groups, points, 2)),
+                        _as(mask, acc).unflatten(-1, (groups, points)), offset.shape[1:3],
+                        kernel_size, stride, padding, dilation, groups, offset_scale,
+                        remove_center)
+    return _as(out, input.dtype)
+
+
+def dcnv4(input, offset_mask, kernel_size, stride, padding, dilation, groups, offset_scale,
+          remove_center):
+    """DCNv4's core: :func:`dcnv3` on the offsets and mask of DCNv4's packing.
+
+    Args:
+        input: (N, H, W, G * C).
+        offset_mask: (N, H_out, W_out, D), D >= G * 3K: per group the K
+            (dx, dy) pairs then the K mask values; the rest is ignored.
+        The others as for :func:`dcnv3`.
+
+    Returns:
+        (N, H_out, W_out, G * C) in input's dtype.
+    """
+    points = _dcnv3_points(input, offset_mask.shape[1:3], kernel_size, stride, padding,
+                           dilation, groups, remove_center)
+    width = _example_size(offset_mask.shape[-1])
+    if width is not None and width < groups * 3 * points:
+        raise ValueError(f"offset_mask has {width} channels but groups * 3K = {groups} * 3 * "
+                         f"{points} = {groups * 3 * points} are needed")
+    acc = _accumulation_dtype(input.dtype)
+    packed = _as(offset_mask[..., :groups * 3 * points], acc).unflatten(-1, (groups, 3 * points))
+    offset = packed[..., :2 * points].unflatten(-1, (points, 2))  # (N, Ho, Wo, G, K, 2)
+    mask = packed[..., 2 * points:]  # (N, Ho, Wo, G, K)
+    out = _dcnv3_sample(_as(input, acc), offset, mask, offset_mask.shape[1:3], kernel_size,
+                        stride, padding, dilation, groups, offset_scale, remove_center)
+    return _as(out, input.dtype)

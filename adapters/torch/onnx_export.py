@@ -15,6 +15,11 @@ What each op becomes (standard ONNX only, no custom domain):
   an error; the number of samples then depends on each RoI's size at run time.
 - ``ms_deform_attn``: Gather and arithmetic (:mod:`.onnx_decompositions`),
   reading the level sizes from ``spatial_shapes`` at run time.
+- ``dcnv3`` and ``dcnv4``: one ``GridSample`` (opset 16; bilinear, zeros
+  padding, align_corners=False) over the unpadded input, with Where and
+  arithmetic (:mod:`.onnx_decompositions`); batch and spatial sizes may be
+  dynamic. ONNX Runtime's CPU provider runs float64 GridSample from opset 20
+  only: export float64 models with ``opset_version=20`` or later.
 
 How. Importing ``cudcn.adapters.torch`` registers, for the TorchScript
 exporter (``dynamo=False``), symbolic functions through the public
@@ -23,10 +28,11 @@ translations in torch's own ONNX registry (the one that holds the aten ops;
 internal API, checked by the tests), per opset, so that an export below opset
 19 meets a clear error instead of writing a DeformConv its opset lacks. The
 public ``torch.onnx.ops.symbolic`` cannot do that: the op does not learn the
-target opset. The pooling decompositions run in the Python functions of
-``ops.py``, which call :func:`deform_roi_pool` / :func:`deform_psroi_pool`
-here while ``torch.onnx.is_in_onnx_export()``; both exporters trace them (the
-dynamo exporter in torch.export's non-strict capture, its first attempt;
+target opset. The decompositions run in the Python functions of
+``ops.py``, which call :func:`deform_roi_pool`, :func:`deform_psroi_pool`,
+:func:`ms_deform_attn`, :func:`dcnv3` or :func:`dcnv4` here while
+``torch.onnx.is_in_onnx_export()``; both exporters trace them (the dynamo
+exporter in torch.export's non-strict capture, its first attempt;
 TorchDynamo's strict capture reads ``is_in_onnx_export()`` as False, and the
 translations of the ops then raise an error that says so).
 """
@@ -130,6 +136,20 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
                                               points_per_level)
 
 
+def dcnv3(input, offset, mask, kernel_size, stride, padding, dilation, groups, offset_scale,
+          remove_center):
+    """cudcn.adapters.torch.dcnv3 while exporting to ONNX."""
+    return onnx_decompositions.dcnv3(input, offset, mask, kernel_size, stride, padding,
+                                     dilation, groups, offset_scale, remove_center)
+
+
+def dcnv4(input, offset_mask, kernel_size, stride, padding, dilation, groups, offset_scale,
+          remove_center):
+    """cudcn.adapters.torch.dcnv4 while exporting to ONNX."""
+    return onnx_decompositions.dcnv4(input, offset_mask, kernel_size, stride, padding,
+                                     dilation, groups, offset_scale, remove_center)
+
+
 # --- translations of the ops themselves ----------------------------------
 
 def _check_roi_align(has_offset, has_mask, sampling_ratio):
@@ -204,6 +224,14 @@ def _torchscript_ms_deform_attn(g, *args):
     raise _opaque_error("ms_deform_attn")
 
 
+def _torchscript_dcnv3(g, *args):
+    raise _opaque_error("dcnv3")
+
+
+def _torchscript_dcnv4(g, *args):
+    raise _opaque_error("dcnv4")
+
+
 # --- dynamo exporter (dynamo=True, the default) ---------------------------
 
 def _static_shape(value):
@@ -245,13 +273,23 @@ def _dynamo_ms_deform_attn(*args, **kwargs):
     raise _opaque_error("ms_deform_attn")
 
 
+def _dynamo_dcnv3(*args, **kwargs):
+    raise _opaque_error("dcnv3")
+
+
+def _dynamo_dcnv4(*args, **kwargs):
+    raise _opaque_error("dcnv4")
+
+
 # --- registration ---------------------------------------------------------
 
 def _register_torchscript():
     for name, symbolic in (("deform_conv2d", _torchscript_deform_conv2d),
                            ("deform_roi_pool", _torchscript_deform_roi_pool),
                            ("deform_psroi_pool", _torchscript_deform_psroi_pool),
-                           ("ms_deform_attn", _torchscript_ms_deform_attn)):
+                           ("ms_deform_attn", _torchscript_ms_deform_attn),
+                           ("dcnv3", _torchscript_dcnv3),
+                           ("dcnv4", _torchscript_dcnv4)):
         # Registered from opset 1 so that every target opset reaches cudcn's own checks.
         torch.onnx.register_custom_op_symbolic(f"cudcn::{name}", symbolic, 1)
 
@@ -322,7 +360,9 @@ def _add_dynamo_translations():
                (ops.deform_conv2d.default, _dynamo_deform_conv2d, DEFORM_CONV_OPSET),
                (ops.deform_roi_pool.default, _dynamo_deform_roi_pool, 18),
                (ops.deform_psroi_pool.default, _dynamo_deform_psroi_pool, 18),
-               (ops.ms_deform_attn.default, _dynamo_ms_deform_attn, 18))
+               (ops.ms_deform_attn.default, _dynamo_ms_deform_attn, 18),
+               (ops.dcnv3.default, _dynamo_dcnv3, 18),
+               (ops.dcnv4.default, _dynamo_dcnv4, 18))
     try:
         from torch.onnx._internal.exporter._torchlib._torchlib_registry import onnx_impl
 

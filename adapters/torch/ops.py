@@ -572,6 +572,9 @@ def dcnv3(input, offset, mask, kernel_size, stride=1, padding=0, dilation=1, gro
     input, offset, mask = _autocast(input, offset, mask)
     params = _dcnv3_params(kernel_size, stride, padding, dilation, groups, offset_scale,
                            remove_center)
+    if torch.onnx.is_in_onnx_export():  # standard ONNX operators instead of the kernel
+        from . import onnx_export
+        return onnx_export.dcnv3(input, offset, mask, *params)
     return _dcnv3_op(input, offset, mask, *params)
 
 
@@ -587,6 +590,9 @@ def dcnv4(input, offset_mask, kernel_size, stride=1, padding=0, dilation=1, grou
     input, offset_mask = _autocast(input, offset_mask)
     params = _dcnv3_params(kernel_size, stride, padding, dilation, groups, offset_scale,
                            remove_center)
+    if torch.onnx.is_in_onnx_export():  # standard ONNX operators instead of the kernel
+        from . import onnx_export
+        return onnx_export.dcnv4(input, offset_mask, *params)
     return _dcnv4_op(input, offset_mask, *params)
 
 

@@ -171,8 +171,8 @@ CUDCN_DEVICE void sample_forward(const T* value, const Points& points, T* output
 // so they come from the four dot products d_j = sum of g_c * v_{j, c}
 // (corner j's channels against the incoming gradient): sample = sum of
 // w_j d_j, and on the cell [y0, y0 + 1] x [x0, x0 + 1]
-//   d/dy = -(1 - fx) d_0 - fx d_1 + (1 - fx) d_2 + fx d_3,
-//   d/dx = -(1 - fy) d_0 + (1 - fy) d_1 - fy d_2 + fy d_3,
+//   d/dy = (1 - fx) (d_2 - d_0) + fx (d_3 - d_1),
+//   d/dx = (1 - fy) (d_1 - d_0) + fy (d_3 - d_2),
 // four multiply-adds a channel instead of one sample and its two
 // derivatives each. On the CPU the dot products run in kPointLanes lanes
 // added up at the end (lane_sum), which the host compiler keeps in vector
@@ -198,11 +198,27 @@ CUDCN_DEVICE A lane_sum(A* lane) {
   }
 }
 
+// A point's three sums from its dot products, stored in its slot (all zero
+// for a point outside the window, whose dot products are).
+template <typename A, typename I>
+CUDCN_DEVICE void store_point_sums(const BilinearCorners<A, I>& q, const A dot[4], A* partials,
+                                   I slot) {
+  const A hy = A(1) - q.frac_y, ly = q.frac_y, hx = A(1) - q.frac_x, lx = q.frac_x;
+  A sum_w = A(0);
+  for (int j = 0; j < 4; ++j) sum_w += q.weight[j] * dot[j];
+  store(partials + 3 * slot, sum_w);
+  // Grouped by weight (no mixed adds and subtracts side by side, which GCC's
+  // SLP vectorizer fuses into fmaddsub despite -ffp-contract=off: the same
+  // sums would round differently in two kernels).
+  store(partials + 3 * slot + 1, hx * (dot[2] - dot[0]) + lx * (dot[3] - dot[1]));
+  store(partials + 3 * slot + 2, hy * (dot[1] - dot[0]) + ly * (dot[3] - dot[2]));
+}
+
 template <typename T, typename I, typename A>
 CUDCN_DEVICE void point_sums(const T* grad_output, const T* value, const SampledPoint<A, I>& pt,
                              I head, int m, int c_begin, int c_end, CornerRows<T>& rows,
                              A* partials, I slot, const SamplingGeometry& s) {
-  A sum_w = A(0), sum_y = A(0), sum_x = A(0);
+  A dot[4] = {A(0), A(0), A(0), A(0)};
   if (pt.corners.inside) {
     const BilinearCorners<A, I>& q = pt.corners;
     const T* g = grad_output + head * s.channels;
@@ -218,16 +234,9 @@ CUDCN_DEVICE void point_sums(const T* grad_output, const T* value, const Sampled
         for (int j = 0; j < 4; ++j) lane_dot[j][l] += gc * rows.load_at(q, j, l);
       }
     }
-    A dot[4];
     for (int j = 0; j < 4; ++j) dot[j] = lane_sum<kPointLanes>(lane_dot[j]);
-    const A hy = A(1) - q.frac_y, ly = q.frac_y, hx = A(1) - q.frac_x, lx = q.frac_x;
-    for (int j = 0; j < 4; ++j) sum_w += q.weight[j] * dot[j];
-    sum_y = -hx * dot[0] - lx * dot[1] + hx * dot[2] + lx * dot[3];
-    sum_x = -hy * dot[0] + hy * dot[1] - ly * dot[2] + ly * dot[3];
   }
-  store(partials + 3 * slot, sum_w);
-  store(partials + 3 * slot + 1, sum_y);
-  store(partials + 3 * slot + 2, sum_x);
+  store_point_sums(pt.corners, dot, partials, slot);
 }
 
 // Item i of an op's reduce kernel: a head and a run of `run` of its points,
@@ -331,12 +340,22 @@ CUDCN_DEVICE void sample_backward_value_planes(const T* grad_output, const T* va
     for (int p = 0; p < s.points; ++p) {
       if (points.level(p) != level) continue;
       const SampledPoint<A, I> pt = head_points.at(p);
-      if (with_points) {
-        point_sums(grad_output, value, pt, head, m, c0, c0 + lanes, rows, partials,
-                   (head * s.points + p) * blocks + block, s);
-      }
-      if (!pt.corners.inside) continue;
+      const BilinearCorners<A, I>& q = pt.corners;
       const I map = map_at(pt, m, c0, s);
+      if (with_points) {  // point_sums' arithmetic, on the lanes of g in hand
+        A dot[4] = {A(0), A(0), A(0), A(0)};
+        if (q.inside) {
+          rows.at(value, pt, m, c0, s);
+          A lane_dot[4][kLanes];
+          for (int j = 0; j < 4; ++j) {
+            for (int l = 0; l < kLanes; ++l) lane_dot[j][l] = A(0);
+            for (int l = 0; l < lanes; ++l) lane_dot[j][l] += gc[l] * rows.load_at(q, j, l);
+            dot[j] = lane_sum<kLanes>(lane_dot[j]);
+          }
+        }
+        store_point_sums(q, dot, partials, (head * s.points + p) * blocks + block);
+      }
+      if (!q.inside) continue;
       for (int j = 0; j < 4; ++j) {
         if (!pt.corners.valid[j]) continue;
         const A w = pt.corners.weight[j] * pt.weight;

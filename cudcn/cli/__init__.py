@@ -79,8 +79,19 @@ def _demo(args):
     from . import demo
 
     demo.run(out=args.out, steps=args.steps, batch=args.batch, seed=args.seed,
+             seeds=args.seeds, jobs=args.jobs, offset_lr_mult=args.offset_lr_mult,
              device=args.device)
     return 0
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _conv_shape(text):
@@ -113,13 +124,24 @@ def build_parser():
         "demo", help="train a small CNN plain and deformable on transformed digits; figures",
         description="Train the same small CNN twice on scikit-learn's digits with random "
                     "scale, rotation and shift: plain, and with its last three 3x3 convs "
-                    "deformable. Prints both test accuracies and writes PNG figures of the "
-                    "learned sampling locations and offsets. Needs torch, scikit-learn and "
-                    "matplotlib.")
+                    "deformable, for several seeds. Prints both test accuracies and the "
+                    "deformable layers' effective dilation on small, medium and large digits "
+                    "and the background (the paper's Table 2), and writes PNG figures of the "
+                    "learned sampling locations, offsets and effective dilation. Needs torch, "
+                    "scikit-learn and matplotlib.")
     demo.add_argument("--out", default="cudcn-demo", help="folder for the figures")
-    demo.add_argument("--steps", type=int, default=500, help="training steps per model")
+    demo.add_argument("--steps", type=int, default=1000, help="training steps per model")
     demo.add_argument("--batch", type=int, default=32, help="batch size")
-    demo.add_argument("--seed", type=int, default=0, help="seed of data, init and order")
+    demo.add_argument("--seed", type=int, default=0,
+                      help="first seed of data, init and order")
+    demo.add_argument("--seeds", type=_positive_int, default=3,
+                      help="how many seeds (--seed, --seed + 1, ...) to train both models for")
+    demo.add_argument("--jobs", type=_positive_int, default=None,
+                      help="processes (one thread each) that train the models; 1: in this "
+                           "process, on torch's threads (default: one per core)")
+    demo.add_argument("--offset-lr-mult", type=float, default=1.0,
+                      help="learning rate of the offset convs, times the others' (default 1, "
+                           "as in the paper's code)")
     demo.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                       help="where to train (cuda: the GPU backend)")
     demo.set_defaults(run=_demo)

@@ -24,18 +24,24 @@ def test_info_lists_backends_and_caches():
     assert "GPU backend" in result.stdout and "CPU kernel cache" in result.stdout
 
 
+OPS = ("deform_conv2d", "deform_roi_pool", "deform_psroi_pool", "ms_deform_attn", "dcnv3",
+       "dcnv4")
+
+
 def test_check_passes_and_lists_every_op_and_cpu_dtype():
-    """3 ops x (forward + 10 gradients in all) x 4 dtypes = 52 rows."""
+    """6 ops x (forward + 18 gradients in all) x 4 dtypes = 96 rows."""
     result = _cudcn("check")
     assert result.returncode == 0, result.stdout + result.stderr
-    rows = [line.split() for line in result.stdout.splitlines()[1:] if line.startswith("deform")]
+    rows = [line.split() for line in result.stdout.splitlines()[1:] if line.startswith(OPS)]
     seen = {(r[0], r[-5], r[-4]) for r in rows}
-    for op in ("deform_conv2d", "deform_roi_pool", "deform_psroi_pool"):
+    for op in OPS:
         for dtype in ("float32", "float64", "float16", "bfloat16"):
             assert (op, "cpu", dtype) in seen
     passes = {(r[0], " ".join(r[1:-5])) for r in rows}
     assert ("deform_conv2d", "grad weight") in passes and ("deform_roi_pool", "grad mask") in passes
-    assert all(r[-1] == "ok" for r in rows) and len(rows) == 52
+    assert ("ms_deform_attn", "grad sampling_locations") in passes
+    assert ("dcnv4", "grad offset_mask") in passes
+    assert all(r[-1] == "ok" for r in rows) and len(rows) == 96
 
 
 def test_check_fails_on_a_wrong_op(monkeypatch, capsys):

@@ -13,7 +13,8 @@ import dataclasses
 import numpy as np
 
 from .. import _kernels, reference
-from ..testing import deform_conv2d_inputs, deform_psroi_pool_inputs, deform_roi_pool_inputs
+from ..testing import (dcnv3_inputs, deform_conv2d_inputs, deform_psroi_pool_inputs,
+                       deform_roi_pool_inputs, ms_deform_attn_inputs)
 
 TOLERANCE = {"float64": 1e-7, "float32": 2e-3, "float16": 3e-2, "bfloat16": 1e-1}
 
@@ -37,6 +38,9 @@ def _cases():
                                 offset_groups=2, size=(7, 6), away_from_kinks=True, seed=1)
     roi = deform_roi_pool_inputs(rois=4, mask=True, seed=2)
     ps = deform_psroi_pool_inputs(rois=4, seed=3)
+    msda = ms_deform_attn_inputs(outside=0, away_from_kinks=True, seed=4)
+    dcn = dict(size=(7, 6), kernel=(3, 3), padding=(1, 2), groups=2, group_channels=3,
+               offset_scale=0.8, away_from_kinks=True)
     import cudcn
 
     return [
@@ -46,6 +50,12 @@ def _cases():
          reference.deform_roi_pool, roi, ("input", "offset", "mask")),
         ("deform_psroi_pool", cudcn.deform_psroi_pool, cudcn.deform_psroi_pool_backward,
          reference.deform_psroi_pool, ps, ("input", "offset")),
+        ("ms_deform_attn", cudcn.ms_deform_attn, cudcn.ms_deform_attn_backward,
+         reference.ms_deform_attn, msda, ("value", "sampling_locations", "attention_weights")),
+        ("dcnv3", cudcn.dcnv3, cudcn.dcnv3_backward, reference.dcnv3,
+         dcnv3_inputs(**dcn, seed=5), ("input", "offset", "mask")),
+        ("dcnv4", cudcn.dcnv4, cudcn.dcnv4_backward, reference.dcnv4,
+         dcnv3_inputs(**dcn, packed=True, seed=6), ("input", "offset_mask")),
     ]
 
 
@@ -69,11 +79,17 @@ def _backends():
     return found
 
 
+def _is_float_operand(name, value):
+    """The arrays an op computes in the call's dtype: floats but RoIs
+    (integer tables, such as ms_deform_attn's level sizes, stay as they are)."""
+    return isinstance(value, np.ndarray) and value.dtype.kind == "f" and name != "rois"
+
+
 def _convert(args, xp, dtype):
     out = {}
     for k, v in args.items():
         if isinstance(v, np.ndarray):
-            out[k] = xp.asarray(v) if k == "rois" else xp.asarray(v).astype(dtype)
+            out[k] = xp.asarray(v).astype(dtype) if _is_float_operand(k, v) else xp.asarray(v)
         else:
             out[k] = v
     return out
@@ -110,7 +126,7 @@ def run():
                 a = _convert(args, xp, dtype)
                 g_out = xp.asarray(grad_output).astype(dtype)
                 # The reference of the rounded inputs: the op is judged, not the rounding.
-                rounded = {k: _host(v) if k != "rois" and hasattr(v, "shape") else args[k]
+                rounded = {k: _host(v) if _is_float_operand(k, args[k]) else args[k]
                            for k, v in a.items()}
                 if dtype_name not in numeric_by_dtype:
                     numeric_by_dtype[dtype_name] = _directional_derivatives(

@@ -187,15 +187,20 @@ constexpr int kPointLanes = kLanes;
 // The sum of a thread's lanes, halves folded onto halves (a fixed order,
 // as fast as vector adds go; adding them one by one waits on each add).
 // Each fold a loop of constant length, which the host compiler vectorizes.
-template <int N, typename A>
-CUDCN_DEVICE A lane_sum(A* lane) {
-  static_assert((N & (N - 1)) == 0, "lanes come in a power of 2");
-  if constexpr (N == 1) {
-    return lane[0];
-  } else {
-    for (int l = 0; l < N / 2; ++l) lane[l] += lane[l + N / 2];
-    return lane_sum<N / 2>(lane);
+template <typename A, int N>
+CUDCN_DEVICE A lane_sum(A (&lane)[N]) {
+  static_assert(N == 1 || N == 2 || N == 4 || N == 8 || N == 16, "1 to 16 lanes, a power of 2");
+  if constexpr (N >= 16) {
+    for (int l = 0; l < 8; ++l) lane[l] += lane[l + 8];
   }
+  if constexpr (N >= 8) {
+    for (int l = 0; l < 4; ++l) lane[l] += lane[l + 4];
+  }
+  if constexpr (N >= 4) {
+    for (int l = 0; l < 2; ++l) lane[l] += lane[l + 2];
+  }
+  if constexpr (N >= 2) lane[0] += lane[1];
+  return lane[0];
 }
 
 // A point's three sums from its dot products, stored in its slot (all zero
@@ -234,7 +239,7 @@ CUDCN_DEVICE void point_sums(const T* grad_output, const T* value, const Sampled
         for (int j = 0; j < 4; ++j) lane_dot[j][l] += gc * rows.load_at(q, j, l);
       }
     }
-    for (int j = 0; j < 4; ++j) dot[j] = lane_sum<kPointLanes>(lane_dot[j]);
+    for (int j = 0; j < 4; ++j) dot[j] = lane_sum(lane_dot[j]);
   }
   store_point_sums(pt.corners, dot, partials, slot);
 }
@@ -350,7 +355,7 @@ CUDCN_DEVICE void sample_backward_value_planes(const T* grad_output, const T* va
           for (int j = 0; j < 4; ++j) {
             for (int l = 0; l < kLanes; ++l) lane_dot[j][l] = A(0);
             for (int l = 0; l < lanes; ++l) lane_dot[j][l] += gc[l] * rows.load_at(q, j, l);
-            dot[j] = lane_sum<kLanes>(lane_dot[j]);
+            dot[j] = lane_sum(lane_dot[j]);
           }
         }
         store_point_sums(q, dot, partials, (head * s.points + p) * blocks + block);

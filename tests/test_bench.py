@@ -139,13 +139,14 @@ def test_each_torch_backward_starts_as_after_zero_grad(monkeypatch):
     monkeypatch.setattr(bench, "MSDA_LEVELS", ((4, 4), (2, 2), (1, 1), (1, 1)))
     monkeypatch.setattr(bench, "MSDA_QUERIES", (("encoder", 6), ("decoder", 3)))
     monkeypatch.setattr(bench, "DETR_SIZE", 128)
+    monkeypatch.setattr(bench, "DCNV3_STAGES", ((5, 8, 2), (4, 8, 4), (3, 16, 4)))
     bench.measure(rounds=2, conv_shapes=((1, 4, 8),), memory=False, threads=False,
                   environment=False, rois=True, profile_shape=(1, 4, 8), seconds=None,
                   out=io.StringIO())
     # Each (warm-up + rounds): conv, 2 torch contenders x (1 + 2); pools, 3 rows x 2
-    # contenders x (1 + 3); attention, 2 rows x 2 contenders x (1 + 3); the
-    # profile, 1 + 3 x 2.
-    assert len(seen) == 2 * 3 + 3 * 2 * 4 + 2 * 2 * 4 + 7
+    # contenders x (1 + 3); attention, 2 rows x 2 contenders x (1 + 3); dcnv3, 3
+    # stages and the layer x 2 contenders x (1 + 3); the profile, 1 + 3 x 2.
+    assert len(seen) == 2 * 3 + 3 * 2 * 4 + 2 * 2 * 4 + 4 * 2 * 4 + 7
     assert all(seen)
 
 

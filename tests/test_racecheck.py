@@ -101,11 +101,13 @@ def _code(path):
                          ids=lambda p: p.name)
 def test_kernels_touch_memory_only_through_the_recorded_helpers(path):
     """An array element is reached only by load, store or atomic_add: any
-    ``name[...]`` indexes a local array or a member of a local struct, and
-    pointers are dereferenced only inside those helpers."""
+    ``name[...]`` indexes a local array, a member of a local struct or a
+    reference to a caller's local array (``A (&name)[N]``), and pointers are
+    dereferenced only inside those helpers."""
     code = _code(path)
     local_arrays = set(re.findall(
         r"\b(?:const\s+)?(?:A|I|T|int|bool|float|double|long long)\s*\*?\s+(\w+)\[", code))
+    local_arrays |= set(re.findall(r"\b(?:A|I|T)\s*\(&(\w+)\)\[", code))
     indexed = set(re.findall(r"(?<![.\w])(\w+)\s*\[", code))
     assert indexed <= local_arrays, sorted(indexed - local_arrays)
     dereferenced = {m.group(1) for m in re.finditer(r"\*\s*\(?\s*(\w+)", code)

@@ -464,7 +464,12 @@ def test_empty_batch_or_no_rois(op):
     assert grads.shape == arrays[0].shape and not np.asarray(grads).any()
 
 
-def test_xla_deterministic_flag_selects_deterministic_kernels(monkeypatch):
+@pytest.mark.parametrize("branch", ["cpu-branch", "gpu-branch"])
+def test_xla_deterministic_flag_selects_deterministic_gpu_kernels(monkeypatch, request, branch):
+    """XLA's GPU switch selects cudcn's deterministic kernels on a GPU (its
+    branch on the CuPy double); the CPU backward is deterministic already."""
+    if branch == "gpu-branch":  # (a parameter named "gpu" would mark the test gpu-only)
+        request.getfixturevalue("gpu_branch")
     seen = []
     real = cudcn.deform_conv2d_backward
 
@@ -479,7 +484,7 @@ def test_xla_deterministic_flag_selects_deterministic_kernels(monkeypatch):
     for flags in ("", "--xla_gpu_deterministic_ops=true"):
         monkeypatch.setenv("XLA_FLAGS", flags)
         jax.grad(lambda *a: jnp.sum(f(*a)))(*map(jnp.asarray, arrays))
-    assert seen == [False, True]
+    assert seen == [False, branch == "gpu-branch"]
 
 
 # --- the GPU branch, without a GPU ---------------------------------------

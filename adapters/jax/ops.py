@@ -9,7 +9,13 @@ backward rule, which asks cudcn for those gradients only: under
 and no col2im runs for it. rois never get a gradient (a zero cotangent).
 Forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``) is not defined,
 as for every ``custom_vjp``; neither is a second derivative (cudcn has no
-double backward).
+double backward: differentiating a backward rule raises
+``SecondDerivativeError``).
+
+Each op casts its arrays to vary over the same mesh axes before its
+``custom_vjp`` (``_buffers.vary_alike``), so that inside ``jax.shard_map``
+a replicated argument's gradient is summed over the devices, as JAX does
+for its own operations.
 """
 
 import dataclasses
@@ -43,19 +49,51 @@ class _Needs:
     names: tuple
 
 
+# XLA's switches for reproducible GPU results (the first is the one JAX's
+# documentation names); a bare boolean flag means true, the last one given wins.
+_DETERMINISTIC_FLAGS = ("xla_gpu_deterministic_ops", "xla_gpu_exclude_nondeterministic_ops")
+_FLAG_VALUES = {"": True, "true": True, "1": True, "false": False, "0": False}
+
+
 def _deterministic():
-    """XLA's own switch for reproducible GPU results also selects cudcn's
-    deterministic backward kernels (on the CPU they always are)."""
-    return "--xla_gpu_deterministic_ops=true" in os.environ.get("XLA_FLAGS", "")
+    """Whether XLA_FLAGS asks for deterministic GPU operations, read as XLA
+    reads it: ``--flag``, ``--flag=true`` / ``=1`` (or ``-flag``), and
+    ``=false`` / ``=0`` to turn it off again. On a GPU it selects cudcn's
+    deterministic backward kernels; the CPU backward is deterministic
+    whatever it says (see _on_gpu)."""
+    enabled = {}
+    for token in os.environ.get("XLA_FLAGS", "").split():
+        name, _, value = token.lstrip("-").partition("=")
+        if name in _DETERMINISTIC_FLAGS and value.lower() in _FLAG_VALUES:
+            enabled[name] = _FLAG_VALUES[value.lower()]
+    return any(enabled.values())
 
 
-def _call(fn, arrays, static, results, per_image=frozenset(), outputs_per_image=False):
-    """Run ``fn(**arrays, **static)`` as a custom call; None arrays are left out."""
+def _on_gpu(deterministic, array):
+    """The deterministic flag of a backward call on ``array``'s device: XLA's
+    switch is a GPU one. On the CPU cudcn's backward is deterministic run to
+    run already; its deterministic mode there would only fix deform_conv2d's
+    product tiles to those of 4 threads."""
+    return deterministic and _backend.array_module(array) is not np
+
+
+def _call(op, fn, arrays, static, results, per_image=frozenset(), result_per_image=None):
+    """Run ``fn(**arrays, **static)`` as a custom call; None arrays are left out.
+
+    per_image: the names whose axis 0 is the image axis N; result_per_image:
+    per result, whether its axis 0 is N (the others are sums over the
+    images). With both, the call divides over the images across devices
+    under a sharded jax.jit."""
     present = {name: a for name, a in arrays.items() if a is not None}
-    call = _buffers.Call(fn, tuple(present), tuple(a.ndim for a in present.values()),
+    outputs_per_image = bool(per_image) and all(result_per_image)
+    call = _buffers.Call(op, fn, tuple(present), tuple(a.ndim for a in present.values()),
                          frozenset(per_image), outputs_per_image, tuple(static),
                          cudcn._workspace.explicit_limit())
-    return _buffers.run(call, results, list(present.values()))
+    split = None
+    if per_image:
+        split = _buffers.Split(tuple(name in per_image for name in present),
+                               tuple(result_per_image))
+    return _buffers.run(call, results, list(present.values()), split)
 
 
 def _split(primals):
@@ -83,7 +121,7 @@ def _forward_rule(primal, params, primals):
     return primal(params, *values.values()), (values, _Needs(needs))
 
 
-def _backward_rule(backward, rule_inputs, params, residuals, g, per_image=frozenset(),
+def _backward_rule(op, backward, rule_inputs, params, residuals, g, per_image=frozenset(),
                    output_like="input"):
     """An op's custom_vjp backward rule: cudcn's ``backward`` asked for the
     gradients the forward rule named, None for the others. The cotangent
@@ -92,9 +130,9 @@ def _backward_rule(backward, rule_inputs, params, residuals, g, per_image=frozen
     if isinstance(g, SymbolicZero) or not needs.names:
         return (None,) * len(rule_inputs)
     static = (*params, ("needs", needs.names), ("deterministic", _deterministic()))
-    grads = _call(backward, dict(grad_output=_cotangent(g, values[output_like]), **values),
+    grads = _call(op, backward, dict(grad_output=_cotangent(g, values[output_like]), **values),
                   static, [(values[n].shape, values[n].dtype) for n in needs.names],
-                  per_image, outputs_per_image=bool(per_image) and set(needs.names) <= per_image)
+                  per_image, tuple(n in per_image for n in needs.names))
     return _gradients(rule_inputs, needs.names, grads)
 
 
@@ -112,7 +150,7 @@ def _conv_backward(*, grad_output, input, offset, weight, bias=None, mask=None, 
                    dilation, needs, deterministic):
     grads = cudcn.deform_conv2d_backward(grad_output, input, offset, weight, bias, stride,
                                          padding, dilation, mask, needs=needs,
-                                         deterministic=deterministic)
+                                         deterministic=_on_gpu(deterministic, input))
     return tuple(getattr(grads, name) for name in needs)
 
 
@@ -122,8 +160,8 @@ def _conv_primal(params, input, offset, weight, bias, mask):
             zip(input.shape[2:], p["padding"], p["dilation"], weight.shape[2:], p["stride"])]
     shape = (input.shape[0], weight.shape[0], *size)
     arrays = dict(input=input, offset=offset, weight=weight, bias=bias, mask=mask)
-    (out,) = _call(_conv_forward, arrays, params, [(shape, input.dtype)], _CONV_PER_IMAGE,
-                   outputs_per_image=True)
+    (out,) = _call("deform_conv2d", _conv_forward, arrays, params, [(shape, input.dtype)],
+                   _CONV_PER_IMAGE, (True,))
     return out
 
 
@@ -136,7 +174,8 @@ def _conv_fwd(params, input, offset, weight, bias, mask):
 
 
 def _conv_bwd(params, residuals, g):
-    return _backward_rule(_conv_backward, _CONV_INPUTS, params, residuals, g, _CONV_PER_IMAGE)
+    return _backward_rule("deform_conv2d", _conv_backward, _CONV_INPUTS, params, residuals, g,
+                          _CONV_PER_IMAGE)
 
 
 _conv_primal.defvjp(_conv_fwd, _conv_bwd, symbolic_zeros=True)
@@ -166,7 +205,7 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
                              weight=weight, bias=bias, mask=mask)
     g = _conv._geometry(*map(_stand_in, arrays), stride, padding, dilation)
     params = (("stride", g.stride), ("padding", g.padding), ("dilation", g.dilation))
-    return _conv_primal(params, *arrays)
+    return _conv_primal(params, *_buffers.vary_alike(arrays))
 
 
 # --- deform_roi_pool -------------------------------------------------------
@@ -181,14 +220,15 @@ def _roi_forward(*, input, rois, offset=None, mask=None, **params):
 def _roi_backward(*, grad_output, input, rois, offset=None, mask=None, needs, deterministic,
                   **params):
     grads = cudcn.deform_roi_pool_backward(grad_output, input, rois, offset, mask=mask,
-                                           needs=needs, deterministic=deterministic, **params)
+                                           needs=needs,
+                                           deterministic=_on_gpu(deterministic, input), **params)
     return tuple(getattr(grads, name) for name in needs)
 
 
 def _roi_primal(params, input, rois, offset, mask):
     shape = (rois.shape[0], input.shape[1], *dict(params)["output_size"])
     arrays = dict(input=input, rois=rois, offset=offset, mask=mask)
-    (out,) = _call(_roi_forward, arrays, params, [(shape, input.dtype)])
+    (out,) = _call("deform_roi_pool", _roi_forward, arrays, params, [(shape, input.dtype)])
     return out
 
 
@@ -201,7 +241,7 @@ def _roi_fwd(params, input, rois, offset, mask):
 
 
 def _roi_bwd(params, residuals, g):
-    return _backward_rule(_roi_backward, _ROI_INPUTS, params, residuals, g)
+    return _backward_rule("deform_roi_pool", _roi_backward, _ROI_INPUTS, params, residuals, g)
 
 
 _roi_primal.defvjp(_roi_fwd, _roi_bwd, symbolic_zeros=True)
@@ -230,7 +270,7 @@ def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0,
                        output_size, spatial_scale, sampling_ratio, gamma)
     params = (("output_size", p.pooled), ("spatial_scale", p.spatial_scale),
               ("sampling_ratio", p.sampling_ratio), ("gamma", p.gamma))
-    return _roi_primal(params, input, rois, offset, mask)
+    return _roi_primal(params, *_buffers.vary_alike([input, rois, offset, mask]))
 
 
 # --- deform_psroi_pool -----------------------------------------------------
@@ -244,15 +284,16 @@ def _psroi_forward(*, input, rois, offset=None, **params):
 
 def _psroi_backward(*, grad_output, input, rois, offset=None, needs, deterministic, **params):
     grads = cudcn.deform_psroi_pool_backward(grad_output, input, rois, offset, needs=needs,
-                                             deterministic=deterministic, **params)
+                                             deterministic=_on_gpu(deterministic, input),
+                                             **params)
     return tuple(getattr(grads, name) for name in needs)
 
 
 def _psroi_primal(params, input, rois, offset):
     p = dict(params)
     shape = (rois.shape[0], p["output_dim"], p["pooled_size"], p["pooled_size"])
-    (out,) = _call(_psroi_forward, dict(input=input, rois=rois, offset=offset), params,
-                   [(shape, input.dtype)])
+    (out,) = _call("deform_psroi_pool", _psroi_forward,
+                   dict(input=input, rois=rois, offset=offset), params, [(shape, input.dtype)])
     return out
 
 
@@ -264,7 +305,7 @@ def _psroi_fwd(params, input, rois, offset):
 
 
 def _psroi_bwd(params, residuals, g):
-    return _backward_rule(_psroi_backward, _PSROI_INPUTS, params, residuals, g)
+    return _backward_rule("deform_psroi_pool", _psroi_backward, _PSROI_INPUTS, params, residuals, g)
 
 
 _psroi_primal.defvjp(_psroi_fwd, _psroi_bwd, symbolic_zeros=True)
@@ -294,7 +335,7 @@ def deform_psroi_pool(input, rois, offset=None, *, output_dim, group_size, poole
               ("pooled_size", p.pooled_size), ("part_size", p.part_size),
               ("sample_per_part", p.sample_per_part), ("trans_std", p.trans_std),
               ("spatial_scale", p.spatial_scale))
-    return _psroi_primal(params, input, rois, offset)
+    return _psroi_primal(params, *_buffers.vary_alike([input, rois, offset]))
 
 
 # --- ms_deform_attn --------------------------------------------------------
@@ -323,7 +364,7 @@ def _msda_backward(*, grad_output, value, sampling_locations, attention_weights,
     grads = cudcn.ms_deform_attn_backward(grad_output, value, shapes, starts,
                                           sampling_locations, attention_weights, im2col_step,
                                           points_per_level, needs=needs,
-                                          deterministic=deterministic)
+                                          deterministic=_on_gpu(deterministic, value))
     return tuple(getattr(grads, name) for name in needs)
 
 
@@ -332,8 +373,8 @@ def _msda_primal(params, value, sampling_locations, attention_weights):
     shape = (n, sampling_locations.shape[1], heads * channels)
     arrays = dict(value=value, sampling_locations=sampling_locations,
                   attention_weights=attention_weights)
-    (out,) = _call(_msda_forward, arrays, params, [(shape, value.dtype)], _MSDA_PER_IMAGE,
-                   outputs_per_image=True)
+    (out,) = _call("ms_deform_attn", _msda_forward, arrays, params, [(shape, value.dtype)],
+                   _MSDA_PER_IMAGE, (True,))
     return out
 
 
@@ -347,8 +388,8 @@ def _msda_fwd(params, value, sampling_locations, attention_weights):
 
 
 def _msda_bwd(params, residuals, g):
-    return _backward_rule(_msda_backward, _MSDA_INPUTS, params, residuals, g, _MSDA_PER_IMAGE,
-                          output_like="value")
+    return _backward_rule("ms_deform_attn", _msda_backward, _MSDA_INPUTS, params, residuals, g,
+                          _MSDA_PER_IMAGE, output_like="value")
 
 
 _msda_primal.defvjp(_msda_fwd, _msda_bwd, symbolic_zeros=True)
@@ -396,7 +437,8 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
               ("level_start_index", tuple(starts.tolist())), ("im2col_step", int(im2col_step)),
               ("points_per_level", None if points_per_level is None
                else tuple(int(p) for p in points_per_level)))
-    return _msda_primal(params, value, sampling_locations, attention_weights)
+    return _msda_primal(params, *_buffers.vary_alike([value, sampling_locations,
+                                                      attention_weights]))
 
 
 # --- dcnv3 / dcnv4 ---------------------------------------------------------
@@ -414,7 +456,7 @@ def _dcnv3_forward(*, input, offset, mask, **params):
 
 def _dcnv3_backward(*, grad_output, input, offset, mask, needs, deterministic, **params):
     grads = cudcn.dcnv3_backward(grad_output, input, offset, mask, needs=needs,
-                                 deterministic=deterministic, **params)
+                                 deterministic=_on_gpu(deterministic, input), **params)
     return tuple(getattr(grads, name) for name in needs)
 
 
@@ -424,7 +466,7 @@ def _dcnv4_forward(*, input, offset_mask, **params):
 
 def _dcnv4_backward(*, grad_output, input, offset_mask, needs, deterministic, **params):
     grads = cudcn.dcnv4_backward(grad_output, input, offset_mask, needs=needs,
-                                 deterministic=deterministic, **params)
+                                 deterministic=_on_gpu(deterministic, input), **params)
     return tuple(getattr(grads, name) for name in needs)
 
 
@@ -436,8 +478,8 @@ def _dcnv3_output(input, per_pixel):
 
 
 def _dcnv3_primal(params, input, offset, mask):
-    (out,) = _call(_dcnv3_forward, dict(input=input, offset=offset, mask=mask), params,
-                   _dcnv3_output(input, offset), _DCNV3_PER_IMAGE, outputs_per_image=True)
+    (out,) = _call("dcnv3", _dcnv3_forward, dict(input=input, offset=offset, mask=mask), params,
+                   _dcnv3_output(input, offset), _DCNV3_PER_IMAGE, (True,))
     return out
 
 
@@ -449,7 +491,7 @@ def _dcnv3_fwd(params, input, offset, mask):
 
 
 def _dcnv3_bwd(params, residuals, g):
-    return _backward_rule(_dcnv3_backward, _DCNV3_INPUTS, params, residuals, g,
+    return _backward_rule("dcnv3", _dcnv3_backward, _DCNV3_INPUTS, params, residuals, g,
                           _DCNV3_PER_IMAGE)
 
 
@@ -457,8 +499,8 @@ _dcnv3_primal.defvjp(_dcnv3_fwd, _dcnv3_bwd, symbolic_zeros=True)
 
 
 def _dcnv4_primal(params, input, offset_mask):
-    (out,) = _call(_dcnv4_forward, dict(input=input, offset_mask=offset_mask), params,
-                   _dcnv3_output(input, offset_mask), _DCNV3_PER_IMAGE, outputs_per_image=True)
+    (out,) = _call("dcnv4", _dcnv4_forward, dict(input=input, offset_mask=offset_mask), params,
+                   _dcnv3_output(input, offset_mask), _DCNV3_PER_IMAGE, (True,))
     return out
 
 
@@ -470,7 +512,7 @@ def _dcnv4_fwd(params, input, offset_mask):
 
 
 def _dcnv4_bwd(params, residuals, g):
-    return _backward_rule(_dcnv4_backward, _DCNV4_INPUTS, params, residuals, g,
+    return _backward_rule("dcnv4", _dcnv4_backward, _DCNV4_INPUTS, params, residuals, g,
                           _DCNV3_PER_IMAGE)
 
 
@@ -522,7 +564,7 @@ def dcnv3(input, offset, mask, kernel_size, stride=1, padding=0, dilation=1, gro
     static = (kernel_size, stride, padding, dilation, groups, offset_scale, remove_center)
     # cudcn's checks, on stand-ins of the traced shapes and dtypes.
     _DCNv3(_stand_in(input), *static, offset=_stand_in(offset), mask=_stand_in(mask))
-    return _dcnv3_primal(_dcnv3_params(*static), input, offset, mask)
+    return _dcnv3_primal(_dcnv3_params(*static), *_buffers.vary_alike([input, offset, mask]))
 
 
 def dcnv4(input, offset_mask, kernel_size, stride=1, padding=0, dilation=1, groups=1,
@@ -549,7 +591,7 @@ def dcnv4(input, offset_mask, kernel_size, stride=1, padding=0, dilation=1, grou
     static = (kernel_size, stride, padding, dilation, groups, offset_scale, remove_center)
     # cudcn's checks, on stand-ins of the traced shapes and dtypes.
     _DCNv3(_stand_in(input), *static, offset_mask=_stand_in(offset_mask))
-    return _dcnv4_primal(_dcnv3_params(*static), input, offset_mask)
+    return _dcnv4_primal(_dcnv3_params(*static), *_buffers.vary_alike([input, offset_mask]))
 
 
 dcnv3.__doc__ = dcnv3.__doc__.replace("{args}", _DCNV3_ARGS_DOC)

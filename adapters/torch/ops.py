@@ -75,8 +75,10 @@ def _arrays_in_tensors_out(fn, args, kwargs):
 
 def _not_twice(name):
     def backward(ctx, *grads):
-        raise RuntimeError(f"cudcn::{name} is not differentiable: cudcn has no double backward "
-                           f"of {name.removesuffix('_backward')}")
+        raise RuntimeError(f"cudcn::{name} is not differentiable: cudcn's operations have first "
+                           f"derivatives only (no double backward of "
+                           f"{name.removesuffix('_backward')}: a gradient taken with "
+                           f"create_graph=True cannot be differentiated again)")
 
     def setup(ctx, inputs, output):
         pass

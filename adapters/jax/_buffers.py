@@ -24,6 +24,10 @@ The call is a primitive of its own, ``cudcn_call``, rather than
   device and run all of it there.
 - Errors that name cudcn: a second derivative, ``jax.export``.
 
+On the CPU, the calls XLA makes from threads of its own (the programs of
+several host devices run there) take turns on one thread of the adapter's
+(see ``_host_thread``); others run where they are made.
+
 Under ``jax.vmap`` the call sees every argument with extra leading batch axes
 ("expand_dims": an unbatched argument has size 1 there). Where the batch can
 be folded into the image axis N (nothing shared, such as weight, is batched,
@@ -108,7 +112,7 @@ class Call:
     workspace_limit: object  # int or None
 
     def __call__(self, ctx, outputs, *buffers):
-        if gpu_device(buffers[0]) is None:
+        if gpu_device(buffers[0]) is None and _on_xla_thread():
             _host_thread().submit(self._convert_and_run, ctx, outputs, buffers).result()
         else:
             self._convert_and_run(ctx, outputs, buffers)
@@ -167,29 +171,39 @@ class Split:
     results: tuple
 
 
-# Calls on the CPU run on one thread of the adapter's own, in turn, whichever
-# of XLA's threads calls them:
+# Calls on the CPU that XLA makes from threads of its own (a program over
+# several devices runs there) run on one thread of the adapter's own, in turn:
 # - XLA's host devices (a mesh of CPU devices) share the machine's cores,
 #   which one cudcn call keeps busy already (its thread pool). Run at once,
 #   the calls of 2 host devices took 1.96x one device's time for the same
 #   images (deform_conv2d at N=8, C=32, 28x28, on 2 cores).
 # - cudcn keeps its CPU scratch buffers between calls per Python thread
-#   (fresh pages fault). XLA runs a program of several devices on threads of
-#   its own, where each callback gets a Python thread state for that call
-#   only: its scratch was fresh every time (1,000-1,400 page faults a step).
-# Taking turns under a lock on XLA's threads, with the scratch kept, still
-# took 1.13-1.66x one device's time; on this thread 1.00-1.17x (the two
-# interleaved, same machine). The hop costs a thread switch each way.
+#   (fresh pages fault), and each callback on XLA's threads gets a Python
+#   thread state for that call only: its scratch was fresh every time
+#   (1,000-1,400 page faults a step).
+# Taking turns under a lock on XLA's own threads instead, the scratch kept,
+# the forward+backward took 1.36-1.65x one device's time, against 1.26-1.30x
+# here (the two interleaved in one process; the forward 1.2-1.7x either way).
+# Calls from Python's threads (a one-device jit runs its program on the
+# caller's) stay there: the hop costs 1-8% of a call at N=2..8, C=32, 28x28.
 _host = {"executor": None}
 _host_lock = threading.Lock()
 
 
 def _host_thread():
+    """The adapter's thread for the CPU calls of XLA's threads (made at the
+    first such call)."""
     with _host_lock:
         if _host["executor"] is None:
             _host["executor"] = concurrent.futures.ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="cudcn-jax-cpu")
         return _host["executor"]
+
+
+def _on_xla_thread():
+    """The caller is a thread that Python did not start: threading sees it as a
+    "dummy" thread, made anew for each of its calls into Python."""
+    return isinstance(threading.current_thread(), threading._DummyThread)
 
 
 def _forget_host_thread():

@@ -27,6 +27,13 @@ _KERNELS = _point_sampling.SamplingKernels(
     scatter_entries=_kernels.DCNV3_SCATTER_ENTRIES)
 
 
+def kernel_points(kernel_h, kernel_w, remove_center):
+    """(i, j) of each kernel point in SPEC section 7's order: x-outer (i <
+    kernel_w), y-inner (j < kernel_h), the centre skipped with remove_center."""
+    return [(i, j) for i in range(kernel_w) for j in range(kernel_h)
+            if not (remove_center and i == kernel_w // 2 and j == kernel_h // 2)]
+
+
 class _DCNv3:
     """Checked arguments of dcnv3 / dcnv4 and the values every kernel takes.
 
@@ -111,9 +118,7 @@ class _DCNv3:
         self.planes = n * groups  # the planes strategy's (n, group)
         self.index = _launch.index_type(self.value.size, self.offset.size, self.mask.size,
                                         n * out_h * out_w * channels, 4 * self.heads_total * k)
-        # (i * dil_w, j * dil_h) of each kernel point: x-outer, y-inner, the centre skipped.
-        grid = [(i * dw, j * dh) for i in range(kw) for j in range(kh)
-                if not (remove_center and i == kw // 2 and j == kh // 2)]
+        grid = [(i * dw, j * dh) for i, j in kernel_points(kh, kw, remove_center)]
         point_grid = xp.asarray(np.array(grid, dtype=_kernels.INDEX_DTYPES[self.index]))
         self._values = dict(
             offset=self.offset, mask=self.mask, point_grid=point_grid, batch=n, height=h,

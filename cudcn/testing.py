@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from .dcnv3 import kernel_points
+
 
 def _pair(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
@@ -155,8 +157,7 @@ def dcnv3_inputs(batch=2, size=(7, 6), groups=2, group_channels=3, kernel=(3, 3)
     (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
     out_h = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
     out_w = (w + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
-    points = [(i, j) for i in range(kw) for j in range(kh)
-              if not (remove_center and i == kw // 2 and j == kh // 2)]
+    points = kernel_points(kh, kw, remove_center)
     k = len(points)
     shape = (batch, out_h, out_w, groups, k, 2)
     if away_from_kinks:

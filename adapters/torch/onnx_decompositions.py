@@ -19,6 +19,8 @@ import warnings
 
 import torch
 
+from cudcn.dcnv3 import kernel_points
+
 
 def _accumulation_dtype(dtype):
     """The kernels compute half types in float32 (SPEC.md section 4)."""
@@ -334,8 +336,7 @@ def _dcnv3_taps(kernel_h, kernel_w, dil_h, dil_w, remove_center):
     """Each kernel point's distance in pixels from the window's first point,
     as two lists (x of each, y of each), in SPEC.md section 7's point order:
     x-outer, y-inner, the centre skipped on request."""
-    points = [(i, j) for i in range(kernel_w) for j in range(kernel_h)
-              if not (remove_center and i == kernel_w // 2 and j == kernel_h // 2)]
+    points = kernel_points(kernel_h, kernel_w, remove_center)
     return [i * dil_w for i, _ in points], [j * dil_h for _, j in points]
 
 

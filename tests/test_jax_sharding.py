@@ -1,7 +1,7 @@
 """cudcn.adapters.jax on 2 host devices: jax.shard_map's gradients against
 the full batch's, for every op, layout and check_vma; a wrong out_specs;
 jax.jit over a mesh (each device runs its own images, no all-gather, results
-equal the unsharded call's); the README's "JAX at scale" recipes.
+equal the unsharded call's); the JAX guide's "JAX at scale" recipes.
 
 The devices are XLA's ``--xla_force_host_platform_device_count=2``, which
 counts only if set before jax starts its CPU backend; pytest's process may
@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 HERE = pathlib.Path(__file__).resolve()
-README = HERE.parents[1] / "README.md"
+JAX_GUIDE = HERE.parents[1] / "docs" / "guides" / "jax.md"
 TIMEOUT = 240  # seconds for the whole child; it takes about 20 on two busy cores
 DEVICES = 2
 EXACT = dict(rtol=1e-9, atol=1e-11)
@@ -261,16 +261,15 @@ class _Child:
         return self.whole_on_each_device("deform_conv2d", PER_IMAGE, three)
 
     def readme_recipes(self):
-        """The ```py blocks of the README's JAX section that run in one
-        process (the multi-process one is tests/test_jax_multiprocess.py's)."""
-        text = README.read_text()
-        section = text[text.index("\n## JAX\n"):]
-        section = section[: section.index("\n## ", 1)]
+        """The ```py blocks of the JAX guide's "JAX at scale" section that run
+        in one process (the multi-process one is tests/test_jax_multiprocess.py's;
+        tests/test_guides.py leaves these blocks to this one)."""
+        section = JAX_GUIDE.read_text().split("\n## JAX at scale\n", 1)[1].split("\n## ", 1)[0]
         blocks = [b for b in re.findall(r"```py\n(.*?)```", section, re.S)
                   if "jax.distributed" not in b]
         namespace = {}
         for block in blocks:  # in order, as a reader runs them
-            exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 - our own README
+            exec(compile(block, str(JAX_GUIDE), "exec"), namespace)  # noqa: S102 - our own guide
         sharded, mapped = (np.asarray(namespace[n]) for n in ("dweight", "dweight_mapped"))
         return {"blocks": len(blocks), "difference": float(np.abs(sharded - mapped).max()),
                 "scale": float(np.abs(sharded).max())}

@@ -396,15 +396,15 @@ def test_psroi_pool_in_exported_program_raises(tmp_path):
         torch.onnx.export(program, dynamo=True, f=str(tmp_path / "p.onnx"))
 
 
-# --- the README's Deploy section runs as written -------------------------------
+# --- the Deploy guide's example runs as written -------------------------------
+# (tests/test_guides.py leaves docs/guides/deploy.md's ```py block to this test)
 
-def test_readme_deploy_example(tmp_path, monkeypatch):
-    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("## Deploy", 1)[1].split("\n## ", 1)[0]
-    (block,) = re.findall(r"```py\n(.*?)```", section, re.S)
+def test_deploy_guide_example(tmp_path, monkeypatch):
+    guide = pathlib.Path(__file__).resolve().parents[1] / "docs" / "guides" / "deploy.md"
+    (block,) = re.findall(r"```py\n(.*?)```", guide.read_text(), re.S)
     monkeypatch.chdir(tmp_path)
     namespace = {}
-    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    exec(compile(block, str(guide), "exec"), namespace)  # noqa: S102 - our own guide
     with torch.no_grad():
         expected = namespace["model"](namespace["x"]).numpy()
     np.testing.assert_allclose(namespace["y"], expected, **TOLERANCE)

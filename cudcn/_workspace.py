@@ -36,9 +36,26 @@ def _checked(nbytes):
 
 
 def get_workspace_limit(backend="cpu"):
-    """The current cap on temporary buffers, in bytes, of the "cpu" or "gpu"
-    backend: the one set, else the backend's default (16 MiB on the CPU,
-    256 MiB on the GPU)."""
+    """The current cap on temporary buffers, in bytes, of the "cpu" or "gpu" backend.
+
+    The cap set in this context (by :func:`cudcn.set_workspace_limit` or
+    :func:`cudcn.workspace_limit`, for both backends), else the backend's
+    default: 16 MiB on the CPU, 256 MiB on the GPU.
+
+    Args:
+        backend: "cpu" or "gpu".
+
+    Returns:
+        The cap in bytes, an int.
+
+    Raises:
+        ValueError: a backend other than "cpu" or "gpu".
+
+    Example:
+        >>> import cudcn
+        >>> cudcn.get_workspace_limit("cpu"), cudcn.get_workspace_limit("gpu")
+        (16777216, 268435456)
+    """
     if backend not in ("cpu", "gpu"):
         raise ValueError(f"backend must be 'cpu' or 'gpu', got {backend!r}")
     limit = _limit.get()
@@ -53,14 +70,60 @@ def explicit_limit():
 
 
 def set_workspace_limit(nbytes):
-    """Set the cap on temporary buffers, in bytes, for this thread and context."""
+    """Set the cap on temporary buffers, in bytes, for this thread and context.
+
+    Operations process the batch in chunks of images whose temporary buffers
+    stay under the cap; one image whose buffers alone are larger still runs.
+    The cap holds for both backends, in the current ``contextvars`` context
+    only: other threads, and contexts copied before the call, keep theirs.
+    :func:`cudcn.workspace_limit` sets one for a block.
+
+    Args:
+        nbytes: the cap in bytes, an int of at least 1.
+
+    Raises:
+        TypeError: nbytes that is not an int (a bool included).
+        ValueError: nbytes < 1.
+
+    Example:
+        >>> import contextvars
+        >>> import cudcn
+        >>> def capped():
+        ...     cudcn.set_workspace_limit(8 * 2**20)
+        ...     return cudcn.get_workspace_limit("cpu"), cudcn.get_workspace_limit("gpu")
+        >>> contextvars.copy_context().run(capped)  # in a copy: this context keeps its cap
+        (8388608, 8388608)
+        >>> cudcn.get_workspace_limit("cpu")
+        16777216
+    """
     _limit.set(_checked(nbytes))
 
 
 @contextlib.contextmanager
 def workspace_limit(nbytes):
-    """``with cudcn.workspace_limit(64 * 2**20):`` caps buffers inside the block
-    (None: each backend's default)."""
+    """A context manager that caps temporary buffers inside its block.
+
+    ``with cudcn.workspace_limit(64 * 2**20):`` sets the cap of
+    :func:`cudcn.set_workspace_limit` for the block and restores the one
+    before it on leaving.
+
+    Args:
+        nbytes: the cap in bytes, an int of at least 1, or None for each
+            backend's default.
+
+    Raises:
+        TypeError: nbytes that is neither None nor an int (a bool included),
+            on entering the block.
+        ValueError: nbytes < 1, on entering the block.
+
+    Example:
+        >>> import cudcn
+        >>> with cudcn.workspace_limit(64 * 2**20):
+        ...     print(cudcn.get_workspace_limit("cpu"))
+        67108864
+        >>> cudcn.get_workspace_limit("cpu")
+        16777216
+    """
     token = _limit.set(None if nbytes is None else _checked(nbytes))
     try:
         yield
@@ -124,6 +187,21 @@ def padded_scratch(xp, name, shape, dtype):
 
 
 def release_scratch():
-    """Free the CPU scratch memory this thread keeps between calls."""
+    """Free the CPU scratch memory this thread keeps between calls.
+
+    On the CPU the operations keep their temporary buffers from one call to
+    the next, per thread, growing them as needed; this drops the calling
+    thread's (the next call allocates them again). CuPy's arrays are
+    untouched: they live in CuPy's memory pool.
+
+    Example:
+        >>> import numpy as np
+        >>> import cudcn
+        >>> out = cudcn.deform_conv2d(np.ones((1, 2, 4, 4)), np.zeros((1, 18, 2, 2)),
+        ...                           np.ones((3, 2, 3, 3)))
+        >>> cudcn.release_scratch()
+        >>> out.shape  # results are never scratch: they stay
+        (1, 3, 2, 2)
+    """
     _scratch.buffers = {}
     _scratch.zeroed = {}

@@ -15,9 +15,28 @@ import numpy as np
 from . import _backend, _checks, _kernels, _launch, _point_sampling
 
 DCNv3Grads = collections.namedtuple("DCNv3Grads", ("input", "offset", "mask"))
-DCNv3Grads.__doc__ = "Gradients of dcnv3; None where not asked for."
+DCNv3Grads.__doc__ = """The gradients :func:`cudcn.dcnv3_backward` returns.
+
+    Each gradient has the shape and dtype of its argument of
+    :func:`cudcn.dcnv3`.
+
+    Attributes:
+        input: (N, H, W, G * C); None when "input" is not in ``needs``.
+        offset: (N, H_out, W_out, G * K * 2); None when "offset" is not in
+            ``needs``.
+        mask: (N, H_out, W_out, G * K); None when "mask" is not in ``needs``.
+    """
 DCNv4Grads = collections.namedtuple("DCNv4Grads", ("input", "offset_mask"))
-DCNv4Grads.__doc__ = "Gradients of dcnv4; None where not asked for."
+DCNv4Grads.__doc__ = """The gradients :func:`cudcn.dcnv4_backward` returns.
+
+    Each gradient has the shape and dtype of its argument of
+    :func:`cudcn.dcnv4`.
+
+    Attributes:
+        input: (N, H, W, G * C); None when "input" is not in ``needs``.
+        offset_mask: (N, H_out, W_out, D), its padding channels (from G * 3K
+            on) zero; None when "offset_mask" is not in ``needs``.
+    """
 
 _KERNELS = _point_sampling.SamplingKernels(
     forward=_kernels.DCNV3_FORWARD,
@@ -159,12 +178,17 @@ class _DCNv3:
         return grad_input, grad_offset, grad_mask
 
 
-_ARGS_DOC = """kernel_size, stride, padding, dilation: int or (h, w) pair.
-        groups: G; input's channels must be a multiple of it.
+_ARGS_DOC = """kernel_size, stride, padding, dilation: int or (h, w) pair; padding
+            at least 0, the others at least 1.
+        groups: G, an int of at least 1; input's channels must be a multiple
+            of it.
         offset_scale: the factor of the offsets (and of the kernel's extent
-            around its centre), InternImage's ``offset_scale``.
-        remove_center: skip the kernel's centre point (odd square kernels of
-            at least 3 x 3); K = kh * kw - 1 then."""
+            around its centre), InternImage's ``offset_scale``; a finite real.
+        remove_center: a bool: skip the kernel's centre point (odd square
+            kernels of at least 3 x 3); K = kh * kw - 1 then.
+
+    Every float array shares one dtype: float32, float64, float16 or bfloat16
+    (``ml_dtypes.bfloat16``); the 16-bit ones are computed in float32."""
 
 
 @_backend.on_arrays_device
@@ -173,14 +197,15 @@ def dcnv3(input, offset, mask, kernel_size, stride=1, padding=0, dilation=1, gro
     """DCNv3's core (InternImage's ``DCNv3Function``), channels-last.
 
     Args:
-        input: (N, H, W, G * C).
+        input: (N, H, W, G * C), channels last; NumPy (CPU) or CuPy (GPU).
         offset: (N, H_out, W_out, G * K * 2): per group, K (dx, dy) pairs,
             K = kh * kw kernel points x-outer, y-inner.
         mask: (N, H_out, W_out, G * K), the softmax (if any) already applied.
         {args}
 
     Returns:
-        (N, H_out, W_out, G * C), ``H_out = (H + 2 * pad_h - (dil_h * (kh - 1)
+        (N, H_out, W_out, G * C) array of the input's type, dtype and device,
+        ``H_out = (H + 2 * pad_h - (dil_h * (kh - 1)
         + 1)) // stride_h + 1`` (likewise W_out): for each output pixel and
         group, the sum over the K points of the mask times the bilinear
         sample of the group's channels at ``x = p0_x - half_x * s + (i *
@@ -191,18 +216,29 @@ def dcnv3(input, offset, mask, kernel_size, stride=1, padding=0, dilation=1, gro
 
     Raises:
         TypeError: a non-array, mixed or unsupported float dtypes, a
-            non-integer size, a non-bool remove_center.
-        ValueError: ranks or shapes that disagree, channels that groups does
-            not divide, remove_center with an even or non-square kernel, an
-            empty output, arrays on different backends or devices.
+            non-integer size, a non-real offset_scale, a non-bool
+            remove_center.
+        ValueError: ranks or shapes that disagree, a size below its minimum,
+            a non-finite offset_scale, channels that groups does not divide,
+            remove_center with an even, non-square or 1 x 1 kernel, an empty
+            output, arrays on different backends or devices, a size that
+            does not fit in a 32-bit int.
+        cudcn.CompilerNotFoundError: on the CPU, when the kernels are not yet
+            loaded and no C++ compiler is found (see also :class:`cudcn.CompileError`).
 
     Example:
+        >>> import numpy as np
+        >>> import cudcn
         >>> x = np.arange(4.0).reshape(1, 2, 2, 1)
         >>> offset = np.zeros((1, 2, 2, 2))
         >>> mask = np.ones((1, 2, 2, 1))
-        >>> dcnv3(x, offset, mask, kernel_size=1)[..., 0]
+        >>> cudcn.dcnv3(x, offset, mask, kernel_size=1)[..., 0]
         array([[[0., 1.],
                 [2., 3.]]])
+        >>> offset[..., 0] = 0.5  # half a pixel right: the right column reads 0 half
+        >>> cudcn.dcnv3(x, offset, mask, kernel_size=1)[..., 0]
+        array([[[0.5, 0.5],
+                [2.5, 1.5]]])
     """
     a = _DCNv3(input, kernel_size, stride, padding, dilation, groups, offset_scale,
                remove_center, offset=offset, mask=mask)
@@ -216,21 +252,47 @@ dcnv3.__doc__ = dcnv3.__doc__.replace("{args}", _ARGS_DOC)
 def dcnv3_backward(grad_output, input, offset, mask, kernel_size, stride=1, padding=0,
                    dilation=1, groups=1, offset_scale=1.0, remove_center=False,
                    needs=("input", "offset", "mask"), deterministic=False):
-    """Gradients of :func:`dcnv3`.
+    """Gradients of :func:`cudcn.dcnv3`.
 
     Args:
-        grad_output: (N, H_out, W_out, G * C).
-        The rest exactly as given to :func:`dcnv3`; ``needs`` chooses out of
-        "input", "offset", "mask" (default all).
+        grad_output: (N, H_out, W_out, G * C), of the input's dtype.
+        input, offset, mask: exactly as given to :func:`cudcn.dcnv3` (the same
+            shapes and one dtype: float32, float64, float16 or bfloat16).
+        kernel_size, stride, padding, dilation, groups, offset_scale: exactly
+            as given to :func:`cudcn.dcnv3`.
+        remove_center: exactly as given to :func:`cudcn.dcnv3`.
+        needs: the gradients to compute, out of "input", "offset", "mask"
+            (default all; a lone string names one).
         deterministic: bit-identical gradients run after run and for any
             thread count, on both backends (the CPU always runs this way).
 
     Returns:
-        DCNv3Grads(input, offset, mask), each in its argument's shape and
-        dtype, None where not asked for. A point outside the open window gets
-        zero gradients; inside, the offset's gradient is the derivative on
-        the cell [floor(y), floor(y) + 1] x [floor(x), floor(x) + 1], as
-        InternImage's kernel computes it.
+        :class:`cudcn.DCNv3Grads` (input, offset, mask), each in its
+        argument's shape and dtype, None where not asked for. A point outside
+        the open window gets zero gradients; inside, the offset's gradient is
+        the derivative on the cell [floor(y), floor(y) + 1] x [floor(x),
+        floor(x) + 1], as InternImage's kernel computes it.
+
+    Raises:
+        TypeError: as :func:`cudcn.dcnv3` (grad_output included), or ``needs``
+            that is not a string or a collection of strings.
+        ValueError: as :func:`cudcn.dcnv3`, a grad_output whose shape is not
+            the output's, or ``needs`` naming an unknown gradient.
+
+    Example:
+        >>> import numpy as np
+        >>> import cudcn
+        >>> x = np.arange(4.0).reshape(1, 2, 2, 1)
+        >>> grads = cudcn.dcnv3_backward(np.ones((1, 2, 2, 1)), x, np.zeros((1, 2, 2, 2)),
+        ...                              np.ones((1, 2, 2, 1)), kernel_size=1)
+        >>> grads.input[..., 0]
+        array([[[1., 1.],
+                [1., 1.]]])
+        >>> grads.mask[..., 0]  # each point's sample
+        array([[[0., 1.],
+                [2., 3.]]])
+        >>> grads.offset.shape
+        (1, 2, 2, 2)
     """
     wanted = _checks.needs(needs, DCNv3Grads._fields)
     a = _DCNv3(input, kernel_size, stride, padding, dilation, groups, offset_scale,
@@ -245,10 +307,10 @@ def dcnv3_backward(grad_output, input, offset, mask, kernel_size, stride=1, padd
 def dcnv4(input, offset_mask, kernel_size, stride=1, padding=0, dilation=1, groups=1,
           offset_scale=1.0, remove_center=False):
     """DCNv4's core (FlashInternImage's ``DCNv4Function``), channels-last:
-    :func:`dcnv3` with offsets and mask in one array, and no softmax.
+    :func:`cudcn.dcnv3` with offsets and mask in one array, and no softmax.
 
     Args:
-        input: (N, H, W, G * C).
+        input: (N, H, W, G * C), channels last; NumPy (CPU) or CuPy (GPU).
         offset_mask: (N, H_out, W_out, D), D >= G * 3K: per group g, the
             values at g * 3K ... g * 3K + 2K - 1 are the K (dx, dy) pairs and
             the next K the mask; channels from G * 3K on (DCNv4 pads D to a
@@ -256,17 +318,21 @@ def dcnv4(input, offset_mask, kernel_size, stride=1, padding=0, dilation=1, grou
         {args}
 
     Returns:
-        (N, H_out, W_out, G * C), as :func:`dcnv3`.
+        (N, H_out, W_out, G * C), as :func:`cudcn.dcnv3`.
 
     Raises:
-        As :func:`dcnv3`; ValueError also when offset_mask is narrower than
-        G * 3K.
+        TypeError: as :func:`cudcn.dcnv3`.
+        ValueError: as :func:`cudcn.dcnv3`, or an offset_mask narrower than
+            G * 3K.
+        cudcn.CompilerNotFoundError: as :func:`cudcn.dcnv3`.
 
     Example:
+        >>> import numpy as np
+        >>> import cudcn
         >>> x = np.arange(4.0).reshape(1, 2, 2, 1)
         >>> offset_mask = np.zeros((1, 2, 2, 8))
         >>> offset_mask[..., 2] = 1.0  # the mask of the one point
-        >>> dcnv4(x, offset_mask, kernel_size=1)[..., 0]
+        >>> cudcn.dcnv4(x, offset_mask, kernel_size=1)[..., 0]
         array([[[0., 1.],
                 [2., 3.]]])
     """
@@ -282,18 +348,41 @@ dcnv4.__doc__ = dcnv4.__doc__.replace("{args}", _ARGS_DOC)
 def dcnv4_backward(grad_output, input, offset_mask, kernel_size, stride=1, padding=0,
                    dilation=1, groups=1, offset_scale=1.0, remove_center=False,
                    needs=("input", "offset_mask"), deterministic=False):
-    """Gradients of :func:`dcnv4`.
+    """Gradients of :func:`cudcn.dcnv4`.
 
     Args:
-        grad_output: (N, H_out, W_out, G * C).
-        The rest exactly as given to :func:`dcnv4`; ``needs`` chooses out of
-        "input", "offset_mask" (default both).
-        deterministic: as for :func:`dcnv3_backward`.
+        grad_output: (N, H_out, W_out, G * C), of the input's dtype.
+        input, offset_mask: exactly as given to :func:`cudcn.dcnv4` (the same
+            shapes and one dtype: float32, float64, float16 or bfloat16).
+        kernel_size, stride, padding, dilation, groups, offset_scale: exactly
+            as given to :func:`cudcn.dcnv4`.
+        remove_center: exactly as given to :func:`cudcn.dcnv4`.
+        needs: the gradients to compute, out of "input", "offset_mask"
+            (default both; a lone string names one).
+        deterministic: as for :func:`cudcn.dcnv3_backward`.
 
     Returns:
-        DCNv4Grads(input, offset_mask), each in its argument's shape and
-        dtype, None where not asked for; offset_mask's padding channels get
-        zero gradient.
+        :class:`cudcn.DCNv4Grads` (input, offset_mask), each in its
+        argument's shape and dtype, None where not asked for; offset_mask's
+        padding channels get zero gradient.
+
+    Raises:
+        TypeError: as :func:`cudcn.dcnv4` (grad_output included), or ``needs``
+            that is not a string or a collection of strings.
+        ValueError: as :func:`cudcn.dcnv4`, a grad_output whose shape is not
+            the output's, or ``needs`` naming an unknown gradient.
+
+    Example:
+        >>> import numpy as np
+        >>> import cudcn
+        >>> x = np.arange(4.0).reshape(1, 2, 2, 1)
+        >>> offset_mask = np.zeros((1, 2, 2, 8))
+        >>> offset_mask[..., 2] = 1.0
+        >>> grads = cudcn.dcnv4_backward(np.ones((1, 2, 2, 1)), x, offset_mask, kernel_size=1)
+        >>> grads.offset_mask[0, 0, 0]  # d/d(dx, dy, mask) at pixel (0, 0), then padding
+        array([1., 2., 0., 0., 0., 0., 0., 0.])
+        >>> grads.input.shape
+        (1, 2, 2, 1)
     """
     wanted = _checks.needs(needs, DCNv4Grads._fields)
     a = _DCNv3(input, kernel_size, stride, padding, dilation, groups, offset_scale,

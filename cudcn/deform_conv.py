@@ -14,7 +14,21 @@ from . import _backend, _checks, _gemm, _kernels, _launch, _sorted_sum, _workspa
 GRADIENT_NAMES = ("input", "offset", "weight", "bias", "mask")
 
 DeformConv2dGrads = collections.namedtuple("DeformConv2dGrads", GRADIENT_NAMES)
-DeformConv2dGrads.__doc__ = """Gradients of deform_conv2d; None where not asked for or not given."""
+DeformConv2dGrads.__doc__ = """The gradients :func:`cudcn.deform_conv2d_backward` returns.
+
+    Each gradient has the shape and dtype of its argument of
+    :func:`cudcn.deform_conv2d`.
+
+    Attributes:
+        input: (N, C_in, H, W); None when "input" is not in ``needs``.
+        offset: (N, 2 * offset_groups * kh * kw, H_out, W_out); None when
+            "offset" is not in ``needs``.
+        weight: (C_out, C_in / groups, kh, kw); None when "weight" is not in
+            ``needs``.
+        bias: (C_out,); None when "bias" is not in ``needs`` or bias was None.
+        mask: (N, offset_groups * kh * kw, H_out, W_out); None when "mask" is
+            not in ``needs`` or mask was None.
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -451,26 +465,65 @@ def _contiguous(xp, *arrays):
 
 @_backend.on_arrays_device
 def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
-    """Deformable 2-D convolution (torchvision.ops.deform_conv2d semantics).
+    """Deformable 2-D convolution, DCN v1 and (with ``mask``) v2.
+
+    The semantics of ``torchvision.ops.deform_conv2d``: each output pixel's
+    kernel points are moved by their offsets, the input is sampled there
+    bilinearly (corners outside the input read 0), the samples are multiplied
+    by the mask and convolved with the weights.
 
     Args:
-        input: (N, C_in, H, W) array, NumPy (CPU backend) or CuPy (GPU backend).
-        offset: (N, 2 * offset_groups * kh * kw, H_out, W_out). Channel
+        input: (N, C_in, H, W) array, NumPy (CPU backend) or CuPy (GPU
+            backend). On the CPU a channels-last input (the memory of an (N,
+            H, W, C_in) array, as a torch channels_last tensor's) is read
+            where it lies.
+        offset: (N, 2 * offset_groups * kh * kw, H_out, W_out); offset_groups
+            is taken from its shape and must divide C_in. Channel
             2 * (g * kh * kw + k) is the y offset of kernel point k (row-major)
-            for offset group g, the next channel its x offset.
-        weight: (C_out, C_in / groups, kh, kw).
+            for offset group g, the next channel its x offset, in input pixels.
+        weight: (C_out, C_in / groups, kh, kw); groups = C_in //
+            weight.shape[1], and must divide C_out.
         bias: (C_out,) or None.
-        stride, padding, dilation: int or (h, w) pair.
+        stride, padding, dilation: int or (h, w) pair; stride and dilation
+            at least 1, padding at least 0.
         mask: (N, offset_groups * kh * kw, H_out, W_out) modulation (DCN v2),
             or None for all ones (DCN v1).
+
+    Every float argument shares one dtype: float32, float64, float16 or
+    bfloat16 (``ml_dtypes.bfloat16`` arrays). The 16-bit ones are sampled in
+    float32 and stored in their own dtype in the column buffer, whose
+    products with the weights accumulate in float32 and are rounded once into
+    the output.
 
     Returns:
         (N, C_out, H_out, W_out) array of the input's type, dtype and device, with
         H_out = (H + 2 * pad_h - (dil_h * (kh - 1) + 1)) // stride_h + 1, likewise W_out.
 
-    Every float argument shares one dtype: float32, float64, float16 or
-    bfloat16 (``ml_dtypes.bfloat16`` arrays); the 16-bit ones are computed and
-    accumulated in float32 and rounded once into the output.
+    Raises:
+        TypeError: an argument that is not a NumPy or CuPy array, float
+            arguments of different or unsupported dtypes, a stride, padding or
+            dilation that is not an int or a pair of ints.
+        ValueError: an array of the wrong rank or shape, arrays on different
+            backends or devices, stride or dilation < 1 or padding < 0, channel
+            counts that groups or offset_groups do not divide, an empty
+            kernel or output, a size that does not fit in a 32-bit int.
+        cudcn.CompilerNotFoundError: on the CPU, when the kernels are not yet
+            loaded and no C++ compiler is found (see also :class:`cudcn.CompileError`).
+
+    Example:
+        >>> import numpy as np
+        >>> import cudcn
+        >>> from cudcn import reference
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.standard_normal((2, 4, 5, 5)).astype(np.float32)
+        >>> weight = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
+        >>> offset = rng.uniform(-1, 1, (2, 2 * 3 * 3, 5, 5)).astype(np.float32)
+        >>> out = cudcn.deform_conv2d(x, offset, weight, padding=1)
+        >>> out.shape, out.dtype
+        ((2, 8, 5, 5), dtype('float32'))
+        >>> expected = reference.deform_conv2d(x, offset, weight, padding=1)
+        >>> bool(np.allclose(out, expected, atol=1e-4))
+        True
     """
     g = _geometry(input, offset, weight, bias, mask, stride, padding, dilation)
     xp = g.xp
@@ -527,33 +580,54 @@ def _pixel_major_forward(plan, x, offset, weight, bias, mask, columns, out):
 @_backend.on_arrays_device
 def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride=1, padding=0,
                            dilation=1, mask=None, needs=GRADIENT_NAMES, deterministic=False):
-    """Gradients of :func:`deform_conv2d`.
+    """Gradients of :func:`cudcn.deform_conv2d`.
 
     Args:
         grad_output: (N, C_out, H_out, W_out), the gradient of the loss with
-            respect to deform_conv2d's output.
+            respect to deform_conv2d's output, of the other arguments' dtype.
         input, offset, weight, bias, stride, padding, dilation, mask: exactly as
-            given to :func:`deform_conv2d`.
+            given to :func:`cudcn.deform_conv2d` (the same shapes and one float
+            dtype: float32, float64, float16 or bfloat16).
         needs: the gradients to compute, out of "input", "offset", "weight",
-            "bias", "mask" (default all). Work only another one needs is skipped.
+            "bias", "mask" (default all; a lone string names one). Work only
+            another one needs is skipped.
         deterministic: bit-identical gradients run after run and for any
             number of threads, on both backends (no floating-point atomics).
-            The CPU backend's kernels always run this way; its matrix
-            products then run on one thread (NumPy's OpenBLAS gives other
-            bits on one thread than on several), and on the GPU it is slower.
+            The CPU backend's kernels always run this way; with it, its matrix
+            products are split into the same tiles whatever the thread count,
+            and on the GPU it is slower.
 
     Returns:
-        DeformConv2dGrads(input, offset, weight, bias, mask), each of the shape
-        and dtype of its argument, None where not asked for, and None for bias
-        and mask when they were None. On the CPU a channels-last input (the
-        memory of an (N, H, W, C) array, as a torch channels_last tensor's)
-        is read where it lies and its gradient comes in the same layout.
+        :class:`cudcn.DeformConv2dGrads` (input, offset, weight, bias, mask),
+        each of the shape and dtype of its argument, None where not asked for,
+        and None for bias and mask when they were None. On the CPU the
+        gradient of a channels-last input comes in the same layout.
+
+    Raises:
+        TypeError: as :func:`cudcn.deform_conv2d` (grad_output included), or
+            ``needs`` that is not a string or a collection of strings.
+        ValueError: as :func:`cudcn.deform_conv2d`, a grad_output whose shape
+            is not the output's, or ``needs`` naming an unknown gradient.
 
     Where the bilinear weight has a kink, the offset gradient follows
     torchvision: d/dy is taken on the cell [floor(y), floor(y) + 1] (likewise
     x) wherever y >= -1 and x >= -1, so a point exactly on y = -1 or x = -1
     (zero offsets with padding 1) gets the one-sided gradient though it
     samples 0; a point with y < -1, y >= H, x < -1 or x >= W gets none.
+
+    Example:
+        >>> import numpy as np
+        >>> import cudcn
+        >>> x = np.ones((1, 2, 4, 4))
+        >>> offset = np.full((1, 2 * 3 * 3, 4, 4), 0.25)
+        >>> weight = np.ones((3, 2, 3, 3))
+        >>> grad_output = np.ones((1, 3, 4, 4))
+        >>> grads = cudcn.deform_conv2d_backward(grad_output, x, offset, weight, padding=1,
+        ...                                      needs=("offset", "weight"))
+        >>> grads.offset.shape, grads.weight.shape, grads.offset.dtype
+        ((1, 18, 4, 4), (3, 2, 3, 3), dtype('float64'))
+        >>> grads.input is None, grads.bias is None
+        (True, True)
     """
     wanted = _checks.needs(needs, GRADIENT_NAMES)
     g = _geometry(input, offset, weight, bias, mask, stride, padding, dilation,

@@ -17,7 +17,21 @@ from . import _backend, _checks, _kernels, _launch, _point_sampling
 
 MSDeformAttnGrads = collections.namedtuple(
     "MSDeformAttnGrads", ("value", "sampling_locations", "attention_weights"))
-MSDeformAttnGrads.__doc__ = "Gradients of ms_deform_attn; None where not asked for."
+MSDeformAttnGrads.__doc__ = """The gradients :func:`cudcn.ms_deform_attn_backward` returns.
+
+    Each gradient has the shape and dtype of its argument of
+    :func:`cudcn.ms_deform_attn`; spatial_shapes and level_start_index get
+    none.
+
+    Attributes:
+        value: (N, S, M, D); None when "value" is not in ``needs``.
+        sampling_locations: (N, Lq, M, L, P, 2), or (N, Lq, M,
+            sum(points_per_level), 2); None when "sampling_locations" is not
+            in ``needs``.
+        attention_weights: (N, Lq, M, L, P), or (N, Lq, M,
+            sum(points_per_level)); None when "attention_weights" is not in
+            ``needs``.
+    """
 
 _KERNELS = _point_sampling.SamplingKernels(
     forward=_kernels.MS_DEFORM_ATTN_FORWARD,
@@ -159,37 +173,56 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
 
     Args:
         value: (N, S, M, D) the levels' feature maps, flattened and stacked
-            (S = sum of H_l * W_l), M heads of D channels.
-        spatial_shapes: (L, 2) integers, (H_l, W_l) of each level.
-        level_start_index: (L,) integers, the first row of each level in S.
+            (S = sum of H_l * W_l), M heads of D channels; NumPy (CPU) or
+            CuPy (GPU).
+        spatial_shapes: (L, 2) integers, (H_l, W_l) of each level, each at
+            least 1.
+        level_start_index: (L,) integers, the first row of each level in S
+            (0, H_0 * W_0, ...).
         sampling_locations: (N, Lq, M, L, P, 2) (x, y) normalised to [0, 1]
             (with ``points_per_level``: (N, Lq, M, sum(points_per_level), 2),
             level 0's points first).
         attention_weights: (N, Lq, M, L, P) (with ``points_per_level``:
             (N, Lq, M, sum(points_per_level))), the softmax already applied.
         im2col_step: accepted for drop-in use; any positive int, no effect.
-        points_per_level: None, or P_l for each level (RT-DETRv2, D-FINE).
+        points_per_level: None, or a sequence of ints, P_l >= 1 for each
+            level (RT-DETRv2, D-FINE).
+
+    value, sampling_locations and attention_weights share one dtype:
+    float32, float64, float16 or bfloat16 (``ml_dtypes.bfloat16``); the
+    16-bit ones are computed in float32. spatial_shapes and
+    level_start_index have any integer dtype, on the same backend; their
+    values are read on the host (for CuPy arrays, a copy that waits for the
+    GPU).
 
     Returns:
-        (N, Lq, M * D): for each query and head, the sum over its points of
-        the attention weight times the bilinear sample of the point's level
-        at ``(loc_x * W_l - 0.5, loc_y * H_l - 0.5)``; a point outside the
-        open window ``-1 < y < H_l, -1 < x < W_l`` (NaN and inf included)
-        adds nothing.
+        (N, Lq, M * D) array of value's type, dtype and device: for each
+        query and head, the sum over its points of the attention weight
+        times the bilinear sample of the point's level at ``(loc_x * W_l -
+        0.5, loc_y * H_l - 0.5)``; a point outside the open window ``-1 < y
+        < H_l, -1 < x < W_l`` (NaN and inf included) adds nothing.
 
     Raises:
-        TypeError: a non-array, mixed or unsupported float dtypes, integer
-            arrays that are not integers.
+        TypeError: a non-array, mixed or unsupported float dtypes,
+            spatial_shapes or level_start_index of a non-integer dtype,
+            im2col_step that is not an int, points_per_level that is not a
+            sequence of ints.
         ValueError: ranks or shapes that disagree, spatial_shapes and
-            level_start_index inconsistent with each other or with S,
-            arrays on different backends or devices.
+            level_start_index inconsistent with each other or with S, no
+            level or an empty one, im2col_step < 1, points_per_level of
+            another length than L or with an entry < 1, arrays on different
+            backends or devices, a size that does not fit in a 32-bit int.
+        cudcn.CompilerNotFoundError: on the CPU, when the kernels are not yet
+            loaded and no C++ compiler is found (see also :class:`cudcn.CompileError`).
 
     Example:
-        >>> value = np.ones((1, 5, 1, 2), np.float32)
+        >>> import numpy as np
+        >>> import cudcn
+        >>> value = np.ones((1, 5, 1, 2), np.float32)  # levels of 2 x 2 and 1 x 1
         >>> shapes, starts = np.array([[2, 2], [1, 1]]), np.array([0, 4])
         >>> loc = np.full((1, 1, 1, 2, 1, 2), 0.5, np.float32)
         >>> weights = np.full((1, 1, 1, 2, 1), 0.5, np.float32)
-        >>> ms_deform_attn(value, shapes, starts, loc, weights)
+        >>> cudcn.ms_deform_attn(value, shapes, starts, loc, weights)
         array([[[1., 1.]]], dtype=float32)
     """
     a = _MSDeformAttn(value, spatial_shapes, level_start_index, sampling_locations,
@@ -203,21 +236,48 @@ def ms_deform_attn_backward(grad_output, value, spatial_shapes, level_start_inde
                             points_per_level=None,
                             needs=("value", "sampling_locations", "attention_weights"),
                             deterministic=False):
-    """Gradients of :func:`ms_deform_attn`.
+    """Gradients of :func:`cudcn.ms_deform_attn`.
 
     Args:
-        grad_output: (N, Lq, M * D).
-        The rest exactly as given to :func:`ms_deform_attn`; ``needs`` chooses
-        out of "value", "sampling_locations", "attention_weights" (default all).
+        grad_output: (N, Lq, M * D), of value's dtype.
+        value, spatial_shapes, level_start_index, sampling_locations: exactly
+            as given to :func:`cudcn.ms_deform_attn`.
+        attention_weights, im2col_step, points_per_level: exactly as given to
+            :func:`cudcn.ms_deform_attn` (the float arrays of one dtype:
+            float32, float64, float16 or bfloat16).
+        needs: the gradients to compute, out of "value", "sampling_locations",
+            "attention_weights" (default all; a lone string names one).
         deterministic: bit-identical gradients run after run and for any
             thread count, on both backends (the CPU always runs this way).
 
     Returns:
-        MSDeformAttnGrads(value, sampling_locations, attention_weights), each
-        in its argument's shape and dtype, None where not asked for. A point
-        outside the open window gets zero gradients; inside, the location's
-        gradient is the derivative on the cell [floor(y), floor(y) + 1] x
-        [floor(x), floor(x) + 1], as the peer's kernel computes it.
+        :class:`cudcn.MSDeformAttnGrads` (value, sampling_locations,
+        attention_weights), each in its argument's shape and dtype, None
+        where not asked for. A point outside the open window gets zero
+        gradients; inside, the location's gradient is the derivative on the
+        cell [floor(y), floor(y) + 1] x [floor(x), floor(x) + 1], as the
+        peer's kernel computes it.
+
+    Raises:
+        TypeError: as :func:`cudcn.ms_deform_attn` (grad_output included), or
+            ``needs`` that is not a string or a collection of strings.
+        ValueError: as :func:`cudcn.ms_deform_attn`, a grad_output whose shape
+            is not the output's, or ``needs`` naming an unknown gradient.
+
+    Example:
+        >>> import numpy as np
+        >>> import cudcn
+        >>> value = np.ones((1, 4, 1, 2))  # one level of 2 x 2, one head
+        >>> shapes, starts = np.array([[2, 2]]), np.array([0])
+        >>> loc = np.full((1, 3, 1, 1, 1, 2), 0.5)  # 3 queries, 1 point each
+        >>> weights = np.ones((1, 3, 1, 1, 1))
+        >>> grads = cudcn.ms_deform_attn_backward(
+        ...     np.ones((1, 3, 2)), value, shapes, starts, loc, weights,
+        ...     needs=("value", "attention_weights"))
+        >>> grads.value.shape, grads.attention_weights.shape
+        ((1, 4, 1, 2), (1, 3, 1, 1, 1))
+        >>> np.round(grads.attention_weights.ravel(), 4), grads.sampling_locations is None
+        (array([2., 2., 2.]), True)
     """
     wanted = _checks.needs(needs, MSDeformAttnGrads._fields)
     a = _MSDeformAttn(value, spatial_shapes, level_start_index, sampling_locations,

@@ -1,14 +1,59 @@
 """Slow float64 NumPy references, written from the formulas of SPEC.md.
 
 They share no code with the kernels and exist to check them (tests, and
-``cudcn check``). Every argument is as for the op of the same name.
+``cudcn check``). Every argument is as for the op of the same name: arrays
+are NumPy arrays (or anything ``numpy.asarray`` takes) of any real dtype,
+converted to float64, and the result is a float64 NumPy array. Nothing is
+checked: arguments that do not fit together fail inside NumPy, or give
+meaningless results; the ops check the same arguments.
 """
 
 import numpy as np
 
+__all__ = [
+    "bilinear_zero_border",
+    "deform_conv2d",
+    "deform_roi_pool",
+    "deform_psroi_pool",
+    "ms_deform_attn",
+    "dcnv3",
+    "dcnv4",
+]
+
 
 def _pair(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def _checked_against(op, build, shape):
+    """Add the Raises and Example sections every op's reference shares to
+    its docstring: ``build`` calls the cudcn.testing builder of its
+    arguments, ``shape`` is its result's. The function is left as it is."""
+
+    def document(fn):
+        fn.__doc__ = fn.__doc__.rstrip() + f"""
+
+    Raises:
+        TypeError: from NumPy, for an argument it cannot convert to float64
+            (a CuPy array, say).
+        ValueError: from NumPy, for most arrays whose shapes do not fit
+            together. Nothing is checked: :func:`cudcn.{op}` checks the same
+            arguments.
+
+    Example:
+        >>> import numpy as np
+        >>> import cudcn
+        >>> from cudcn import reference, testing
+        >>> args = testing.{build}
+        >>> expected = reference.{op}(**args)
+        >>> expected.shape, expected.dtype
+        ({shape}, dtype('float64'))
+        >>> bool(np.allclose(cudcn.{op}(**args), expected))
+        True
+    """
+        return fn
+
+    return document
 
 
 def bilinear_zero_border(planes, y, x):
@@ -16,6 +61,29 @@ def bilinear_zero_border(planes, y, x):
 
     0 when y <= -1, y >= H, x <= -1 or x >= W (and for NaN); otherwise the
     weighted sum of the four integer corners, corners outside reading 0.
+    The bilinear sampling of :func:`cudcn.deform_conv2d`,
+    :func:`cudcn.ms_deform_attn` and :func:`cudcn.dcnv3`.
+
+    Args:
+        planes: (N, C, H, W) float array.
+        y, x: (N, Ho, Wo) float arrays, the points' row and column in pixels
+            (any trailing shape after N works: the result has it after C).
+
+    Returns:
+        (N, C, Ho, Wo) float64 array.
+
+    Raises:
+        ValueError: from NumPy, when y and x do not broadcast together.
+            Nothing is checked beforehand.
+
+    Example:
+        >>> import numpy as np
+        >>> from cudcn import reference
+        >>> planes = np.arange(4.0).reshape(1, 1, 2, 2)
+        >>> y = np.array([[[0.5, -1.0]]])
+        >>> x = np.array([[[0.5, 0.0]]])
+        >>> reference.bilinear_zero_border(planes, y, x)  # the mean of 4 pixels; outside
+        array([[[[1.5, 0. ]]]])
     """
     n, _, h, w = planes.shape
     with np.errstate(invalid="ignore"):
@@ -36,8 +104,21 @@ def bilinear_zero_border(planes, y, x):
     return out
 
 
+@_checked_against("deform_conv2d", "deform_conv2d_inputs()", "(2, 6, 7, 6)")
 def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
-    """SPEC.md section 1, in float64."""
+    """:func:`cudcn.deform_conv2d` in float64 (SPEC.md section 1).
+
+    Args:
+        input: (N, C_in, H, W).
+        offset: (N, 2 * offset_groups * kh * kw, H_out, W_out).
+        weight: (C_out, C_in / groups, kh, kw).
+        bias: (C_out,) or None.
+        stride, padding, dilation: int or (h, w) pair.
+        mask: (N, offset_groups * kh * kw, H_out, W_out) or None.
+
+    Returns:
+        (N, C_out, H_out, W_out) float64 array.
+    """
     x = np.asarray(input, dtype=np.float64)
     offset = np.asarray(offset, dtype=np.float64)
     weight = np.asarray(weight, dtype=np.float64)
@@ -108,9 +189,23 @@ def _batch_index(value, batch):
         return int(value) if 0 <= value < batch else None
 
 
+@_checked_against("deform_roi_pool", "deform_roi_pool_inputs()", "(5, 3, 3, 3)")
 def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0,
                     sampling_ratio=0, gamma=0.1, mask=None):
-    """SPEC.md section 2, in float64."""
+    """:func:`cudcn.deform_roi_pool` in float64 (SPEC.md section 2).
+
+    Args:
+        input: (N, C, H, W).
+        rois: (K, 5) boxes ``(batch index, x1, y1, x2, y2)``.
+        offset: (K, 2, PH, PW) or None.
+        output_size: PH = PW, or a pair (PH, PW).
+        spatial_scale, sampling_ratio, gamma: as for
+            :func:`cudcn.deform_roi_pool`.
+        mask: (K, 1, PH, PW) or None.
+
+    Returns:
+        (K, C, PH, PW) float64 array.
+    """
     x = np.asarray(input, dtype=np.float64)
     rois = np.asarray(rois, dtype=np.float64)
     n, c, h, w = x.shape
@@ -145,9 +240,23 @@ def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0,
     return out
 
 
+@_checked_against("deform_psroi_pool", "deform_psroi_pool_inputs()", "(5, 4, 3, 3)")
 def deform_psroi_pool(input, rois, offset=None, *, output_dim, group_size, pooled_size,
                       part_size=None, sample_per_part=4, trans_std=0.0, spatial_scale=0.0625):
-    """SPEC.md section 3, in float64."""
+    """:func:`cudcn.deform_psroi_pool` in float64 (SPEC.md section 3).
+
+    Args:
+        input: (N, output_dim * group_size**2, H, W).
+        rois: (K, 5) boxes ``(batch index, x1, y1, x2, y2)``.
+        offset: (K, 2 * num_classes, part_size, part_size) or None.
+        output_dim, group_size, pooled_size, part_size: ints, as for
+            :func:`cudcn.deform_psroi_pool` (part_size None: pooled_size).
+        sample_per_part, trans_std, spatial_scale: as for
+            :func:`cudcn.deform_psroi_pool`.
+
+    Returns:
+        (K, output_dim, pooled_size, pooled_size) float64 array.
+    """
     x = np.asarray(input, dtype=np.float64)
     rois = np.asarray(rois, dtype=np.float64)
     n, _, h, w = x.shape
@@ -191,10 +300,27 @@ def deform_psroi_pool(input, rois, offset=None, *, output_dim, group_size, poole
     return out
 
 
+@_checked_against("ms_deform_attn", "ms_deform_attn_inputs()", "(2, 5, 8)")
 def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
                    attention_weights, im2col_step=64, points_per_level=None):
-    """SPEC.md section 6, in float64: each level's map sampled with
-    ``bilinear_zero_border`` at (loc_y * H - 0.5, loc_x * W - 0.5)."""
+    """:func:`cudcn.ms_deform_attn` in float64 (SPEC.md section 6): each
+    level's map sampled with :func:`cudcn.reference.bilinear_zero_border` at
+    (loc_y * H - 0.5, loc_x * W - 0.5).
+
+    Args:
+        value: (N, S, M, D).
+        spatial_shapes: (L, 2) integers, (H_l, W_l) of each level.
+        level_start_index: (L,) integers, the first row of each level in S.
+        sampling_locations: (N, Lq, M, L, P, 2), or (N, Lq, M,
+            sum(points_per_level), 2).
+        attention_weights: (N, Lq, M, L, P), or (N, Lq, M,
+            sum(points_per_level)).
+        im2col_step: accepted and ignored.
+        points_per_level: None, or P_l for each level.
+
+    Returns:
+        (N, Lq, M * D) float64 array.
+    """
     value = np.asarray(value, np.float64)
     n, _, m, d = value.shape
     shapes = np.asarray(spatial_shapes).reshape(-1, 2)
@@ -229,11 +355,24 @@ def _dcn_kernel_points(kernel_h, kernel_w, remove_center):
             if not (remove_center and i == kernel_w // 2 and j == kernel_h // 2)]
 
 
+@_checked_against("dcnv3", "dcnv3_inputs()", "(2, 7, 6, 6)")
 def dcnv3(input, offset, mask, kernel_size, stride=1, padding=0, dilation=1, groups=1,
           offset_scale=1.0, remove_center=False):
-    """SPEC.md section 7, in float64: point (i, j) of output (ho, wo) samples
-    group g's channels with ``bilinear_zero_border`` at
-    x = p0_x - half_x * s + (i * dil_w + dx) * s, likewise y."""
+    """:func:`cudcn.dcnv3` in float64 (SPEC.md section 7): point (i, j) of
+    output (ho, wo) samples group g's channels with
+    :func:`cudcn.reference.bilinear_zero_border` at
+    x = p0_x - half_x * s + (i * dil_w + dx) * s, likewise y.
+
+    Args:
+        input: (N, H, W, G * C), channels last.
+        offset: (N, H_out, W_out, G * K * 2).
+        mask: (N, H_out, W_out, G * K).
+        kernel_size, stride, padding, dilation: int or (h, w) pair.
+        groups, offset_scale, remove_center: as for :func:`cudcn.dcnv3`.
+
+    Returns:
+        (N, H_out, W_out, G * C) float64 array.
+    """
     x_in = np.asarray(input, np.float64)
     offset = np.asarray(offset, np.float64)
     mask = np.asarray(mask, np.float64)
@@ -264,9 +403,21 @@ def dcnv3(input, offset, mask, kernel_size, stride=1, padding=0, dilation=1, gro
     return out.transpose(0, 3, 4, 1, 2).reshape(n, ho, wo, channels)
 
 
+@_checked_against("dcnv4", "dcnv3_inputs(packed=True)", "(2, 7, 6, 6)")
 def dcnv4(input, offset_mask, kernel_size, stride=1, padding=0, dilation=1, groups=1,
           offset_scale=1.0, remove_center=False):
-    """SPEC.md section 7's DCNv4 packing, unpacked and handed to :func:`dcnv3`."""
+    """:func:`cudcn.dcnv4` in float64: SPEC.md section 7's DCNv4 packing,
+    unpacked and handed to :func:`cudcn.reference.dcnv3`.
+
+    Args:
+        input: (N, H, W, G * C), channels last.
+        offset_mask: (N, H_out, W_out, D), D >= G * 3K.
+        kernel_size, stride, padding, dilation: int or (h, w) pair.
+        groups, offset_scale, remove_center: as for :func:`cudcn.dcnv4`.
+
+    Returns:
+        (N, H_out, W_out, G * C) float64 array.
+    """
     offset_mask = np.asarray(offset_mask, np.float64)
     (kh, kw) = _pair(kernel_size)
     k = kh * kw - (1 if remove_center else 0)

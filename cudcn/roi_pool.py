@@ -11,9 +11,30 @@ import functools
 from . import _backend, _checks, _kernels, _launch, _sorted_sum, _workspace
 
 DeformRoIPoolGrads = collections.namedtuple("DeformRoIPoolGrads", ("input", "offset", "mask"))
-DeformRoIPoolGrads.__doc__ = "Gradients of deform_roi_pool; None where not asked for or not given."
+DeformRoIPoolGrads.__doc__ = """The gradients :func:`cudcn.deform_roi_pool_backward` returns.
+
+    Each gradient has the shape and dtype of its argument of
+    :func:`cudcn.deform_roi_pool`; rois get none.
+
+    Attributes:
+        input: (N, C, H, W); None when "input" is not in ``needs``.
+        offset: (K, 2, PH, PW); None when "offset" is not in ``needs`` or
+            offset was None.
+        mask: (K, 1, PH, PW); None when "mask" is not in ``needs`` or mask was
+            None.
+    """
 DeformPSRoIPoolGrads = collections.namedtuple("DeformPSRoIPoolGrads", ("input", "offset"))
-DeformPSRoIPoolGrads.__doc__ = "Gradients of deform_psroi_pool; None where not asked for or not given."
+DeformPSRoIPoolGrads.__doc__ = """The gradients :func:`cudcn.deform_psroi_pool_backward` returns.
+
+    Each gradient has the shape and dtype of its argument of
+    :func:`cudcn.deform_psroi_pool`; rois get none.
+
+    Attributes:
+        input: (N, output_dim * group_size**2, H, W); None when "input" is not
+            in ``needs``.
+        offset: (K, 2 * num_classes, part_size, part_size); None when "offset"
+            is not in ``needs`` or offset was None.
+    """
 
 
 def _common(input, rois, arrays):
@@ -114,22 +135,55 @@ def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0,
     """Deformable RoI pooling, mmcv's ``deform_roi_pool`` (and, with ``mask``,
     its modulated variant).
 
+    Each RoI is divided into PH x PW bins; each bin, moved by its offset,
+    averages a grid of bilinear samples (RoIAlign's, with the half-pixel
+    shift of ``aligned=True``) and is multiplied by its mask.
+
     Args:
-        input: (N, C, H, W) feature map, NumPy or CuPy.
+        input: (N, C, H, W) feature map, NumPy (CPU) or CuPy (GPU).
         rois: (K, 5) boxes ``(batch index, x1, y1, x2, y2)`` in input-image
-            coordinates, any floating dtype.
+            coordinates, any floating dtype (converted to float32 for 16-bit
+            inputs).
         offset: (K, 2, PH, PW) normalised bin offsets, channel 0 = x, 1 = y;
             None gives RoIAlign (torchvision ``roi_align(..., aligned=True)``).
-        output_size: PH = PW, or a pair (PH, PW).
-        spatial_scale: feature-map size over input-image size (1/16 for stride 16).
+        output_size: PH = PW, or a pair (PH, PW), each at least 1.
+        spatial_scale: feature-map size over input-image size (1/16 for
+            stride 16), positive.
         sampling_ratio: samples per bin and axis; 0 or less (mmcv's 0,
             torchvision's -1) picks ceil(roi size / bins).
         gamma: the offset is scaled by ``gamma * roi size``.
         mask: (K, 1, PH, PW) modulation multiplied into each bin, or None.
 
+    input, offset and mask share one dtype: float32, float64, float16 or
+    bfloat16 (``ml_dtypes.bfloat16``); the 16-bit ones are computed in
+    float32.
+
     Returns:
-        (K, C, PH, PW). An RoI whose batch index is not in [0, N), or whose
-        coordinates are not finite, pools zeros.
+        (K, C, PH, PW) array of the input's type, dtype and device. An RoI
+        whose batch index is not in [0, N), or whose coordinates are not
+        finite, pools zeros.
+
+    Raises:
+        TypeError: an argument that is not a NumPy or CuPy array, input,
+            offset and mask of different or unsupported dtypes, rois of a
+            non-floating dtype, output_size that is not an int or a pair of
+            ints, sampling_ratio that is not an int, spatial_scale or gamma
+            that is not a real number.
+        ValueError: an array of the wrong rank or shape, arrays on different
+            backends or devices, output_size < 1, spatial_scale not positive
+            and finite, gamma not finite, a size that does not fit in a
+            32-bit int.
+        cudcn.CompilerNotFoundError: on the CPU, when the kernels are not yet
+            loaded and no C++ compiler is found (see also :class:`cudcn.CompileError`).
+
+    Example:
+        >>> import numpy as np
+        >>> import cudcn
+        >>> x = np.arange(16.0).reshape(1, 1, 4, 4)
+        >>> rois = np.array([[0, 0.0, 0.0, 4.0, 4.0]])
+        >>> cudcn.deform_roi_pool(x, rois, output_size=2)
+        array([[[[ 2.5,  4.5],
+                 [10.5, 12.5]]]])
     """
     p = _RoIPool(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio, gamma)
     output = p.xp.empty(p.output_shape, dtype=p.dtype)
@@ -163,22 +217,51 @@ def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0,
 def deform_roi_pool_backward(grad_output, input, rois, offset=None, output_size=7,
                              spatial_scale=1.0, sampling_ratio=0, gamma=0.1, mask=None,
                              needs=("input", "offset", "mask"), deterministic=False):
-    """Gradients of :func:`deform_roi_pool`.
+    """Gradients of :func:`cudcn.deform_roi_pool`.
 
     Args:
-        grad_output: (K, C, PH, PW), the gradient with respect to the output.
-        The rest exactly as given to :func:`deform_roi_pool`; ``needs`` chooses
-        out of "input", "offset", "mask" (default all).
+        grad_output: (K, C, PH, PW), the gradient with respect to the output,
+            of the input's dtype.
+        input, rois, offset, mask: exactly as given to
+            :func:`cudcn.deform_roi_pool` (the same shapes; input, offset and
+            mask of one dtype: float32, float64, float16 or bfloat16).
+        output_size, spatial_scale, sampling_ratio, gamma: exactly as given to
+            :func:`cudcn.deform_roi_pool`.
+        needs: the gradients to compute, out of "input", "offset", "mask"
+            (default all; a lone string names one).
         deterministic: bit-identical gradients run after run and for any
             thread count, on both backends (the CPU always runs this way).
 
     Returns:
-        DeformRoIPoolGrads(input, offset, mask); None where not asked for, and
-        for offset and mask when they were None. rois get no gradient.
+        :class:`cudcn.DeformRoIPoolGrads` (input, offset, mask); None where not
+        asked for, and for offset and mask when they were None. rois get no
+        gradient.
+
+    Raises:
+        TypeError: as :func:`cudcn.deform_roi_pool` (grad_output included), or
+            ``needs`` that is not a string or a collection of strings.
+        ValueError: as :func:`cudcn.deform_roi_pool`, a grad_output whose
+            shape is not the output's, or ``needs`` naming an unknown gradient.
 
     The offset gradient is the exact derivative of the forward: it is zero
     along an axis where the sampling point was clamped to the border (mmcv's
     kernel differs there; both agree inside the image).
+
+    Example:
+        >>> import numpy as np
+        >>> import cudcn
+        >>> x = np.arange(16.0).reshape(1, 1, 4, 4)
+        >>> rois = np.array([[0, 0.0, 0.0, 4.0, 4.0]])
+        >>> offset = np.zeros((1, 2, 2, 2))
+        >>> grad_output = np.ones((1, 1, 2, 2))
+        >>> grads = cudcn.deform_roi_pool_backward(grad_output, x, rois, offset, output_size=2)
+        >>> grads.input[0, 0]
+        array([[0.25, 0.25, 0.25, 0.25],
+               [0.25, 0.25, 0.25, 0.25],
+               [0.25, 0.25, 0.25, 0.25],
+               [0.25, 0.25, 0.25, 0.25]])
+        >>> grads.offset.shape, grads.mask is None
+        ((1, 2, 2, 2), True)
     """
     wanted = _checks.needs(needs, DeformRoIPoolGrads._fields)
     p = _RoIPool(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio, gamma,
@@ -353,23 +436,61 @@ def deform_psroi_pool(input, rois, offset=None, *, output_dim, group_size, poole
                       part_size=None, sample_per_part=4, trans_std=0.0, spatial_scale=0.0625):
     """Deformable position-sensitive RoI pooling (R-FCN; Deformable-ConvNets).
 
+    Bin (i, j) of output channel ctop averages samples of the input channel
+    that the position-sensitive grid assigns to it, within the bin moved by
+    its part's offset.
+
     Args:
-        input: (N, output_dim * group_size**2, H, W) position-sensitive score maps.
+        input: (N, output_dim * group_size**2, H, W) position-sensitive score
+            maps, NumPy (CPU) or CuPy (GPU).
         rois: (K, 5) boxes ``(batch index, x1, y1, x2, y2)`` in input-image
-            coordinates (rounded to integers, as in the original), any floating dtype.
+            coordinates (rounded to integers, as in the original), any floating
+            dtype (converted to float32 for 16-bit inputs).
         offset: (K, 2 * num_classes, part_size, part_size) normalised part
             offsets, channel 2c = x and 2c + 1 = y of class c; output channel
-            ctop uses class ``ctop // (output_dim // num_classes)``. None: no offsets.
+            ctop uses class ``ctop // (output_dim // num_classes)``, so
+            num_classes must divide output_dim. None: no offsets.
         output_dim, group_size, pooled_size: output channels, position-sensitive
-            grid, bins per side.
-        part_size: offset cells per side (default pooled_size).
-        sample_per_part: samples per bin and axis.
+            grid, bins per side; keyword-only ints, each at least 1.
+        part_size: offset cells per side, at least 1 (default pooled_size).
+        sample_per_part: samples per bin and axis, at least 1.
         trans_std: the offsets are scaled by ``trans_std * roi size``.
-        spatial_scale: feature-map size over input-image size.
+        spatial_scale: feature-map size over input-image size, positive.
+
+    input and offset share one dtype: float32, float64, float16 or bfloat16
+    (``ml_dtypes.bfloat16``); the 16-bit ones are computed in float32.
 
     Returns:
-        (K, output_dim, pooled_size, pooled_size): the mean of the samples of
-        each bin that fall inside the map (0 when none does).
+        (K, output_dim, pooled_size, pooled_size) array of the input's type,
+        dtype and device: the mean of the samples of each bin that fall inside
+        the map (0 when none does).
+
+    Raises:
+        TypeError: an argument that is not a NumPy or CuPy array, input and
+            offset of different or unsupported dtypes, rois of a non-floating
+            dtype, a size that is not an int, trans_std or spatial_scale that
+            is not a real number.
+        ValueError: an array of the wrong rank or shape, arrays on different
+            backends or devices, a size < 1, spatial_scale not positive and
+            finite, trans_std not finite, input channels other than
+            output_dim * group_size**2, an odd or empty offset.shape[1], a
+            num_classes that does not divide output_dim, a size that does not
+            fit in a 32-bit int.
+        cudcn.CompilerNotFoundError: on the CPU, when the kernels are not yet
+            loaded and no C++ compiler is found (see also :class:`cudcn.CompileError`).
+
+    Example:
+        >>> import numpy as np
+        >>> import cudcn
+        >>> from cudcn import reference
+        >>> x = np.arange(8 * 36.0).reshape(1, 8, 6, 6)
+        >>> rois = np.array([[0, 0.0, 0.0, 5.0, 5.0]])
+        >>> sizes = dict(output_dim=2, group_size=2, pooled_size=2, spatial_scale=1.0)
+        >>> out = cudcn.deform_psroi_pool(x, rois, **sizes)
+        >>> out.shape
+        (1, 2, 2, 2)
+        >>> bool(np.allclose(out, reference.deform_psroi_pool(x, rois, **sizes)))
+        True
     """
     p = _PSRoIPool(input, rois, offset, output_dim, group_size, pooled_size, part_size,
                    sample_per_part, trans_std, spatial_scale)
@@ -388,19 +509,48 @@ def deform_psroi_pool_backward(grad_output, input, rois, offset=None, *, output_
                                pooled_size, part_size=None, sample_per_part=4, trans_std=0.0,
                                spatial_scale=0.0625, needs=("input", "offset"),
                                deterministic=False):
-    """Gradients of :func:`deform_psroi_pool`.
+    """Gradients of :func:`cudcn.deform_psroi_pool`.
 
     Args:
-        grad_output: (K, output_dim, pooled_size, pooled_size).
-        The rest exactly as given to :func:`deform_psroi_pool`; ``needs``
-        chooses out of "input", "offset" (default both).
+        grad_output: (K, output_dim, pooled_size, pooled_size), of the input's
+            dtype.
+        input, rois, offset: exactly as given to :func:`cudcn.deform_psroi_pool`
+            (the same shapes; input and offset of one dtype: float32, float64,
+            float16 or bfloat16).
+        output_dim, group_size, pooled_size, part_size, sample_per_part: ints,
+            exactly as given to :func:`cudcn.deform_psroi_pool`.
+        trans_std, spatial_scale: exactly as given to
+            :func:`cudcn.deform_psroi_pool`.
+        needs: the gradients to compute, out of "input", "offset" (default
+            both; a lone string names one).
         deterministic: bit-identical gradients run after run and for any
             thread count, on both backends (the CPU always runs this way).
 
     Returns:
-        DeformPSRoIPoolGrads(input, offset); None where not asked for, and for
-        offset when it was None. The per-bin sample counts are recomputed from
-        the arguments; nothing is carried over from the forward call.
+        :class:`cudcn.DeformPSRoIPoolGrads` (input, offset); None where not
+        asked for, and for offset when it was None. The per-bin sample counts
+        are recomputed from the arguments; nothing is carried over from the
+        forward call.
+
+    Raises:
+        TypeError: as :func:`cudcn.deform_psroi_pool` (grad_output included),
+            or ``needs`` that is not a string or a collection of strings.
+        ValueError: as :func:`cudcn.deform_psroi_pool`, a grad_output whose
+            shape is not the output's, or ``needs`` naming an unknown gradient.
+
+    Example:
+        >>> import numpy as np
+        >>> import cudcn
+        >>> x = np.ones((1, 8, 6, 6))
+        >>> rois = np.array([[0, 0.0, 0.0, 5.0, 5.0]])
+        >>> offset = np.zeros((1, 2, 2, 2))
+        >>> grads = cudcn.deform_psroi_pool_backward(
+        ...     np.ones((1, 2, 2, 2)), x, rois, offset, output_dim=2, group_size=2,
+        ...     pooled_size=2, trans_std=0.1, spatial_scale=1.0)
+        >>> grads.input.shape, grads.offset.shape
+        ((1, 8, 6, 6), (1, 2, 2, 2))
+        >>> float(grads.input.sum())  # each of the 8 bins spreads its 1 over the input
+        8.0
     """
     wanted = _checks.needs(needs, DeformPSRoIPoolGrads._fields)
     p = _PSRoIPool(input, rois, offset, output_dim, group_size, pooled_size, part_size,

@@ -1,8 +1,39 @@
-"""Input builders shared by the tests, the benchmarks and ``cudcn check``."""
+"""Input builders shared by the tests, the benchmarks and ``cudcn check``,
+and the ``torch.nn.functional.grid_sample`` formulations the peers use.
+
+The builders draw random arguments of an op from a seeded NumPy generator
+(the same seed draws the same values, rounded to ``dtype``, for either
+``xp``) and return them as a dict of keyword arguments of both the op and
+its float64 reference in ``cudcn.reference``. They check nothing: a size
+that is not an int, or is negative, fails inside NumPy.
+"""
 
 import numpy as np
 
 from .dcnv3 import kernel_points
+
+__all__ = [
+    "deform_conv2d_inputs",
+    "rois_for",
+    "deform_roi_pool_inputs",
+    "deform_psroi_pool_inputs",
+    "ms_deform_attn_inputs",
+    "dcnv3_inputs",
+    "grid_sample_ms_deform_attn",
+    "grid_sample_dcnv3",
+    "grid_sample_dcnv4",
+]
+
+
+# The builders' docstrings' common parts, filled in after dcnv3_inputs.
+_BUILDER_ARGS = """dtype: the float arrays' dtype (a NumPy dtype, ``ml_dtypes.bfloat16``
+            included).
+        seed: the seed of ``numpy.random.default_rng``.
+        xp: the array module of the arrays, ``numpy`` or ``cupy``."""
+_BUILDER_RAISES = """Raises:
+        TypeError: from NumPy, for a size that is not an int.
+        ValueError: from NumPy, for a negative size (an output size below
+            zero included)."""
 
 
 def _pair(v):
@@ -13,12 +44,46 @@ def deform_conv2d_inputs(batch=2, in_channels=4, out_channels=6, size=(7, 6), ke
                          stride=1, padding=1, dilation=1, groups=1, offset_groups=1, mask=True,
                          bias=True, dtype=np.float64, offset_scale=2.0, away_from_kinks=False,
                          seed=0, xp=np):
-    """Random arguments of deform_conv2d, as a dict of keyword arguments.
+    """Random arguments of :func:`cudcn.deform_conv2d`, as a dict of keyword arguments.
 
     ``offset_scale`` scales the offsets (large values leave the image).
     ``away_from_kinks`` makes every sampling point's fractional part lie in
     [0.15, 0.85], so that finite differences of width < 0.15 never cross a
     kink of the bilinear weight or the image border.
+
+    Args:
+        batch, in_channels, out_channels: N, C_in, C_out.
+        size, kernel: (H, W) and (kh, kw), ints or pairs.
+        stride, padding, dilation: ints or pairs, passed on.
+        groups, offset_groups: they must divide in_channels (groups also
+            out_channels) for the op to take the arguments.
+        mask, bias: whether to draw a mask (uniform in [0, 1)) and a bias,
+            else None.
+        offset_scale: the standard deviation of the offsets, in pixels
+            (roughly, with away_from_kinks).
+        away_from_kinks: see above.
+        {dtype_seed_xp}
+
+    Returns:
+        dict of input (N, C_in, H, W), offset (N, 2 * offset_groups * kh *
+        kw, H_out, W_out), weight (C_out, C_in / groups, kh, kw), bias (C_out,)
+        or None, mask (N, offset_groups * kh * kw, H_out, W_out) or None, and
+        stride, padding, dilation as given.
+
+    {raises}
+
+    Example:
+        >>> import numpy as np
+        >>> import cudcn
+        >>> from cudcn import testing
+        >>> args = testing.deform_conv2d_inputs(batch=1, in_channels=2, out_channels=3,
+        ...                                     size=5, dtype=np.float32)
+        >>> sorted(args)
+        ['bias', 'dilation', 'input', 'mask', 'offset', 'padding', 'stride', 'weight']
+        >>> args["offset"].shape, args["offset"].dtype
+        ((1, 18, 5, 5), dtype('float32'))
+        >>> cudcn.deform_conv2d(**args).shape
+        (1, 3, 5, 5)
     """
     rng = np.random.default_rng(seed)
     (h, w), (kh, kw) = _pair(size), _pair(kernel)
@@ -45,7 +110,33 @@ def deform_conv2d_inputs(batch=2, in_channels=4, out_channels=6, size=(7, 6), ke
 def rois_for(batch, height, width, count, spatial_scale=1.0, outside=True, seed=0):
     """(count, 5) boxes in input-image coordinates on a map of height x width
     feature pixels: most inside, and with ``outside`` some partly or wholly
-    outside the image."""
+    outside the image.
+
+    Args:
+        batch: N; the boxes' batch indices are drawn from [0, N).
+        height, width: the feature map's size in pixels.
+        count: K, the number of boxes.
+        spatial_scale: feature-map size over input-image size.
+        outside: with at least 3 boxes, make the last one partly and the one
+            before it wholly outside the image.
+        seed: the seed of ``numpy.random.default_rng``.
+
+    Returns:
+        (K, 5) float64 NumPy array of ``(batch index, x1, y1, x2, y2)``.
+
+    Raises:
+        TypeError: from NumPy, for a count that is not an int.
+        ValueError: from NumPy, for a negative count.
+
+    Example:
+        >>> import numpy as np
+        >>> from cudcn import testing
+        >>> boxes = testing.rois_for(batch=2, height=8, width=8, count=4)
+        >>> boxes.shape, boxes.dtype
+        ((4, 5), dtype('float64'))
+        >>> bool(np.isin(boxes[:, 0], [0, 1]).all())
+        True
+    """
     rng = np.random.default_rng(seed)
     img_h, img_w = height / spatial_scale, width / spatial_scale
     x1 = rng.uniform(0, 0.7 * img_w, count)
@@ -62,7 +153,36 @@ def rois_for(batch, height, width, count, spatial_scale=1.0, outside=True, seed=
 def deform_roi_pool_inputs(batch=2, channels=3, size=(12, 10), rois=5, output_size=3,
                            spatial_scale=0.5, sampling_ratio=0, gamma=0.1, offset=True,
                            mask=False, dtype=np.float64, seed=0, xp=np):
-    """Random arguments of deform_roi_pool, as a dict of keyword arguments."""
+    """Random arguments of :func:`cudcn.deform_roi_pool`, as a dict of keyword arguments.
+
+    Args:
+        batch, channels: N, C.
+        size: (H, W), an int or a pair.
+        rois: K, the number of boxes (drawn by :func:`cudcn.testing.rois_for`
+            with seed + 1, some outside the image).
+        output_size, spatial_scale, sampling_ratio, gamma: passed on.
+        offset, mask: whether to draw an offset (standard normal) and a mask
+            (uniform in [0, 1)), else None.
+        {dtype_seed_xp}
+
+    Returns:
+        dict of input (N, C, H, W), rois (K, 5) float64, offset (K, 2, PH, PW)
+        or None, mask (K, 1, PH, PW) or None, and the other arguments as
+        given.
+
+    {raises}
+
+    Example:
+        >>> import numpy as np
+        >>> import cudcn
+        >>> from cudcn import testing
+        >>> args = testing.deform_roi_pool_inputs(rois=4, output_size=2, mask=True,
+        ...                                       dtype=np.float32)
+        >>> args["offset"].shape, args["mask"].shape, args["rois"].dtype
+        ((4, 2, 2, 2), (4, 1, 2, 2), dtype('float64'))
+        >>> cudcn.deform_roi_pool(**args).shape
+        (4, 3, 2, 2)
+    """
     rng = np.random.default_rng(seed)
     h, w = _pair(size)
     ph, pw = _pair(output_size)
@@ -81,7 +201,38 @@ def deform_psroi_pool_inputs(batch=2, output_dim=4, group_size=2, pooled_size=3,
                              num_classes=2, size=(12, 10), rois=5, spatial_scale=0.5,
                              sample_per_part=2, trans_std=0.1, offset=True, dtype=np.float64,
                              seed=0, xp=np):
-    """Random arguments of deform_psroi_pool, as a dict of keyword arguments."""
+    """Random arguments of :func:`cudcn.deform_psroi_pool`, as a dict of keyword arguments.
+
+    Args:
+        batch: N.
+        output_dim, group_size, pooled_size, part_size: passed on; the input
+            has output_dim * group_size**2 channels.
+        num_classes: the offset's classes; it must divide output_dim.
+        size: (H, W), an int or a pair.
+        rois: K, the number of boxes (drawn by :func:`cudcn.testing.rois_for`
+            with seed + 1, some outside the image).
+        spatial_scale, sample_per_part, trans_std: passed on.
+        offset: whether to draw an offset (standard normal), else None.
+        {dtype_seed_xp}
+
+    Returns:
+        dict of input (N, output_dim * group_size**2, H, W), rois (K, 5)
+        float64, offset (K, 2 * num_classes, part_size, part_size) or None,
+        and the other arguments as given.
+
+    {raises}
+
+    Example:
+        >>> import numpy as np
+        >>> import cudcn
+        >>> from cudcn import testing
+        >>> args = testing.deform_psroi_pool_inputs(rois=4, output_dim=4, group_size=2,
+        ...                                         pooled_size=3, dtype=np.float32)
+        >>> args["input"].shape, args["offset"].shape
+        ((2, 16, 12, 10), (4, 4, 3, 3))
+        >>> cudcn.deform_psroi_pool(**args).shape
+        (4, 4, 3, 3)
+    """
     rng = np.random.default_rng(seed)
     h, w = _pair(size)
     part = pooled_size if part_size is None else part_size
@@ -109,6 +260,36 @@ def ms_deform_attn_inputs(batch=2, queries=5, heads=2, channels=4, shapes=((6, 5
     (of x = loc_x * W - 0.5, likewise y) in [0.15, 0.85] and keeps it inside
     the open window, so that finite differences of width < 0.15 / max(H, W)
     in normalised units cross no kink.
+
+    Args:
+        batch, queries, heads, channels: N, Lq, M, D.
+        shapes: the levels' (H_l, W_l).
+        points: P, the points per level when points_per_level is None.
+        points_per_level: None, or P_l for each level.
+        outside: the fraction of locations drawn from [-0.3, 1.3] rather
+            than [0, 1].
+        away_from_kinks: see above (outside is then ignored).
+        {dtype_seed_xp}
+
+    Returns:
+        dict of value (N, S, M, D), spatial_shapes (L, 2) and
+        level_start_index (L,) int64, sampling_locations (N, Lq, M, L, P, 2)
+        and attention_weights (N, Lq, M, L, P) (with points_per_level: (N,
+        Lq, M, sum(points_per_level), 2) and (N, Lq, M,
+        sum(points_per_level))), and points_per_level as a tuple or None.
+
+    {raises}
+
+    Example:
+        >>> import numpy as np
+        >>> import cudcn
+        >>> from cudcn import testing
+        >>> args = testing.ms_deform_attn_inputs(queries=3, heads=2, channels=4,
+        ...                                      points_per_level=(2, 4), dtype=np.float32)
+        >>> args["sampling_locations"].shape, args["spatial_shapes"].tolist()
+        ((2, 3, 2, 6, 2), [[6, 5], [3, 4]])
+        >>> cudcn.ms_deform_attn(**args).shape
+        (2, 3, 8)
     """
     rng = np.random.default_rng(seed)
     shapes = np.array(shapes, dtype=np.int64).reshape(-1, 2)
@@ -151,6 +332,36 @@ def dcnv3_inputs(batch=2, size=(7, 6), groups=2, group_channels=3, kernel=(3, 3)
     ``away_from_kinks`` puts every sampling point's fractional part in
     [0.15, 0.85] inside the open window, so that finite differences of the
     offsets of width < 0.15 / offset_scale cross no kink.
+
+    Args:
+        batch, size, groups, group_channels: N, (H, W) (an int or a pair),
+            G, C.
+        kernel, stride, padding, dilation: ints or pairs; returned as
+            kernel_size, stride, padding, dilation pairs.
+        offset_scale, remove_center: passed on; offset_scale also scales the
+            offsets that ``away_from_kinks`` computes.
+        outside: the fraction of offsets pushed further out.
+        away_from_kinks: see above (outside is then ignored).
+        packed, pad_to: see above.
+        {dtype_seed_xp}
+
+    Returns:
+        dict of input (N, H, W, G * C), offset (N, H_out, W_out, G * K * 2)
+        and mask (N, H_out, W_out, G * K), or with ``packed`` offset_mask (N,
+        H_out, W_out, D), and kernel_size, stride, padding, dilation, groups,
+        offset_scale, remove_center.
+
+    {raises}
+
+    Example:
+        >>> import numpy as np
+        >>> import cudcn
+        >>> from cudcn import testing
+        >>> args = testing.dcnv3_inputs(packed=True, pad_to=8, dtype=np.float32)
+        >>> args["input"].shape, args["offset_mask"].shape  # G * 3K = 54, padded to 56
+        ((2, 7, 6, 6), (2, 7, 6, 56))
+        >>> cudcn.dcnv4(**args).shape
+        (2, 7, 6, 6)
     """
     rng = np.random.default_rng(seed)
     (h, w), (kh, kw) = _pair(size), _pair(kernel)
@@ -192,12 +403,49 @@ def dcnv3_inputs(batch=2, size=(7, 6), groups=2, group_channels=3, kernel=(3, 3)
             for name, v in args.items()}
 
 
+for _builder in (deform_conv2d_inputs, deform_roi_pool_inputs, deform_psroi_pool_inputs,
+                 ms_deform_attn_inputs, dcnv3_inputs):
+    _builder.__doc__ = (_builder.__doc__.replace("{dtype_seed_xp}", _BUILDER_ARGS)
+                        .replace("{raises}", _BUILDER_RAISES))
+del _builder
+
+
 def grid_sample_ms_deform_attn(value, spatial_shapes, sampling_locations, attention_weights):
     """Multi-scale deformable attention the way mmcv, transformers and
     InternImage compute it without a kernel (torch tensors): per level,
     ``F.grid_sample`` at ``2 * loc - 1`` with zeros padding and
     ``align_corners=False``, then the weighted sum. Written from that
-    definition; the peer the tests and ``cudcn bench`` compare with."""
+    definition; the peer the tests and ``cudcn bench`` compare with.
+
+    Args:
+        value: (N, S, M, D) tensor, the levels' maps flattened and stacked.
+        spatial_shapes: (L, 2) tensor (or anything with ``tolist``), (H_l,
+            W_l) of each level; the levels are taken in order, so no
+            level_start_index is needed.
+        sampling_locations: (N, Lq, M, L, P, 2) tensor, (x, y) in [0, 1].
+        attention_weights: (N, Lq, M, L, P) tensor.
+
+    The tensors share one float dtype and device.
+
+    Returns:
+        (N, Lq, M * D) tensor, as :func:`cudcn.ms_deform_attn`.
+
+    Raises:
+        ValueError: value that is not 4-D, or sampling_locations that is not
+            6-D (the layout of points_per_level is not supported).
+
+    Example:
+        >>> import numpy as np
+        >>> import torch
+        >>> from cudcn import reference, testing
+        >>> args = testing.ms_deform_attn_inputs()
+        >>> names = ("value", "spatial_shapes", "sampling_locations", "attention_weights")
+        >>> out = testing.grid_sample_ms_deform_attn(*(torch.from_numpy(args[n]) for n in names))
+        >>> tuple(out.shape)
+        (2, 5, 8)
+        >>> bool(np.allclose(out.numpy(), reference.ms_deform_attn(**args)))
+        True
+    """
     import torch
     import torch.nn.functional as F
 
@@ -235,18 +483,38 @@ def grid_sample_dcnv3(input, offset, mask, kernel_size, stride=1, padding=0, dil
     and cannot be sampled with a half input).
 
     Args:
-        input: (N, H, W, G * C_g), channels last.
-        offset: (N, H_out, W_out, G * K * 2), per group K (dx, dy) pairs in
-            pixels; point k = i * kh + j for column i < kw and row j < kh.
-        mask: (N, H_out, W_out, G * K), the points' weights.
+        input: (N, H, W, G * C_g) tensor, channels last.
+        offset: (N, H_out, W_out, G * K * 2) tensor, per group K (dx, dy)
+            pairs in pixels; point k = i * kh + j for column i < kw and row
+            j < kh.
+        mask: (N, H_out, W_out, G * K) tensor, the points' weights.
         kernel_size, stride, padding, dilation: int or (h, w).
         groups: G.
         offset_scale: scales both the dilation grid and the offsets.
         remove_center: skip the centre point (odd square kernels), so
             K = kh * kw - 1 rather than kh * kw.
 
+    The tensors share one float dtype and device.
+
     Returns:
-        (N, H_out, W_out, G * C_g).
+        (N, H_out, W_out, G * C_g) tensor.
+
+    Raises:
+        ValueError: remove_center with an even or non-square kernel, or
+            input channels that groups does not divide.
+
+    Example:
+        >>> import numpy as np
+        >>> import torch
+        >>> from cudcn import reference, testing
+        >>> args = testing.dcnv3_inputs()
+        >>> tensors = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+        ...            for k, v in args.items()}
+        >>> out = testing.grid_sample_dcnv3(**tensors)
+        >>> tuple(out.shape)
+        (2, 7, 6, 6)
+        >>> bool(np.allclose(out.numpy(), reference.dcnv3(**args)))
+        True
     """
     import torch
     import torch.nn.functional as F
@@ -294,21 +562,37 @@ def grid_sample_dcnv3(input, offset, mask, kernel_size, stride=1, padding=0, dil
 
 def grid_sample_dcnv4(input, offset_mask, kernel_size, stride=1, padding=0, dilation=1,
                       groups=1, offset_scale=1.0, remove_center=False):
-    """DCNv4's core (torch tensors): :func:`grid_sample_dcnv3` on the
+    """DCNv4's core (torch tensors): :func:`cudcn.testing.grid_sample_dcnv3` on the
     offsets and mask unpacked from DCNv4's ``offset_mask``, as DCNv4's own
     tests compare it with DCNv3 (no softmax).
 
     Args:
-        input: (N, H, W, G * C_g), channels last.
-        offset_mask: (N, H_out, W_out, D_pad), D_pad >= G * 3K: per group g,
-            the values g * 3K ... g * 3K + 2K - 1 are the K (dx, dy) pairs and
-            the next K the mask; the rest (DCNv4 pads to a multiple of 8) is
-            ignored.
-        kernel_size, stride, padding, dilation, groups, offset_scale,
-        remove_center: as in :func:`grid_sample_dcnv3`.
+        input: (N, H, W, G * C_g) tensor, channels last.
+        offset_mask: (N, H_out, W_out, D_pad) tensor, D_pad >= G * 3K: per
+            group g, the values g * 3K ... g * 3K + 2K - 1 are the K (dx, dy)
+            pairs and the next K the mask; the rest (DCNv4 pads to a multiple
+            of 8) is ignored.
+        kernel_size, stride, padding, dilation: as in
+            :func:`cudcn.testing.grid_sample_dcnv3`.
+        groups, offset_scale, remove_center: as in
+            :func:`cudcn.testing.grid_sample_dcnv3`.
 
     Returns:
-        (N, H_out, W_out, G * C_g).
+        (N, H_out, W_out, G * C_g) tensor.
+
+    Raises:
+        ValueError: as :func:`cudcn.testing.grid_sample_dcnv3`.
+
+    Example:
+        >>> import numpy as np
+        >>> import torch
+        >>> from cudcn import reference, testing
+        >>> args = testing.dcnv3_inputs(packed=True)
+        >>> tensors = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+        ...            for k, v in args.items()}
+        >>> out = testing.grid_sample_dcnv4(**tensors)
+        >>> bool(np.allclose(out.numpy(), reference.dcnv4(**args)))
+        True
     """
     kh, kw = _pair(kernel_size)
     points = kh * kw - int(bool(remove_center))

@@ -42,11 +42,26 @@ FLAG_SETS = (CXXFLAGS + OPENMP_FLAGS + NATIVE_FLAGS, CXXFLAGS + OPENMP_FLAGS,
 
 
 class CompilerNotFoundError(RuntimeError):
-    """No host C++ compiler for the CPU backend."""
+    """No host C++ compiler for the CPU backend.
+
+    The CPU backend builds its kernels on their first use in a process with
+    the command in the ``CXX`` environment variable, else ``c++``, and caches
+    the built libraries (under ``$CUDCN_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/cudcn``, else ``~/.cache/cudcn``); the cache is keyed
+    by the compiler's version, so a cached build is found with the compiler
+    too. This is raised when that command is not on PATH; its message says
+    how to install a compiler. A subclass of ``RuntimeError``.
+    """
 
 
 class CompileError(RuntimeError):
-    """The host compiler rejected a kernel file."""
+    """The host compiler rejected a kernel file.
+
+    Raised by the CPU backend's first use of a kernel file when every set of
+    compiler flags it tries (with and without OpenMP and ``-march=native``)
+    fails; the message holds the last command and the compiler's output. A
+    subclass of ``RuntimeError``.
+    """
 
 
 class RaceError(RuntimeError):

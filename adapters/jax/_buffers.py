@@ -74,11 +74,50 @@ _HANDLERS = {"cpu": "xla_buffer_python_cpu_callback",
 class SecondDerivativeError(NotImplementedError):
     """A derivative of a cudcn gradient was asked for (``jax.grad`` of
     ``jax.grad``). Forward mode (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``)
-    stops earlier, at JAX's own error for a ``custom_vjp``."""
+    stops earlier, at JAX's own error for a ``custom_vjp`` (a ``TypeError``).
+
+    Raised by every function of ``cudcn.adapters.jax`` when JAX traces the
+    derivative of its backward rule: cudcn's operations have first
+    derivatives only. A ``NotImplementedError`` (so a ``RuntimeError``).
+
+    Example:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> import cudcn.adapters.jax as cj
+        >>> x = jnp.arange(4.0).reshape(1, 2, 2, 1)
+        >>> offset, mask = jnp.zeros((1, 2, 2, 2)), jnp.ones((1, 2, 2, 1))
+        >>> loss = lambda x: cj.dcnv3(x, offset, mask, kernel_size=1).sum()
+        >>> try:
+        ...     jax.grad(lambda x: jax.grad(loss)(x).sum())(x)
+        ... except cj.SecondDerivativeError:
+        ...     print("first derivatives only")
+        first derivatives only
+    """
 
 
 class ExportError(NotImplementedError):
-    """``jax.export`` of a computation with a cudcn call."""
+    """``jax.export`` of a computation with a cudcn call.
+
+    Raised by every function of ``cudcn.adapters.jax`` when a computation
+    that calls it is lowered for ``jax.export``: cudcn runs as a Python
+    callback of the process that compiled the program, which a serialized
+    program cannot carry. Serve such a model from Python with ``jax.jit``,
+    or export it to ONNX through the PyTorch adapter. A
+    ``NotImplementedError`` (so a ``RuntimeError``).
+
+    Example:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> import cudcn.adapters.jax as cj
+        >>> x = jnp.arange(4.0).reshape(1, 2, 2, 1)
+        >>> offset, mask = jnp.zeros((1, 2, 2, 2)), jnp.ones((1, 2, 2, 1))
+        >>> f = jax.jit(lambda x: cj.dcnv3(x, offset, mask, kernel_size=1))
+        >>> try:
+        ...     jax.export.export(f)(x)
+        ... except cj.ExportError:
+        ...     print("not exportable")
+        not exportable
+    """
 
 
 @dataclasses.dataclass(frozen=True)

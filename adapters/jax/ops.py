@@ -182,7 +182,12 @@ _conv_primal.defvjp(_conv_fwd, _conv_bwd, symbolic_zeros=True)
 
 
 def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
-    """Deformable 2-D convolution (torchvision.ops.deform_conv2d semantics) on jax arrays.
+    """Deformable 2-D convolution (``torchvision.ops.deform_conv2d`` semantics) on jax arrays.
+
+    Semantics as :func:`cudcn.deform_conv2d`. The arrays are jax arrays (or
+    NumPy arrays) of float32, float64 (with ``jax_enable_x64``), float16 or
+    bfloat16, all of one dtype; groups and offset_groups are read from the
+    shapes.
 
     Args:
         input: (N, C_in, H, W).
@@ -196,10 +201,47 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
             or None (DCN v1).
 
     Returns:
-        (N, C_out, H_out, W_out) in the inputs' dtype. Differentiable in input,
-        offset, weight, bias and mask (``jax.grad``, ``jax.vjp``); works under
+        (N, C_out, H_out, W_out) in the inputs' dtype,
+        ``H_out = (H + 2 * pad_h - (dil_h * (kh - 1) + 1)) // stride_h + 1``
+        (likewise W_out). Differentiable in input, offset, weight, bias and
+        mask (``jax.grad``, ``jax.vjp``; first derivatives only); works under
         ``jax.jit`` and ``jax.vmap``. Bad arguments raise cudcn's TypeError or
         ValueError when the call is traced.
+
+    Raises:
+        TypeError: an argument that is not a jax or NumPy array (or None
+            where allowed), an unsupported or mixed dtype, a stride, padding
+            or dilation that is not an int or a pair of ints (a traced value
+            included); also JAX's own, for forward-mode differentiation
+            (``jax.jvp``, ``jax.jacfwd``) of a ``custom_vjp``.
+        ValueError: ranks or shapes that disagree (channels that groups or
+            offset_groups do not divide, an offset or mask not of the
+            output's size), a stride or dilation below 1 or a negative
+            padding, an empty output.
+        cudcn.adapters.jax.SecondDerivativeError: when a derivative of its
+            gradient is traced (``jax.grad`` of ``jax.grad``).
+        cudcn.adapters.jax.ExportError: under ``jax.export``.
+        NotImplementedError: when lowered for a platform other than the CPU
+            or a GPU, or for several platforms at once.
+
+    Example:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> import cudcn.adapters.jax as cj
+        >>> x = jnp.arange(16.0).reshape(1, 1, 4, 4)
+        >>> weight = jnp.ones((2, 1, 3, 3))
+        >>> offset = jnp.zeros((1, 2 * 3 * 3, 2, 2))
+        >>> y = cj.deform_conv2d(x, offset, weight)
+        >>> y.shape, y.dtype
+        ((1, 2, 2, 2), dtype('float32'))
+        >>> y[0, 0].tolist()  # zero offsets: the plain convolution
+        [[45.0, 54.0], [81.0, 90.0]]
+        >>> loss = lambda x, offset: cj.deform_conv2d(x, offset, weight).sum()
+        >>> grad_x, grad_offset = jax.grad(loss, argnums=(0, 1))(x, offset)
+        >>> grad_x.shape, grad_offset.shape
+        ((1, 1, 4, 4), (1, 18, 2, 2))
+        >>> jax.jit(cj.deform_conv2d)(x, offset, weight).shape
+        (1, 2, 2, 2)
     """
     arrays = _checks.as_jax(optional=("bias", "mask"), input=input, offset=offset,
                              weight=weight, bias=bias, mask=mask)
@@ -251,6 +293,10 @@ def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0,
                     sampling_ratio=0, gamma=0.1, mask=None):
     """Deformable RoI pooling, mmcv's ``deform_roi_pool`` (modulated with ``mask``), on jax arrays.
 
+    Semantics as :func:`cudcn.deform_roi_pool`. input, offset and mask are
+    jax (or NumPy) arrays of float32, float64 (with ``jax_enable_x64``),
+    float16 or bfloat16, of one dtype.
+
     Args:
         input: (N, C, H, W).
         rois: (K, 5) boxes ``(batch index, x1, y1, x2, y2)`` in input-image
@@ -258,11 +304,43 @@ def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0,
         offset: (K, 2, PH, PW) normalised bin offsets (channel 0 = x, 1 = y),
             or None (RoIAlign).
         output_size: PH = PW, or a pair (PH, PW).
-        spatial_scale, sampling_ratio, gamma: as :func:`cudcn.deform_roi_pool`.
+        spatial_scale, sampling_ratio, gamma: as :func:`cudcn.deform_roi_pool`
+            (spatial_scale positive, sampling_ratio an int, 0 or less for
+            adaptive); Python numbers, fixed when ``jax.jit`` traces.
         mask: (K, 1, PH, PW) or None.
 
     Returns:
-        (K, C, PH, PW), differentiable in input, offset and mask.
+        (K, C, PH, PW) in the input's dtype, differentiable in input, offset
+        and mask (``jax.grad``, ``jax.vjp``; first derivatives only); works
+        under ``jax.jit`` and ``jax.vmap``.
+
+    Raises:
+        TypeError: an argument that is not a jax or NumPy array (or None
+            where allowed), an unsupported or mixed dtype, integer rois, an
+            output_size or sampling_ratio that is not an int (or pair of
+            ints), a spatial_scale or gamma that is not a real number; also
+            JAX's own, for forward-mode differentiation.
+        ValueError: ranks or shapes that disagree, an output_size below 1,
+            a spatial_scale that is not positive and finite, a gamma that
+            is not finite.
+        cudcn.adapters.jax.SecondDerivativeError: when a derivative of its
+            gradient is traced (``jax.grad`` of ``jax.grad``).
+        cudcn.adapters.jax.ExportError: under ``jax.export``.
+        NotImplementedError: when lowered for a platform other than the CPU
+            or a GPU, or for several platforms at once.
+
+    Example:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> import cudcn.adapters.jax as cj
+        >>> x = jnp.arange(16.0).reshape(1, 1, 4, 4)
+        >>> rois = jnp.array([[0.0, 0.0, 0.0, 4.0, 4.0]])
+        >>> cj.deform_roi_pool(x, rois, output_size=2)[0, 0].tolist()
+        [[2.5, 4.5], [10.5, 12.5]]
+        >>> offset = jnp.zeros((1, 2, 2, 2))
+        >>> loss = lambda offset: cj.deform_roi_pool(x, rois, offset, output_size=2).sum()
+        >>> jax.grad(loss)(offset).shape
+        (1, 2, 2, 2)
     """
     input, rois, offset, mask = _checks.as_jax(optional=("offset", "mask"), input=input,
                                                rois=rois, offset=offset, mask=mask)
@@ -315,16 +393,60 @@ def deform_psroi_pool(input, rois, offset=None, *, output_dim, group_size, poole
                       part_size=None, sample_per_part=4, trans_std=0.0, spatial_scale=0.0625):
     """Deformable position-sensitive RoI pooling (R-FCN; Deformable-ConvNets) on jax arrays.
 
+    Semantics as :func:`cudcn.deform_psroi_pool`. input and offset are jax
+    (or NumPy) arrays of float32, float64 (with ``jax_enable_x64``),
+    float16 or bfloat16, of one dtype. The arguments after offset are
+    keyword only, Python numbers fixed when ``jax.jit`` traces.
+
     Args:
-        input: (N, output_dim * group_size**2, H, W).
+        input: (N, output_dim * group_size ** 2, H, W).
         rois: (K, 5) boxes ``(batch index, x1, y1, x2, y2)``, any floating
             dtype; they get no gradient.
-        offset: (K, 2 * num_classes, part_size, part_size) or None.
-        output_dim, group_size, pooled_size, part_size, sample_per_part,
-        trans_std, spatial_scale: as :func:`cudcn.deform_psroi_pool`.
+        offset: (K, 2 * num_classes, part_size, part_size) normalised part
+            offsets (channel 2c = x, 2c + 1 = y of class c; num_classes must
+            divide output_dim), or None for no offsets.
+        output_dim, group_size, pooled_size: output channels, side of the
+            position-sensitive grid, bins per side; ints of at least 1.
+        part_size: offset cells per side, an int of at least 1 (default
+            pooled_size).
+        sample_per_part: samples per bin and axis, an int of at least 1.
+        trans_std: the offsets are scaled by ``trans_std * roi size``.
+        spatial_scale: feature-map size over input-image size (positive).
 
     Returns:
-        (K, output_dim, pooled_size, pooled_size), differentiable in input and offset.
+        (K, output_dim, pooled_size, pooled_size) in the input's dtype,
+        differentiable in input and offset (``jax.grad``, ``jax.vjp``; first
+        derivatives only); works under ``jax.jit`` and ``jax.vmap``.
+
+    Raises:
+        TypeError: an argument that is not a jax or NumPy array (or None
+            where allowed), an unsupported or mixed dtype, integer rois, a
+            size that is not an int, a trans_std or spatial_scale that is
+            not a real number; also JAX's own, for forward-mode
+            differentiation.
+        ValueError: ranks or shapes that disagree (input channels other
+            than ``output_dim * group_size ** 2``, an offset of another size,
+            output_dim not a multiple of num_classes), a size below 1, a
+            spatial_scale that is not positive and finite.
+        cudcn.adapters.jax.SecondDerivativeError: when a derivative of its
+            gradient is traced (``jax.grad`` of ``jax.grad``).
+        cudcn.adapters.jax.ExportError: under ``jax.export``.
+        NotImplementedError: when lowered for a platform other than the CPU
+            or a GPU, or for several platforms at once.
+
+    Example:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> import cudcn.adapters.jax as cj
+        >>> x = jnp.ones((1, 2 * 2 * 2, 4, 4))
+        >>> rois = jnp.array([[0.0, 0.0, 0.0, 3.0, 3.0]])
+        >>> pool = lambda x: cj.deform_psroi_pool(x, rois, output_dim=2, group_size=2,
+        ...                                       pooled_size=2, spatial_scale=1.0)
+        >>> y = pool(x)
+        >>> y.shape, y.ravel().tolist()
+        ((1, 2, 2, 2), [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+        >>> jax.grad(lambda x: pool(x).sum())(x).shape
+        (1, 8, 4, 4)
     """
     input, rois, offset = _checks.as_jax(optional=("offset",), input=input, rois=rois,
                                          offset=offset)
@@ -411,21 +533,64 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
                    attention_weights, im2col_step=64, points_per_level=None):
     """Multi-scale deformable attention (Deformable DETR) on jax arrays.
 
+    Semantics as :func:`cudcn.ms_deform_attn`. value, sampling_locations
+    and attention_weights are jax (or NumPy) arrays of float32, float64
+    (with ``jax_enable_x64``), float16 or bfloat16, of one dtype; the level
+    tables have an integer dtype and are static.
+
     Args:
-        value: (N, S, M, D).
+        value: (N, S, M, D): the levels' feature maps flattened and stacked
+            (S = sum of H_l * W_l), M heads of D channels.
         spatial_shapes: (L, 2) (H_l, W_l) per level, static: a NumPy array,
             a tuple or a concrete jax array (not a traced value).
         level_start_index: (L,) the first row of each level in S, static.
         sampling_locations: (N, Lq, M, L, P, 2) (x, y) in [0, 1] (with
             ``points_per_level``: (N, Lq, M, sum(points_per_level), 2)).
-        attention_weights: (N, Lq, M, L, P) (or (N, Lq, M, sum(points_per_level))).
-        im2col_step, points_per_level: as :func:`cudcn.ms_deform_attn`.
+        attention_weights: (N, Lq, M, L, P) (or (N, Lq, M, sum(points_per_level))),
+            the softmax already applied.
+        im2col_step: an int of at least 1, accepted for drop-in use; it
+            changes nothing.
+        points_per_level: None, or a sequence of L ints P_l, the points of
+            each level (RT-DETRv2, D-FINE).
 
     Returns:
-        (N, Lq, M * D), differentiable in value, sampling_locations and
-        attention_weights (``jax.grad``, ``jax.vjp``); works under
-        ``jax.jit`` and ``jax.vmap``. Bad arguments raise cudcn's TypeError
-        or ValueError when the call is traced.
+        (N, Lq, M * D) in value's dtype, differentiable in value,
+        sampling_locations and attention_weights (``jax.grad``, ``jax.vjp``;
+        first derivatives only); works under ``jax.jit`` and ``jax.vmap``.
+        Bad arguments raise cudcn's TypeError or ValueError when the call is
+        traced.
+
+    Raises:
+        TypeError: an argument that is not a jax or NumPy array, an
+            unsupported or mixed floating dtype, level tables that are traced
+            or without an integer dtype, an im2col_step or points_per_level
+            entry that is not an int; also JAX's own, for forward-mode
+            differentiation.
+        ValueError: ranks or shapes that disagree, spatial_shapes and
+            level_start_index inconsistent with each other or with S, a
+            points_per_level without one entry per level, an im2col_step or
+            points_per_level entry below 1.
+        cudcn.adapters.jax.SecondDerivativeError: when a derivative of its
+            gradient is traced (``jax.grad`` of ``jax.grad``).
+        cudcn.adapters.jax.ExportError: under ``jax.export``.
+        NotImplementedError: when lowered for a platform other than the CPU
+            or a GPU, or for several platforms at once.
+
+    Example:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> import numpy as np
+        >>> import cudcn.adapters.jax as cj
+        >>> value = jnp.ones((1, 5, 1, 2))
+        >>> shapes, starts = np.array([[2, 2], [1, 1]]), np.array([0, 4])
+        >>> locations = jnp.full((1, 1, 1, 2, 1, 2), 0.5)
+        >>> weights = jnp.full((1, 1, 1, 2, 1), 0.5)
+        >>> y = cj.ms_deform_attn(value, shapes, starts, locations, weights)
+        >>> y.shape, y.tolist()
+        ((1, 1, 2), [[[1.0, 1.0]]])
+        >>> loss = lambda value: cj.ms_deform_attn(value, shapes, starts, locations, weights).sum()
+        >>> jax.grad(loss)(value).shape
+        (1, 5, 1, 2)
     """
     value, sampling_locations, attention_weights = _checks.as_jax(
         value=value, sampling_locations=sampling_locations, attention_weights=attention_weights)
@@ -536,14 +701,17 @@ _DCNV3_ARGS_DOC = """kernel_size, stride, padding, dilation: int or (h, w) pair.
         offset_scale: real number, InternImage's ``offset_scale`` (the factor
             of the offsets and of the kernel's extent around its centre).
         remove_center: bool: skip the kernel's centre point (odd square
-            kernels of at least 3 x 3); K = kh * kw - 1 then.
-        These seven are static: Python values, fixed when ``jax.jit``
-            traces (a traced value raises a TypeError)."""
+            kernels of at least 3 x 3); K = kh * kw - 1 then."""
 
 
 def dcnv3(input, offset, mask, kernel_size, stride=1, padding=0, dilation=1, groups=1,
           offset_scale=1.0, remove_center=False):
     """DCNv3's core (InternImage's ``DCNv3Function``), channels-last, on jax arrays.
+
+    The arrays are jax (or NumPy) arrays of float32, float64 (with
+    ``jax_enable_x64``), float16 or bfloat16, all of one dtype. The seven
+    arguments after mask are static: Python values, fixed when ``jax.jit``
+    traces (a traced value raises a TypeError).
 
     Args:
         input: (N, H, W, G * C).
@@ -556,9 +724,38 @@ def dcnv3(input, offset, mask, kernel_size, stride=1, padding=0, dilation=1, gro
         (N, H_out, W_out, G * C) in the inputs' dtype, ``H_out = (H + 2 *
         pad_h - (dil_h * (kh - 1) + 1)) // stride_h + 1`` (likewise W_out);
         see :func:`cudcn.dcnv3`. Differentiable in input, offset and mask
-        (``jax.grad``, ``jax.vjp``); works under ``jax.jit`` and
-        ``jax.vmap``. Bad arguments raise cudcn's TypeError or ValueError
-        when the call is traced.
+        (``jax.grad``, ``jax.vjp``; first derivatives only); works under
+        ``jax.jit`` and ``jax.vmap``. Bad arguments raise cudcn's TypeError
+        or ValueError when the call is traced.
+
+    Raises:
+        TypeError: an argument that is not a jax or NumPy array, an
+            unsupported or mixed dtype, a size that is not an int or a pair
+            of ints (a traced value included), an offset_scale that is not a
+            real number, a remove_center that is not a bool; also JAX's own,
+            for forward-mode differentiation.
+        ValueError: ranks or shapes that disagree, channels that groups does
+            not divide, remove_center with an even or non-square kernel, a
+            size out of range, an empty output.
+        cudcn.adapters.jax.SecondDerivativeError: when a derivative of its
+            gradient is traced (``jax.grad`` of ``jax.grad``).
+        cudcn.adapters.jax.ExportError: under ``jax.export``.
+        NotImplementedError: when lowered for a platform other than the CPU
+            or a GPU, or for several platforms at once.
+
+    Example:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> import cudcn.adapters.jax as cj
+        >>> x = jnp.arange(4.0).reshape(1, 2, 2, 1)
+        >>> offset = jnp.zeros((1, 2, 2, 2))
+        >>> mask = jnp.ones((1, 2, 2, 1))
+        >>> y = cj.dcnv3(x, offset, mask, kernel_size=1)
+        >>> y.shape, y[..., 0].tolist()
+        ((1, 2, 2, 1), [[[0.0, 1.0], [2.0, 3.0]]])
+        >>> loss = lambda x: cj.dcnv3(x, offset, mask, kernel_size=1).sum()
+        >>> jax.grad(loss)(x).ravel().tolist()
+        [1.0, 1.0, 1.0, 1.0]
     """
     input, offset, mask = _checks.as_jax(input=input, offset=offset, mask=mask)
     static = (kernel_size, stride, padding, dilation, groups, offset_scale, remove_center)
@@ -570,7 +767,13 @@ def dcnv3(input, offset, mask, kernel_size, stride=1, padding=0, dilation=1, gro
 def dcnv4(input, offset_mask, kernel_size, stride=1, padding=0, dilation=1, groups=1,
           offset_scale=1.0, remove_center=False):
     """DCNv4's core (FlashInternImage's ``DCNv4Function``), channels-last, on
-    jax arrays: :func:`dcnv3` with offsets and mask packed in one array.
+    jax arrays: :func:`cudcn.adapters.jax.dcnv3` with offsets and mask packed
+    in one array, and no softmax.
+
+    The arrays are jax (or NumPy) arrays of float32, float64 (with
+    ``jax_enable_x64``), float16 or bfloat16, of one dtype. The seven
+    arguments after offset_mask are static: Python values, fixed when
+    ``jax.jit`` traces (a traced value raises a TypeError).
 
     Args:
         input: (N, H, W, G * C).
@@ -581,11 +784,35 @@ def dcnv4(input, offset_mask, kernel_size, stride=1, padding=0, dilation=1, grou
         {args}
 
     Returns:
-        (N, H_out, W_out, G * C) in the inputs' dtype, as :func:`dcnv3`.
-        Differentiable in input and offset_mask (its padding channels get a
-        zero gradient); works under ``jax.jit`` and ``jax.vmap``. Bad
+        (N, H_out, W_out, G * C) in the inputs' dtype, as
+        :func:`cudcn.adapters.jax.dcnv3`. Differentiable in input and
+        offset_mask (its padding channels get a zero gradient; first
+        derivatives only); works under ``jax.jit`` and ``jax.vmap``. Bad
         arguments raise cudcn's TypeError or ValueError when the call is
         traced.
+
+    Raises:
+        TypeError: as :func:`cudcn.adapters.jax.dcnv3`.
+        ValueError: as :func:`cudcn.adapters.jax.dcnv3`, and an offset_mask
+            narrower than ``G * 3K``.
+        cudcn.adapters.jax.SecondDerivativeError: when a derivative of its
+            gradient is traced (``jax.grad`` of ``jax.grad``).
+        cudcn.adapters.jax.ExportError: under ``jax.export``.
+        NotImplementedError: when lowered for a platform other than the CPU
+            or a GPU, or for several platforms at once.
+
+    Example:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> import cudcn.adapters.jax as cj
+        >>> x = jnp.arange(4.0).reshape(1, 2, 2, 1)
+        >>> offset_mask = jnp.zeros((1, 2, 2, 8)).at[..., 2].set(1.0)  # the mask of the one point
+        >>> y = cj.dcnv4(x, offset_mask, kernel_size=1)
+        >>> y.shape, y[..., 0].tolist()
+        ((1, 2, 2, 1), [[[0.0, 1.0], [2.0, 3.0]]])
+        >>> loss = lambda offset_mask: cj.dcnv4(x, offset_mask, kernel_size=1).sum()
+        >>> jax.grad(loss)(offset_mask).shape
+        (1, 2, 2, 8)
     """
     input, offset_mask = _checks.as_jax(input=input, offset_mask=offset_mask)
     static = (kernel_size, stride, padding, dilation, groups, offset_scale, remove_center)

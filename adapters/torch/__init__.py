@@ -1,11 +1,16 @@
 """cudcn for PyTorch: differentiable functions, torch.compile-ready ops
 (``torch.ops.cudcn.*``), drop-in modules and model conversion. Models holding them export to
-standard ONNX with plain ``torch.onnx.export`` (see :mod:`.onnx_export`).
+standard ONNX with plain ``torch.onnx.export`` (see ``cudcn.adapters.torch.onnx_export``).
 
 CPU tensors run on cudcn's CPU backend and CUDA tensors on its GPU backend,
-sharing memory with the tensors through DLPack (no copies). Argument errors
-are ``ValueError``/``TypeError`` that are also ``RuntimeError`` (as
-torchvision's), and the functions are ``torch.fx`` leaves.
+sharing memory with the tensors through DLPack (no copies). Tensors are
+float32, float64, float16 or bfloat16 (the 16-bit ones computed in float32
+inside the kernels). Argument errors are
+:class:`cudcn.adapters.torch.ArgumentValueError` and
+:class:`cudcn.adapters.torch.ArgumentTypeError`, ``ValueError``/``TypeError``
+that are also ``RuntimeError`` (as torchvision's), and the functions are
+``torch.fx`` leaves. Gradients are first derivatives only: differentiating
+a gradient raises a ``RuntimeError``.
 """
 
 from ._errors import ArgumentTypeError, ArgumentValueError

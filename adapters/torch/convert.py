@@ -13,23 +13,51 @@ def _last_3x3_convs(model, count=3):
 
 def convert_to_deformable(model, layers=None, modulated=False, deform_groups=1,
                           offset_lr_mult=1.0):
-    """Replace chosen nn.Conv2d layers of ``model`` by Pack layers, in place.
+    """Replace chosen ``torch.nn.Conv2d`` layers of ``model`` by Pack layers, in place.
 
     Args:
-        model: any nn.Module.
+        model: any ``torch.nn.Module``.
         layers: names of the convs to replace (as in ``model.named_modules()``),
-            or a predicate ``(name, conv) -> bool``; default the last three 3x3
-            convs, as the paper does for ResNet's last stage.
-        modulated: ModulatedDeformConv2dPack (DCN v2) instead of
-            DeformConv2dPack (DCN v1).
-        deform_groups, offset_lr_mult: passed to the Pack layers.
+            or a predicate ``(name, conv) -> bool``; default (None) the last
+            three 3x3 convs in ``named_modules()`` order, as the paper does
+            for ResNet's last stage.
+        modulated: :class:`cudcn.adapters.torch.ModulatedDeformConv2dPack`
+            (DCN v2) instead of :class:`cudcn.adapters.torch.DeformConv2dPack`
+            (DCN v1).
+        deform_groups, offset_lr_mult: passed to the Pack layers
+            (deform_groups must divide each chosen conv's in_channels).
 
     Returns:
-        The list of names replaced. Each Pack layer keeps the conv's weight,
-        bias and geometry and starts with zero offsets: with DCN v1 the model's
-        output is unchanged until training moves the offsets. (DCN v2's masks
-        start at 0.5, as in the paper and mmcv, which halves those layers'
-        outputs before the bias.)
+        The list of names replaced, in ``named_modules()`` order. Each Pack
+        layer keeps the conv's weight, bias, geometry, groups, device and
+        dtype and starts with zero offsets: with DCN v1 the model's output is
+        unchanged until training moves the offsets. (DCN v2's masks start at
+        0.5, as in the paper and mmcv, which halves those layers' outputs
+        before the bias.)
+
+    Raises:
+        ValueError: a name in layers that is no ``torch.nn.Conv2d`` of the
+            model (checked before anything is replaced); a chosen conv with
+            a padding_mode other than 'zeros' or a string padding ('same');
+            a deform_groups below 1 or that does not divide a chosen conv's
+            in_channels. The last two are found conv by conv: the convs
+            before the failing one have been replaced already.
+        TypeError: a deform_groups that is not an int.
+
+    Example:
+        >>> import torch
+        >>> import cudcn.adapters.torch as ct
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+        ...                             torch.nn.Conv2d(8, 8, 3, padding=1))
+        >>> x = torch.randn(1, 3, 6, 6)
+        >>> before = model(x)
+        >>> ct.convert_to_deformable(model, layers=["2"])
+        ['2']
+        >>> type(model[2]).__name__
+        'DeformConv2dPack'
+        >>> torch.allclose(model(x), before, atol=1e-5)  # zero offsets: same output
+        True
     """
     if layers is None:
         chosen = _last_3x3_convs(model)
@@ -65,7 +93,37 @@ def convert_to_deformable(model, layers=None, modulated=False, deform_groups=1,
 def param_groups(model, lr, **options):
     """Optimizer parameter groups in which the offset predictors of every Pack
     layer learn at ``lr * layer.offset_lr_mult`` (mmcv's dcn_offset_lr_mult)
-    and every other parameter at ``lr``. ``options`` go into every group."""
+    and every other parameter at ``lr``.
+
+    The Pack layers are :class:`cudcn.adapters.torch.DeformConv2dPack` and
+    :class:`cudcn.adapters.torch.ModulatedDeformConv2dPack`; their
+    ``conv_offset`` parameters with an ``offset_lr_mult`` other than 1.0 go
+    into one group per multiplier, everything else into the first group.
+
+    Args:
+        model: any ``torch.nn.Module``.
+        lr: the base learning rate.
+        **options: other settings of every group (``weight_decay``,
+            ``momentum``, ...), passed as they are.
+
+    Returns:
+        A list of dicts with ``params``, ``lr`` and the options, for any
+        ``torch.optim`` optimizer. A group that would have no parameters is
+        left out.
+
+    Raises:
+        TypeError: options that name ``params`` or ``lr``.
+
+    Example:
+        >>> import torch
+        >>> import cudcn.adapters.torch as ct
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1),
+        ...                             ct.DeformConv2dPack(8, 8, 3, offset_lr_mult=0.1))
+        >>> groups = ct.param_groups(model, lr=0.01, weight_decay=1e-4)
+        >>> [(len(g["params"]), round(g["lr"], 6), g["weight_decay"]) for g in groups]
+        [(3, 0.01, 0.0001), (2, 0.001, 0.0001)]
+        >>> optimizer = torch.optim.SGD(groups, lr=0.01)
+    """
     special = {}
     for module in model.modules():
         if isinstance(module, DeformConv2dPack) and module.offset_lr_mult != 1.0:

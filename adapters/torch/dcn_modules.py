@@ -123,19 +123,50 @@ class DCNv3(nn.Module):
         norm_layer: 'LN' (default) or 'BN' after the depthwise conv.
         center_feature_scale: blend the result with the projected input
             through a learned per-group gate (False).
-        remove_center: leave out the kernel's centre point (odd kernels).
+        remove_center: leave out the kernel's centre point (odd kernels);
+            ``K = kernel_size ** 2 - 1`` then, else ``kernel_size ** 2``.
 
     Forward, as InternImage's: ``x = input_proj(input)``; the depthwise conv,
     norm and activation of the input give the features from which ``offset``
     (G * K * 2) and ``mask`` (G * K, softmax over each group's K points)
-    are predicted; cudcn's :func:`dcnv3` samples ``x``; optionally the
-    center-feature gate; ``output_proj``.
+    are predicted; :func:`cudcn.adapters.torch.dcnv3` samples ``x``;
+    optionally the center-feature gate; ``output_proj``. input
+    (N, H, W, channels) of float32, float64, float16 or bfloat16 (the
+    parameters' dtype, or under ``torch.autocast``); returns
+    (N, H, W, channels).
 
     Initialisation, InternImage's: ``offset`` and ``mask`` zero (every point
     on its undeformed place with weight 1 / K), ``input_proj`` and
     ``output_proj`` Xavier-uniform with zero biases, the depthwise conv
     PyTorch's default; modules built in the original's order, so one seed
     gives the original's parameters.
+
+    Raises:
+        ValueError: (constructor) channels, group, kernel_size, stride or
+            dilation not an int of at least 1, pad not an int of at least 0,
+            channels that group does not divide, remove_center with an even
+            kernel, an even or non-int dw_kernel_size, a geometry that does
+            not keep the input's size (stride other than 1, or
+            ``2 * pad != dilation * (kernel_size - 1)``), an act_layer other
+            than 'GELU', 'ReLU' or 'SiLU', a norm_layer other than 'LN' or
+            'BN'.
+        cudcn.adapters.torch.ArgumentTypeError: (forward) as
+            :func:`cudcn.adapters.torch.dcnv3`.
+        cudcn.adapters.torch.ArgumentValueError: (forward) as
+            :func:`cudcn.adapters.torch.dcnv3`.
+
+    Example:
+        >>> import torch
+        >>> import cudcn.adapters.torch as ct
+        >>> _ = torch.manual_seed(0)
+        >>> layer = ct.DCNv3(channels=8, group=2)
+        >>> x = torch.randn(1, 5, 5, 8, requires_grad=True)
+        >>> y = layer(x)
+        >>> tuple(y.shape)
+        (1, 5, 5, 8)
+        >>> y.sum().backward()
+        >>> tuple(x.grad.shape), tuple(layer.offset.weight.grad.shape)
+        ((1, 5, 5, 8), (36, 8))
     """
 
     def __init__(self, channels=64, kernel_size=3, dw_kernel_size=None, stride=1, pad=1,
@@ -194,7 +225,7 @@ class DCNv3(nn.Module):
         return self.output_proj(sampled)
 
     def sample(self, x, offset, mask):
-        """The core op on channels-last x (cudcn's :func:`dcnv3`): the one
+        """The core op on channels-last x (:func:`cudcn.adapters.torch.dcnv3`): the one
         place where InternImage's ``DCNv3`` and ``DCNv3_pytorch`` differ."""
         return ops.dcnv3(x, offset, mask, self.kernel_size, self.stride, self.pad,
                          self.dilation, self.group, self.offset_scale, bool(self.remove_center))
@@ -210,7 +241,9 @@ class DCNv3(nn.Module):
 class DCNv4(nn.Module):
     """DCNv4's layer (FlashInternImage): ``forward(input, shape=None)``,
     input and output (N, L, channels) with L = H * W, ``shape`` = (H, W)
-    (a square map if None).
+    (a square map if None). input is float32, float64, float16 or bfloat16
+    (the parameters' dtype, or under ``torch.autocast``); the core op is
+    :func:`cudcn.adapters.torch.dcnv4`.
 
     Args:
         channels: C (64).
@@ -224,7 +257,8 @@ class DCNv4(nn.Module):
         center_feature_scale: blend the result with the projected input
             through a per-group gate computed from the sampled result itself
             (DCNv4's choice; DCNv3's gate reads the depthwise features).
-        remove_center: leave out the kernel's centre point (odd kernels).
+        remove_center: leave out the kernel's centre point (odd kernels);
+            ``K = kernel_size ** 2 - 1`` then, else ``kernel_size ** 2``.
         output_bias: whether ``output_proj`` has a bias (True).
         without_pointwise: no ``value_proj`` and ``output_proj`` (False).
         **kwargs: ignored, as DCNv4 ignores them (FlashInternImage passes
@@ -236,6 +270,35 @@ class DCNv4(nn.Module):
     ignores. Initialisation, DCNv4's: ``offset_mask`` zero, ``value_proj``
     and ``output_proj`` Xavier-uniform with zero biases, built in DCNv4's
     order so one seed gives DCNv4's parameters.
+
+    Raises:
+        ValueError: (constructor) channels, group, kernel_size, stride or
+            dilation not an int of at least 1, pad not an int of at least 0,
+            channels that group does not divide, remove_center with an even
+            kernel, a dw_kernel_size that is not an odd int, a geometry that
+            does not keep the input's size (stride other than 1, or
+            ``2 * pad != dilation * (kernel_size - 1)``); (forward) a shape
+            whose H * W is not L (with shape None: an L that is not a
+            square).
+        cudcn.adapters.torch.ArgumentTypeError: (forward) as
+            :func:`cudcn.adapters.torch.dcnv4`.
+        cudcn.adapters.torch.ArgumentValueError: (forward) as
+            :func:`cudcn.adapters.torch.dcnv4`.
+
+    Example:
+        >>> import torch
+        >>> import cudcn.adapters.torch as ct
+        >>> _ = torch.manual_seed(0)
+        >>> layer = ct.DCNv4(channels=8, group=2)
+        >>> tuple(layer.offset_mask.weight.shape)  # 2 * 9 * 3 = 54, padded to 56
+        (56, 8)
+        >>> x = torch.randn(1, 6 * 4, 8, requires_grad=True)
+        >>> y = layer(x, shape=(6, 4))
+        >>> tuple(y.shape)
+        (1, 24, 8)
+        >>> y.sum().backward()
+        >>> tuple(x.grad.shape)
+        (1, 24, 8)
     """
 
     def __init__(self, channels=64, kernel_size=3, stride=1, pad=1, dilation=1, group=4,

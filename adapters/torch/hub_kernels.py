@@ -5,9 +5,9 @@ Grounding DINO, RT-DETR, OmDet-Turbo, LW-DETR, RF-DETR, ...) with
 ``use_kernel_forward_from_hub("MultiScaleDeformableAttention")``: a layer
 name that ``kernels.kernelize`` looks up in a kernel mapping, replacing the
 forward of every such layer with the forward of the layer class the
-mapping's repository loads. :func:`kernelize` maps that name, on the CPU
-and on CUDA, to a repository of cudcn's own whose ``load()`` returns
-:class:`MultiScaleDeformableAttentionLayer` (no download: the layer is in
+mapping's repository loads. :func:`cudcn.adapters.torch.kernelize` maps
+that name, on the CPU and on CUDA, to a repository of cudcn's own whose
+``load()`` returns ``MultiScaleDeformableAttentionLayer`` (no download: the layer is in
 this package), then calls ``kernels.kernelize``. Nothing is monkeypatched:
 ``kernels.kernelize(model, mode=...)`` with the same mapping does the same,
 and the model keeps its class, parameters and state_dict.
@@ -79,6 +79,43 @@ def kernelize(model, *, mode=None, device=None):
     Raises:
         ImportError: without the ``kernels`` package (``pip install
             cudcn[hf]``).
+        ValueError: from ``kernels.kernelize``: a mode with neither
+            ``Mode.INFERENCE`` nor ``Mode.TRAINING`` (or ``Mode.FALLBACK``),
+            a device type it does not know.
+
+    The layers' forwards then call
+    :func:`cudcn.adapters.torch.ms_deform_attn` on the tensors
+    transformers gives them (value (N, S, M, D), sampling_locations and
+    attention_weights of the model's dtype), so its errors are theirs.
+
+    Example:
+        A tiny Deformable DETR from a config, random weights, no download
+        (building it takes a few seconds):
+
+        >>> import torch
+        >>> import transformers
+        >>> import cudcn.adapters.torch as ct
+        >>> backbone = transformers.ResNetConfig(
+        ...     embedding_size=8, hidden_sizes=[8, 8], depths=[1, 1],
+        ...     out_features=["stage1", "stage2"])
+        >>> config = transformers.DeformableDetrConfig(
+        ...     backbone_config=backbone, use_timm_backbone=False,
+        ...     use_pretrained_backbone=False, d_model=32, encoder_layers=1,
+        ...     decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+        ...     encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=4,
+        ...     num_feature_levels=2, encoder_n_points=2, decoder_n_points=2, num_labels=2)
+        >>> _ = torch.manual_seed(0)
+        >>> model = transformers.DeformableDetrForObjectDetection(config).eval()
+        >>> ct.kernelize(model) is model
+        True
+        >>> layers = [m for m in model.modules()
+        ...           if type(m).__name__ == "MultiScaleDeformableAttention"]
+        >>> len(layers), layers[0].forward.__qualname__
+        (3, 'MultiScaleDeformableAttentionLayer.forward')
+        >>> with torch.no_grad():
+        ...     out = model(pixel_values=torch.randn(1, 3, 32, 32))
+        >>> tuple(out.logits.shape), tuple(out.pred_boxes.shape)
+        ((1, 4, 2), (1, 4, 4))
     """
     try:
         import kernels

@@ -8,7 +8,8 @@ order included), parameter names and default initialisation.
 - DeformConv2dPack and ModulatedDeformConv2dPack are mmcv's: torchvision has
   no Pack layers, so mmcv's positional order ``(..., groups, deform_groups,
   bias)`` misleads nobody and keeps mmcv code and configs working as written.
-  Their ``conv_offset`` starts at zero, so a fresh layer is the undeformed conv.
+  Their ``conv_offset`` starts at zero, so a fresh DeformConv2dPack is the
+  undeformed conv (a fresh ModulatedDeformConv2dPack, masks at 0.5, half of it).
 - The RoI pooling modules follow mmcv's names (``offset_fc``, ``mask_fc``).
 - MultiScaleDeformableAttention is mmcv's (Deformable DETR's layer): its
   constructor, ``batch_first``, state_dict keys (``sampling_offsets``,
@@ -27,13 +28,59 @@ from . import ops
 
 
 class DeformConv2d(nn.Module):
-    """torchvision.ops.DeformConv2d: ``forward(input, offset, mask=None)``.
+    """``torchvision.ops.DeformConv2d``: ``forward(input, offset, mask=None)``.
 
     Constructor, parameter names and initialisation are torchvision's: weight
     ``kaiming_uniform_(a=sqrt(5))``, bias uniform in ``+-1 / sqrt(fan_in)``
-    (nn.Conv2d's), so one seed gives torchvision's weights.
+    (``torch.nn.Conv2d``'s), so one seed gives torchvision's weights.
 
-    weight (out_channels, in_channels // groups, kh, kw), bias (out_channels,).
+    Parameters: weight (out_channels, in_channels // groups, kh, kw), bias
+    (out_channels,) or None, float32 as created (``.to()`` converts them).
+
+    Args:
+        in_channels: C_in.
+        out_channels: C_out.
+        kernel_size: int or (kh, kw) pair.
+        stride, padding, dilation: int or (h, w) pair (1, 0, 1).
+        groups: convolution groups (1); in_channels and out_channels must
+            divide by it.
+        bias: whether the layer has a bias (True).
+
+    Forward: ``forward(input, offset, mask=None)`` is
+    :func:`cudcn.adapters.torch.deform_conv2d` with the layer's weight, bias
+    and geometry: input (N, in_channels, H, W), offset
+    (N, 2 * offset_groups * kh * kw, H_out, W_out), mask
+    (N, offset_groups * kh * kw, H_out, W_out) or None; returns
+    (N, out_channels, H_out, W_out). The tensors are float32, float64,
+    float16 or bfloat16, of the parameters' dtype (or under
+    ``torch.autocast``).
+
+    Raises:
+        ValueError: (constructor) in_channels or out_channels that groups
+            does not divide.
+        cudcn.adapters.torch.ArgumentTypeError: (forward) as
+            :func:`cudcn.adapters.torch.deform_conv2d`: a dtype other than
+            the parameters', for one.
+        cudcn.adapters.torch.ArgumentValueError: (forward) as
+            :func:`cudcn.adapters.torch.deform_conv2d`: offset or mask
+            shapes that do not fit, for one.
+
+    Example:
+        >>> import torch
+        >>> import cudcn.adapters.torch as ct
+        >>> _ = torch.manual_seed(0)
+        >>> layer = ct.DeformConv2d(4, 8, kernel_size=3, padding=1)
+        >>> x = torch.randn(2, 4, 5, 5)
+        >>> offset = torch.zeros(2, 2 * 3 * 3, 5, 5, requires_grad=True)
+        >>> y = layer(x, offset)
+        >>> tuple(y.shape)
+        (2, 8, 5, 5)
+        >>> conv = torch.nn.functional.conv2d(x, layer.weight, layer.bias, padding=1)
+        >>> torch.allclose(y, conv, atol=1e-5)  # zero offsets: a plain convolution
+        True
+        >>> y.sum().backward()
+        >>> tuple(offset.grad.shape), tuple(layer.weight.grad.shape)
+        ((2, 18, 5, 5), (8, 4, 3, 3))
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
@@ -89,23 +136,72 @@ def _deform_groups(value, in_channels):
 
 
 class DeformConv2dPack(DeformConv2d):
-    """mmcv's DeformConv2dPack (DCN v1): a deformable conv that predicts its
-    own offsets with ``conv_offset``, an nn.Conv2d with the layer's geometry
-    and ``2 * deform_groups * kh * kw`` outputs; ``forward(input)``.
+    """mmcv's ``DeformConv2dPack`` (DCN v1): a deformable conv that predicts its
+    own offsets with ``conv_offset``, a ``torch.nn.Conv2d`` with the layer's
+    geometry and ``2 * deform_groups * kh * kw`` outputs; ``forward(input)``.
 
     Constructor as mmcv's, positionally too: ``(in_channels, out_channels,
     kernel_size, stride=1, padding=0, dilation=1, groups=1, deform_groups=1,
     bias=False, im2col_step=32)``. ``bias=True`` is allowed (mmcv refuses it;
-    :func:`convert_to_deformable` needs it for convs with a bias).
-    ``im2col_step`` is accepted for mmcv's callers and has no effect: cudcn
-    sizes its own work. ``offset_lr_mult`` (keyword only) is read by
-    :func:`param_groups`.
+    :func:`cudcn.adapters.torch.convert_to_deformable` needs it for convs
+    with a bias).
 
     Initialisation, mmcv's: weight ``kaiming_uniform_(nonlinearity='relu')``
     (bound ``sqrt(6 / fan_in)``), bias (if any) zeros, ``conv_offset`` weight
-    and bias zeros; with one seed, the same weight as mmcv's layer.
+    and bias zeros; with one seed, the same weight as mmcv's layer. A fresh
+    layer is therefore the undeformed convolution.
 
-    weight (out_channels, in_channels // groups, kh, kw), bias (out_channels,).
+    Parameters: weight (out_channels, in_channels // groups, kh, kw), bias
+    (out_channels,) or None, ``conv_offset.weight``
+    (2 * deform_groups * kh * kw, in_channels, kh, kw) and
+    ``conv_offset.bias``; float32 as created.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups:
+            as :class:`cudcn.adapters.torch.DeformConv2d`.
+        deform_groups: offset groups (1), an int of at least 1 that divides
+            in_channels.
+        bias: whether the layer has a bias (False, as mmcv).
+        im2col_step: an int of at least 1 (32), accepted for mmcv's callers;
+            it has no effect: cudcn sizes its own work.
+        offset_lr_mult: keyword only (1.0): the learning-rate factor of
+            ``conv_offset`` that :func:`cudcn.adapters.torch.param_groups`
+            applies.
+
+    Forward: ``forward(input)``, input (N, in_channels, H, W) of float32,
+    float64, float16 or bfloat16 (the parameters' dtype, or under
+    ``torch.autocast``); returns (N, out_channels, H_out, W_out) as
+    :func:`cudcn.adapters.torch.deform_conv2d`.
+
+    Raises:
+        TypeError: (constructor) a deform_groups that is not an int (a bool
+            is refused: it is most likely an old positional order).
+        ValueError: (constructor) a deform_groups below 1 or that does not
+            divide in_channels, an im2col_step that is not an int of at
+            least 1, in_channels or out_channels that groups does not
+            divide.
+        cudcn.adapters.torch.ArgumentTypeError: (forward) as
+            :func:`cudcn.adapters.torch.deform_conv2d`.
+        cudcn.adapters.torch.ArgumentValueError: (forward) as
+            :func:`cudcn.adapters.torch.deform_conv2d`.
+
+    Example:
+        >>> import torch
+        >>> import cudcn.adapters.torch as ct
+        >>> _ = torch.manual_seed(0)
+        >>> layer = ct.DeformConv2dPack(4, 8, 3, padding=1, deform_groups=2)
+        >>> tuple(layer.conv_offset.weight.shape)
+        (36, 4, 3, 3)
+        >>> x = torch.randn(2, 4, 5, 5)
+        >>> y = layer(x)
+        >>> tuple(y.shape)
+        (2, 8, 5, 5)
+        >>> conv = torch.nn.functional.conv2d(x, layer.weight, padding=1)
+        >>> torch.allclose(y, conv, atol=1e-5)  # zero offsets at initialisation
+        True
+        >>> y.sum().backward()
+        >>> tuple(layer.conv_offset.weight.grad.shape)
+        (36, 4, 3, 3)
     """
 
     offset_channels_per_point = 2
@@ -145,9 +241,10 @@ class DeformConv2dPack(DeformConv2d):
 
 
 class ModulatedDeformConv2dPack(DeformConv2dPack):
-    """mmcv's ModulatedDeformConv2dPack (DCN v2): ``conv_offset`` gives
+    """mmcv's ``ModulatedDeformConv2dPack`` (DCN v2): ``conv_offset`` gives
     ``3 * deform_groups * kh * kw`` channels, the y/x offsets (first two
-    thirds) and a mask through a sigmoid (0.5 at initialisation).
+    thirds) and a mask through a sigmoid (0.5 at initialisation);
+    ``forward(input)``.
 
     Constructor as mmcv's, positionally too: ``(in_channels, out_channels,
     kernel_size, stride=1, padding=0, dilation=1, groups=1, deform_groups=1,
@@ -155,7 +252,55 @@ class ModulatedDeformConv2dPack(DeformConv2dPack):
 
     Initialisation, mmcv's (``init_weights``): weight uniform in
     ``+-1 / sqrt(in_channels * kh * kw)``, bias zeros, ``conv_offset`` zeros,
-    drawn in mmcv's order, so one seed gives mmcv's weight.
+    drawn in mmcv's order, so one seed gives mmcv's weight. A fresh layer
+    gives half the undeformed convolution, plus the bias.
+
+    Parameters: as :class:`cudcn.adapters.torch.DeformConv2dPack`, with
+    ``conv_offset.weight`` (3 * deform_groups * kh * kw, in_channels, kh, kw).
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups:
+            as :class:`cudcn.adapters.torch.DeformConv2d`.
+        deform_groups: offset groups (1), an int of at least 1 that divides
+            in_channels.
+        bias: whether the layer has a bias (True, as mmcv).
+        offset_lr_mult: keyword only (1.0): the learning-rate factor of
+            ``conv_offset`` that :func:`cudcn.adapters.torch.param_groups`
+            applies.
+
+    Forward: ``forward(input)``, input (N, in_channels, H, W) of float32,
+    float64, float16 or bfloat16 (the parameters' dtype, or under
+    ``torch.autocast``); returns (N, out_channels, H_out, W_out) as
+    :func:`cudcn.adapters.torch.deform_conv2d` with a mask.
+
+    Raises:
+        TypeError: (constructor) a deform_groups that is not an int (a bool
+            included).
+        ValueError: (constructor) a deform_groups below 1 or that does not
+            divide in_channels, in_channels or out_channels that groups does
+            not divide.
+        cudcn.adapters.torch.ArgumentTypeError: (forward) as
+            :func:`cudcn.adapters.torch.deform_conv2d`.
+        cudcn.adapters.torch.ArgumentValueError: (forward) as
+            :func:`cudcn.adapters.torch.deform_conv2d`.
+
+    Example:
+        >>> import torch
+        >>> import cudcn.adapters.torch as ct
+        >>> _ = torch.manual_seed(0)
+        >>> layer = ct.ModulatedDeformConv2dPack(4, 8, 3, padding=1)
+        >>> tuple(layer.conv_offset.weight.shape)
+        (27, 4, 3, 3)
+        >>> x = torch.randn(2, 4, 5, 5)
+        >>> y = layer(x)
+        >>> tuple(y.shape)
+        (2, 8, 5, 5)
+        >>> conv = torch.nn.functional.conv2d(x, layer.weight, layer.bias, padding=1)
+        >>> torch.allclose(y, 0.5 * conv, atol=1e-5)  # masks of 0.5, zero bias
+        True
+        >>> y.sum().backward()
+        >>> tuple(layer.conv_offset.weight.grad.shape)
+        (27, 4, 3, 3)
     """
 
     offset_channels_per_point = 3
@@ -190,7 +335,47 @@ class ModulatedDeformConv2dPack(DeformConv2dPack):
 
 
 class DeformRoIPool(nn.Module):
-    """mmcv's DeformRoIPool: ``forward(input, rois, offset=None)``."""
+    """mmcv's ``DeformRoIPool``: ``forward(input, rois, offset=None, mask=None)``.
+
+    No parameters: the layer holds the pooling's settings and calls
+    :func:`cudcn.adapters.torch.deform_roi_pool`.
+
+    Args:
+        output_size: PH = PW as an int, or a pair (PH, PW).
+        spatial_scale: feature-map size over input-image size (1.0).
+        sampling_ratio: samples per bin and axis (0: ``ceil(roi size / bins)``).
+        gamma: the offset is scaled by ``gamma * roi size`` (0.1).
+
+    Forward: input (N, C, H, W) of float32, float64, float16 or bfloat16;
+    rois (K, 5) ``(batch index, x1, y1, x2, y2)`` of any floating dtype;
+    offset (K, 2, PH, PW) or None; mask (K, 1, PH, PW) or None; returns
+    (K, C, PH, PW), differentiable in input, offset and mask.
+
+    Raises:
+        TypeError: (constructor) a spatial_scale or gamma that ``float()``
+            refuses, a sampling_ratio that ``int()`` refuses (None, for one).
+        ValueError: (constructor) a string that ``float()`` or ``int()``
+            cannot read.
+        cudcn.adapters.torch.ArgumentTypeError: (forward) as
+            :func:`cudcn.adapters.torch.deform_roi_pool`; output_size is
+            only checked there.
+        cudcn.adapters.torch.ArgumentValueError: (forward) as
+            :func:`cudcn.adapters.torch.deform_roi_pool`, an output_size
+            below 1 or a spatial_scale that is not positive among them.
+
+    Example:
+        >>> import torch
+        >>> import cudcn.adapters.torch as ct
+        >>> pool = ct.DeformRoIPool(output_size=2)
+        >>> x = torch.arange(16.0).reshape(1, 1, 4, 4)
+        >>> rois = torch.tensor([[0.0, 0.0, 0.0, 4.0, 4.0]])
+        >>> pool(x, rois).tolist()
+        [[[[2.5, 4.5], [10.5, 12.5]]]]
+        >>> offset = torch.zeros(1, 2, 2, 2, requires_grad=True)
+        >>> pool(x, rois, offset).sum().backward()
+        >>> tuple(offset.grad.shape)
+        (1, 2, 2, 2)
+    """
 
     def __init__(self, output_size, spatial_scale=1.0, sampling_ratio=0, gamma=0.1):
         super().__init__()
@@ -221,9 +406,55 @@ def _head(in_features, hidden, out_features, layers):
 
 
 class DeformRoIPoolPack(DeformRoIPool):
-    """mmcv's DeformRoIPoolPack: pools once without offsets, predicts the
+    """mmcv's ``DeformRoIPoolPack``: pools once without offsets, predicts the
     normalised bin offsets with ``offset_fc`` (three Linear layers, the last
-    zero-initialised) and pools again with them."""
+    zero-initialised) and pools again with them; ``forward(input, rois)``.
+
+    A fresh layer pools as RoIAlign (zero offsets). Parameters: those of
+    ``offset_fc``, float32 as created, from ``PH * PW * output_channels``
+    inputs to ``PH * PW * 2`` outputs.
+
+    Args:
+        output_size: PH = PW as an int, or a pair (PH, PW).
+        output_channels: C, the input's channels.
+        deform_fc_channels: width of the hidden Linear layers (1024).
+        spatial_scale, sampling_ratio, gamma: as
+            :class:`cudcn.adapters.torch.DeformRoIPool` (1.0, 0, 0.1).
+
+    Forward: input (N, output_channels, H, W) of float32, float64, float16
+    or bfloat16 (the parameters' dtype, or under ``torch.autocast``), rois
+    (K, 5) ``(batch index, x1, y1, x2, y2)`` of any floating dtype; returns
+    (K, output_channels, PH, PW), differentiable in input and the
+    parameters.
+
+    Raises:
+        TypeError: (constructor) as :class:`cudcn.adapters.torch.DeformRoIPool`;
+            also a size that is not an int, refused by ``torch.nn.Linear``.
+        ValueError: (constructor) as :class:`cudcn.adapters.torch.DeformRoIPool`.
+        RuntimeError: (constructor) a negative deform_fc_channels; (forward)
+            an input with other than output_channels channels, which the
+            first ``torch.nn.Linear`` of ``offset_fc`` cannot take.
+        cudcn.adapters.torch.ArgumentTypeError: (forward) as
+            :func:`cudcn.adapters.torch.deform_roi_pool`.
+        cudcn.adapters.torch.ArgumentValueError: (forward) as
+            :func:`cudcn.adapters.torch.deform_roi_pool`.
+
+    Example:
+        >>> import torch
+        >>> import cudcn.adapters.torch as ct
+        >>> _ = torch.manual_seed(0)
+        >>> pool = ct.DeformRoIPoolPack(output_size=2, output_channels=3, deform_fc_channels=16)
+        >>> x = torch.randn(1, 3, 8, 8, requires_grad=True)
+        >>> rois = torch.tensor([[0.0, 1.0, 1.0, 6.0, 6.0], [0.0, 0.0, 0.0, 4.0, 4.0]])
+        >>> y = pool(x, rois)
+        >>> tuple(y.shape)
+        (2, 3, 2, 2)
+        >>> torch.equal(y, ct.deform_roi_pool(x, rois, output_size=2))  # zero offsets at first
+        True
+        >>> y.sum().backward()
+        >>> tuple(x.grad.shape)
+        (1, 3, 8, 8)
+    """
 
     def __init__(self, output_size, output_channels, deform_fc_channels=1024, spatial_scale=1.0,
                  sampling_ratio=0, gamma=0.1):
@@ -246,8 +477,54 @@ class DeformRoIPoolPack(DeformRoIPool):
 
 
 class ModulatedDeformRoIPoolPack(DeformRoIPoolPack):
-    """mmcv's ModulatedDeformRoIPoolPack: adds ``mask_fc`` (Linear, ReLU,
-    zero-initialised Linear, Sigmoid) whose output modulates each bin."""
+    """mmcv's ``ModulatedDeformRoIPoolPack``: adds ``mask_fc`` (Linear, ReLU,
+    zero-initialised Linear, Sigmoid) whose output modulates each bin;
+    ``forward(input, rois)``.
+
+    A fresh layer pools as RoIAlign times 0.5 (zero offsets, masks of
+    ``sigmoid(0)``). Parameters: those of ``offset_fc`` (as
+    :class:`cudcn.adapters.torch.DeformRoIPoolPack`) and ``mask_fc``, to
+    ``PH * PW`` outputs.
+
+    Args:
+        output_size: PH = PW as an int, or a pair (PH, PW).
+        output_channels: C, the input's channels.
+        deform_fc_channels: width of the hidden Linear layers (1024).
+        spatial_scale, sampling_ratio, gamma: as
+            :class:`cudcn.adapters.torch.DeformRoIPool` (1.0, 0, 0.1).
+
+    Forward: as :class:`cudcn.adapters.torch.DeformRoIPoolPack`; returns
+    (K, output_channels, PH, PW).
+
+    Raises:
+        TypeError: (constructor) as :class:`cudcn.adapters.torch.DeformRoIPool`;
+            also a size that is not an int, refused by ``torch.nn.Linear``.
+        ValueError: (constructor) as :class:`cudcn.adapters.torch.DeformRoIPool`.
+        RuntimeError: (constructor) a negative deform_fc_channels; (forward)
+            an input with other than output_channels channels, which the
+            first ``torch.nn.Linear`` of ``offset_fc`` cannot take.
+        cudcn.adapters.torch.ArgumentTypeError: (forward) as
+            :func:`cudcn.adapters.torch.deform_roi_pool`.
+        cudcn.adapters.torch.ArgumentValueError: (forward) as
+            :func:`cudcn.adapters.torch.deform_roi_pool`.
+
+    Example:
+        >>> import torch
+        >>> import cudcn.adapters.torch as ct
+        >>> _ = torch.manual_seed(0)
+        >>> pool = ct.ModulatedDeformRoIPoolPack(output_size=2, output_channels=3,
+        ...                                      deform_fc_channels=16)
+        >>> x = torch.randn(1, 3, 8, 8, requires_grad=True)
+        >>> rois = torch.tensor([[0.0, 1.0, 1.0, 6.0, 6.0]])
+        >>> y = pool(x, rois)
+        >>> tuple(y.shape)
+        (1, 3, 2, 2)
+        >>> torch.allclose(y, 0.5 * ct.deform_roi_pool(x, rois, output_size=2))
+        True
+        >>> y.sum().backward()
+        >>> tuple(pool.mask_fc[0].weight.grad.shape)
+        (16, 12)
+    """
 
     def __init__(self, output_size, output_channels, deform_fc_channels=1024, spatial_scale=1.0,
                  sampling_ratio=0, gamma=0.1):
@@ -265,7 +542,53 @@ class ModulatedDeformRoIPoolPack(DeformRoIPoolPack):
 
 class DeformPSRoIPool(nn.Module):
     """Deformable position-sensitive RoI pooling (R-FCN):
-    ``forward(input, rois, offset=None)``."""
+    ``forward(input, rois, offset=None)``.
+
+    No parameters: the layer holds the pooling's settings and calls
+    :func:`cudcn.adapters.torch.deform_psroi_pool`. Note the positional
+    order: spatial_scale first.
+
+    Args:
+        spatial_scale: feature-map size over input-image size.
+        output_dim: output channels.
+        group_size: side of the position-sensitive grid.
+        pooled_size: bins per side.
+        part_size: offset cells per side (pooled_size if None).
+        sample_per_part: samples per bin and axis (4).
+        trans_std: the offsets are scaled by ``trans_std * roi size`` (0.0).
+
+    Forward: input (N, output_dim * group_size ** 2, H, W) of float32,
+    float64, float16 or bfloat16; rois (K, 5) ``(batch index, x1, y1, x2,
+    y2)`` of any floating dtype; offset (K, 2 * num_classes, part_size,
+    part_size) or None; returns (K, output_dim, pooled_size, pooled_size),
+    differentiable in input and offset.
+
+    Raises:
+        TypeError: (constructor) a value that ``float()`` or ``int()``
+            refuses (None, for one, except for part_size).
+        ValueError: (constructor) a string that ``float()`` or ``int()``
+            cannot read.
+        cudcn.adapters.torch.ArgumentTypeError: (forward) as
+            :func:`cudcn.adapters.torch.deform_psroi_pool`.
+        cudcn.adapters.torch.ArgumentValueError: (forward) as
+            :func:`cudcn.adapters.torch.deform_psroi_pool`, sizes below 1
+            and a spatial_scale that is not positive among them.
+
+    Example:
+        >>> import torch
+        >>> import cudcn.adapters.torch as ct
+        >>> pool = ct.DeformPSRoIPool(spatial_scale=1.0, output_dim=2, group_size=2,
+        ...                           pooled_size=2)
+        >>> x = torch.ones(1, 2 * 2 * 2, 4, 4, requires_grad=True)
+        >>> rois = torch.tensor([[0.0, 0.0, 0.0, 3.0, 3.0]])
+        >>> offset = torch.zeros(1, 2, 2, 2, requires_grad=True)
+        >>> y = pool(x, rois, offset)
+        >>> tuple(y.shape), y.flatten().tolist()
+        ((1, 2, 2, 2), [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+        >>> y.sum().backward()
+        >>> tuple(x.grad.shape), tuple(offset.grad.shape)
+        ((1, 8, 4, 4), (1, 2, 2, 2))
+    """
 
     def __init__(self, spatial_scale, output_dim, group_size, pooled_size, part_size=None,
                  sample_per_part=4, trans_std=0.0):
@@ -301,13 +624,60 @@ class MultiScaleDeformableAttention(nn.Module):
         norm_cfg, init_cfg: accepted for mmcv configs; unused.
         value_proj_ratio: value_proj's output width over embed_dims (1.0).
 
-    ``forward(query, key=None, value=None, identity=None, query_pos=None,
-    key_padding_mask=None, reference_points=None, spatial_shapes=None,
-    level_start_index=None)``: reference_points (bs, num_query, num_levels,
-    2) normalised (x, y), or (..., 4) boxes (x, y, w, h); spatial_shapes
-    (num_levels, 2) (h, w); key_padding_mask (bs, num_value), True where a
-    value is padding. Returns ``dropout(output_proj(attention)) + identity``
-    in the query's layout.
+    Forward: ``forward(query, key=None, value=None, identity=None,
+    query_pos=None, key_padding_mask=None, reference_points=None,
+    spatial_shapes=None, level_start_index=None)``, as mmcv's:
+
+    - query: (num_query, bs, embed_dims), or (bs, num_query, embed_dims)
+      with ``batch_first``; float32, float64, float16 or bfloat16 (the
+      parameters' dtype, or under ``torch.autocast``), as are value,
+      identity, query_pos and reference_points.
+    - key: ignored (mmcv's signature).
+    - value: (num_value, bs, embed_dims) in the same layout, the levels'
+      maps flattened and stacked (num_value = sum of H_l * W_l); None:
+      the query.
+    - identity: added to the result; None: the query (before query_pos).
+    - query_pos: added to the query, or None.
+    - key_padding_mask: (bs, num_value) bool, True where a value is
+      padding (set to zero), or None.
+    - reference_points: (bs, num_query, num_levels, 2) normalised (x, y),
+      or (..., 4) boxes (x, y, w, h); required.
+    - spatial_shapes: (num_levels, 2) integer tensor, (H_l, W_l) per level.
+    - level_start_index: (num_levels,) integer tensor, the first row of
+      each level in value.
+
+    Returns ``dropout(output_proj(attention)) + identity`` in the query's
+    layout and shape. mmcv's old keyword ``residual`` is still accepted for
+    identity, with a ``DeprecationWarning``; other extra keywords are
+    ignored.
+
+    Raises:
+        ValueError: (constructor) an embed_dims that num_heads does not
+            divide; (forward) reference_points whose last axis is not 2 or 4.
+        cudcn.adapters.torch.ArgumentTypeError: (forward) as
+            :func:`cudcn.adapters.torch.ms_deform_attn`.
+        cudcn.adapters.torch.ArgumentValueError: (forward) as
+            :func:`cudcn.adapters.torch.ms_deform_attn` (spatial_shapes that
+            do not sum to num_value, for one).
+
+    Example:
+        >>> import torch
+        >>> import cudcn.adapters.torch as ct
+        >>> _ = torch.manual_seed(0)
+        >>> attn = ct.MultiScaleDeformableAttention(embed_dims=8, num_heads=2, num_levels=2,
+        ...                                         num_points=2, batch_first=True)
+        >>> shapes = torch.tensor([[4, 4], [2, 2]])
+        >>> starts = torch.tensor([0, 16])
+        >>> value = torch.randn(1, 4 * 4 + 2 * 2, 8)
+        >>> query = torch.randn(1, 3, 8, requires_grad=True)
+        >>> reference_points = torch.rand(1, 3, 2, 2)
+        >>> y = attn(query, value=value, reference_points=reference_points,
+        ...          spatial_shapes=shapes, level_start_index=starts)
+        >>> tuple(y.shape)
+        (1, 3, 8)
+        >>> y.sum().backward()
+        >>> tuple(query.grad.shape), tuple(attn.sampling_offsets.weight.grad.shape)
+        ((1, 3, 8), (16, 8))
     """
 
     def __init__(self, embed_dims=256, num_heads=8, num_levels=4, num_points=4, im2col_step=64,

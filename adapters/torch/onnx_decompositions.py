@@ -489,13 +489,13 @@ def dcnv3(input, offset, mask, kernel_size, stride, padding, dilation, groups, o
 
 def dcnv4(input, offset_mask, kernel_size, stride, padding, dilation, groups, offset_scale,
           remove_center):
-    """DCNv4's core: :func:`dcnv3` on the offsets and mask of DCNv4's packing.
+    """DCNv4's core: ``dcnv3`` (this module's) on the offsets and mask of DCNv4's packing.
 
     Args:
         input: (N, H, W, G * C).
         offset_mask: (N, H_out, W_out, D), D >= G * 3K: per group the K
             (dx, dy) pairs then the K mask values; the rest is ignored.
-        The others as for :func:`dcnv3`.
+        The others as for ``dcnv3``.
 
     Returns:
         (N, H_out, W_out, G * C) in input's dtype.

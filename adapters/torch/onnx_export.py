@@ -10,14 +10,14 @@ What each op becomes (standard ONNX only, no custom domain):
   aligned=True, adaptive sub-grid included), times the mask if one is given.
 - ``deform_roi_pool`` with offset and a fixed ``sampling_ratio`` > 0, and
   ``deform_psroi_pool``: standard arithmetic, Gather and reductions written
-  by :mod:`.onnx_decompositions`.
+  by ``onnx_decompositions``.
 - ``deform_roi_pool`` with offset and an adaptive ``sampling_ratio`` (<= 0):
   an error; the number of samples then depends on each RoI's size at run time.
-- ``ms_deform_attn``: Gather and arithmetic (:mod:`.onnx_decompositions`),
+- ``ms_deform_attn``: Gather and arithmetic (``onnx_decompositions``),
   reading the level sizes from ``spatial_shapes`` at run time.
 - ``dcnv3`` and ``dcnv4``: one ``GridSample`` (opset 16; bilinear, zeros
   padding, align_corners=False) over the unpadded input, with Where and
-  arithmetic (:mod:`.onnx_decompositions`); batch and spatial sizes may be
+  arithmetic (``onnx_decompositions``); batch and spatial sizes may be
   dynamic. ONNX Runtime's CPU provider runs float64 GridSample from opset 20
   only: export float64 models with ``opset_version=20`` or later.
 
@@ -29,8 +29,8 @@ internal API, checked by the tests), per opset, so that an export below opset
 19 meets a clear error instead of writing a DeformConv its opset lacks. The
 public ``torch.onnx.ops.symbolic`` cannot do that: the op does not learn the
 target opset. The decompositions run in the Python functions of
-``ops.py``, which call :func:`deform_roi_pool`, :func:`deform_psroi_pool`,
-:func:`ms_deform_attn`, :func:`dcnv3` or :func:`dcnv4` here while
+``ops.py``, which call ``deform_roi_pool``, ``deform_psroi_pool``,
+``ms_deform_attn``, ``dcnv3`` or ``dcnv4`` here while
 ``torch.onnx.is_in_onnx_export()``; both exporters trace them (the dynamo
 exporter in torch.export's non-strict capture, its first attempt;
 TorchDynamo's strict capture reads ``is_in_onnx_export()`` as False, and the

@@ -20,7 +20,8 @@ Plain CPU tensors in eager mode skip torch's dispatcher, to the same
 kernels (see ``_Op``); torch.compile, export, tracing, torch.func, modes, the
 profiler, tensor subclasses and CUDA tensors see the ``cudcn::`` ops.
 
-Argument errors come as :class:`ArgumentValueError`/:class:`ArgumentTypeError`
+Argument errors come as :class:`cudcn.adapters.torch.ArgumentValueError`/
+:class:`cudcn.adapters.torch.ArgumentTypeError`
 (``ValueError``/``TypeError`` that are also ``RuntimeError``, as torchvision
 raises), before any kernel runs. Under ``torch.fx.symbolic_trace`` each public
 function is a leaf: one ``call_function`` node, as torchvision's ops.
@@ -253,10 +254,60 @@ def deform_conv2d(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0
                   dilation=(1, 1), mask=None):
     """``torchvision.ops.deform_conv2d``, run by cudcn; differentiable in every tensor.
 
-    Shapes as in :func:`cudcn.deform_conv2d`: input (N, C_in, H, W), offset
-    (N, 2 * offset_groups * kh * kw, H_out, W_out), weight
-    (C_out, C_in / groups, kh, kw), bias (C_out,), mask
-    (N, offset_groups * kh * kw, H_out, W_out).
+    Same arguments, defaults and result as torchvision's; shapes and
+    semantics as :func:`cudcn.deform_conv2d`. The tensors are float32,
+    float64, float16 or bfloat16, all of one dtype, all on the CPU or all on
+    one CUDA device; groups and offset_groups are read from the shapes.
+
+    Args:
+        input: (N, C_in, H, W).
+        offset: (N, 2 * offset_groups * kh * kw, H_out, W_out); channel
+            ``2 * (g * kh * kw + k)`` is the y offset of kernel point k
+            (row-major) of offset group g, the next channel its x offset.
+        weight: (C_out, C_in / groups, kh, kw).
+        bias: (C_out,), or None for no bias.
+        stride, padding, dilation: int or (h, w) pair of ints; stride and
+            dilation at least 1, padding at least 0.
+        mask: (N, offset_groups * kh * kw, H_out, W_out) modulation
+            (DCN v2), or None for all ones (DCN v1).
+
+    Returns:
+        A (N, C_out, H_out, W_out) tensor of the input's dtype and device,
+        ``H_out = (H + 2 * pad_h - (dil_h * (kh - 1) + 1)) // stride_h + 1``
+        (likewise W_out). Under ``torch.autocast`` the floating tensors are
+        cast to the autocast dtype (float64 ones excepted) and the result
+        comes in it. The backward (first derivatives only) runs cudcn's
+        deterministic kernels under ``torch.use_deterministic_algorithms(True)``;
+        differentiating a gradient taken with ``create_graph=True`` raises a
+        ``RuntimeError``.
+
+    Raises:
+        cudcn.adapters.torch.ArgumentTypeError: an argument that is not a
+            tensor, an unsupported or mixed dtype, a stride, padding or
+            dilation that is not an int or a pair of ints.
+        cudcn.adapters.torch.ArgumentValueError: ranks or shapes that
+            disagree (channels that groups or offset_groups do not divide,
+            an offset or mask not of the output's size), a stride or
+            dilation below 1 or a negative padding, an empty output, tensors
+            not on the CPU or CUDA or on different devices.
+        NotImplementedError: forward-mode differentiation
+            (``torch.func.jvp``, ``torch.func.jacfwd``,
+            ``torch.autograd.forward_ad``).
+
+    Example:
+        >>> import torch
+        >>> import cudcn.adapters.torch as ct
+        >>> x = torch.arange(16.0).reshape(1, 1, 4, 4).requires_grad_()
+        >>> weight = torch.ones(2, 1, 3, 3)
+        >>> offset = torch.zeros(1, 2 * 3 * 3, 2, 2, requires_grad=True)
+        >>> y = ct.deform_conv2d(x, offset, weight)
+        >>> tuple(y.shape), y.dtype
+        ((1, 2, 2, 2), torch.float32)
+        >>> y[0, 0].tolist()  # zero offsets: the plain convolution
+        [[45.0, 54.0], [81.0, 90.0]]
+        >>> y.sum().backward()
+        >>> tuple(x.grad.shape), tuple(offset.grad.shape)
+        ((1, 1, 4, 4), (1, 18, 2, 2))
     """
     _bridge.check_tensors(input=input, offset=offset, weight=weight, bias=bias, mask=mask)
     input, offset, weight, bias, mask = _autocast(input, offset, weight, bias, mask)
@@ -312,7 +363,63 @@ _deform_roi_pool_op = _Op("deform_roi_pool", _deform_roi_pool_impl,
 def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0,
                     sampling_ratio=0, gamma=0.1, mask=None):
     """mmcv's ``deform_roi_pool`` (modulated with ``mask``), run by cudcn;
-    differentiable in input, offset and mask. See :func:`cudcn.deform_roi_pool`."""
+    differentiable in input, offset and mask.
+
+    Semantics as :func:`cudcn.deform_roi_pool`. input, offset and mask are
+    float32, float64, float16 or bfloat16, all of one dtype; rois may have
+    any floating dtype. All on the CPU or all on one CUDA device.
+
+    Args:
+        input: (N, C, H, W) feature map.
+        rois: (K, 5) boxes ``(batch index, x1, y1, x2, y2)`` in input-image
+            coordinates; they get no gradient. An RoI whose batch index is
+            not in [0, N) pools zeros.
+        offset: (K, 2, PH, PW) normalised bin offsets (channel 0 = x,
+            1 = y), or None (RoIAlign).
+        output_size: PH = PW as an int, or a pair (PH, PW); at least 1.
+        spatial_scale: feature-map size over input-image size (positive,
+            finite).
+        sampling_ratio: samples per bin and axis, an int; 0 or less picks
+            ``ceil(roi size / bins)``.
+        gamma: the offset is scaled by ``gamma * roi size`` (finite).
+        mask: (K, 1, PH, PW) modulation multiplied into each bin, or None.
+
+    Returns:
+        A (K, C, PH, PW) tensor of the input's dtype and device (the
+        autocast dtype under ``torch.autocast``). The backward as for
+        :func:`cudcn.adapters.torch.deform_conv2d`: first derivatives only,
+        deterministic kernels under ``torch.use_deterministic_algorithms(True)``.
+        Under ``torch.onnx.export`` it is written as standard ONNX operators.
+
+    Raises:
+        cudcn.adapters.torch.ArgumentTypeError: an argument that is not a
+            tensor (or None where allowed), an unsupported or mixed dtype,
+            integer rois, an output_size or sampling_ratio that is not an
+            int (or pair of ints), a spatial_scale or gamma that is not a
+            real number.
+        cudcn.adapters.torch.ArgumentValueError: ranks or shapes that
+            disagree, an output_size below 1, a spatial_scale that is not
+            positive and finite, a gamma that is not finite, tensors not on
+            the CPU or CUDA or on different devices.
+        NotImplementedError: forward-mode differentiation
+            (``torch.func.jvp``, ``torch.func.jacfwd``,
+            ``torch.autograd.forward_ad``).
+
+    Example:
+        >>> import torch
+        >>> import cudcn.adapters.torch as ct
+        >>> x = torch.arange(16.0).reshape(1, 1, 4, 4)
+        >>> rois = torch.tensor([[0.0, 0.0, 0.0, 4.0, 4.0]])
+        >>> ct.deform_roi_pool(x, rois, output_size=2)[0, 0].tolist()
+        [[2.5, 4.5], [10.5, 12.5]]
+        >>> offset = torch.zeros(1, 2, 2, 2, requires_grad=True)
+        >>> y = ct.deform_roi_pool(x, rois, offset, output_size=2)
+        >>> tuple(y.shape)
+        (1, 1, 2, 2)
+        >>> y.sum().backward()
+        >>> tuple(offset.grad.shape)
+        (1, 2, 2, 2)
+    """
     _bridge.check_tensors(input=input, rois=rois, offset=offset, mask=mask)
     input, offset, mask = _autocast(input, offset, mask)
     params = (list(_checks.int_pair("output_size", output_size, 1)),
@@ -378,7 +485,65 @@ _deform_psroi_pool_op = _Op("deform_psroi_pool", _deform_psroi_pool_impl,
 def deform_psroi_pool(input, rois, offset=None, *, output_dim, group_size, pooled_size,
                       part_size=None, sample_per_part=4, trans_std=0.0, spatial_scale=0.0625):
     """Deformable position-sensitive RoI pooling (R-FCN), run by cudcn;
-    differentiable in input and offset. See :func:`cudcn.deform_psroi_pool`."""
+    differentiable in input and offset.
+
+    Semantics as :func:`cudcn.deform_psroi_pool`. input and offset are
+    float32, float64, float16 or bfloat16, of one dtype; rois may have any
+    floating dtype. All on the CPU or all on one CUDA device. The arguments
+    after offset are keyword only.
+
+    Args:
+        input: (N, output_dim * group_size ** 2, H, W) position-sensitive
+            score maps.
+        rois: (K, 5) boxes ``(batch index, x1, y1, x2, y2)`` in input-image
+            coordinates; they get no gradient.
+        offset: (K, 2 * num_classes, part_size, part_size) normalised part
+            offsets (channel 2c = x, 2c + 1 = y of class c; num_classes
+            must divide output_dim), or None for no offsets.
+        output_dim, group_size, pooled_size: output channels, side of the
+            position-sensitive grid, bins per side; ints of at least 1.
+        part_size: offset cells per side, an int of at least 1 (default
+            pooled_size).
+        sample_per_part: samples per bin and axis, an int of at least 1.
+        trans_std: the offsets are scaled by ``trans_std * roi size``
+            (finite).
+        spatial_scale: feature-map size over input-image size (positive,
+            finite).
+
+    Returns:
+        A (K, output_dim, pooled_size, pooled_size) tensor of the input's
+        dtype and device (the autocast dtype under ``torch.autocast``). The
+        backward as for :func:`cudcn.adapters.torch.deform_conv2d`. Under
+        ``torch.onnx.export`` it is written as standard ONNX operators.
+
+    Raises:
+        cudcn.adapters.torch.ArgumentTypeError: an argument that is not a
+            tensor (or None where allowed), an unsupported or mixed dtype,
+            integer rois, a size that is not an int, a trans_std or
+            spatial_scale that is not a real number.
+        cudcn.adapters.torch.ArgumentValueError: ranks or shapes that
+            disagree (input channels other than
+            ``output_dim * group_size ** 2``, an offset of another size,
+            output_dim not a multiple of num_classes), a size below 1, a
+            spatial_scale that is not positive and finite, tensors not on
+            the CPU or CUDA or on different devices.
+        NotImplementedError: forward-mode differentiation
+            (``torch.func.jvp``, ``torch.func.jacfwd``,
+            ``torch.autograd.forward_ad``).
+
+    Example:
+        >>> import torch
+        >>> import cudcn.adapters.torch as ct
+        >>> x = torch.ones(1, 2 * 2 * 2, 4, 4, requires_grad=True)
+        >>> rois = torch.tensor([[0.0, 0.0, 0.0, 3.0, 3.0]])
+        >>> y = ct.deform_psroi_pool(x, rois, output_dim=2, group_size=2,
+        ...                          pooled_size=2, spatial_scale=1.0)
+        >>> tuple(y.shape), y.flatten().tolist()
+        ((1, 2, 2, 2), [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+        >>> y.sum().backward()
+        >>> tuple(x.grad.shape)
+        (1, 8, 4, 4)
+    """
     _bridge.check_tensors(input=input, rois=rois, offset=offset)
     input, offset = _autocast(input, offset)
     pooled_size = _checks.integer("pooled_size", pooled_size, 1)
@@ -445,7 +610,62 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
                    attention_weights, im2col_step=64, points_per_level=None):
     """Multi-scale deformable attention (mmcv's ``MultiScaleDeformableAttnFunction``),
     run by cudcn; differentiable in value, sampling_locations and
-    attention_weights. See :func:`cudcn.ms_deform_attn` for the shapes."""
+    attention_weights.
+
+    Semantics as :func:`cudcn.ms_deform_attn`. value, sampling_locations
+    and attention_weights are float32, float64, float16 or bfloat16, of one
+    dtype; spatial_shapes and level_start_index have an integer dtype
+    (int64 or int32). All on the CPU or all on one CUDA device.
+
+    Args:
+        value: (N, S, M, D): the levels' feature maps flattened and stacked
+            (S = sum of H_l * W_l), M heads of D channels.
+        spatial_shapes: (L, 2), (H_l, W_l) of each level.
+        level_start_index: (L,), the first row of each level in S.
+        sampling_locations: (N, Lq, M, L, P, 2) (x, y) normalised to
+            [0, 1]; with ``points_per_level``, (N, Lq, M, sum(points_per_level), 2).
+        attention_weights: (N, Lq, M, L, P), the softmax already applied;
+            with ``points_per_level``, (N, Lq, M, sum(points_per_level)).
+        im2col_step: an int of at least 1, accepted for drop-in use; it
+            changes nothing.
+        points_per_level: None, or a sequence of L ints P_l, the points of
+            each level (RT-DETRv2, D-FINE).
+
+    Returns:
+        A (N, Lq, M * D) tensor of value's dtype and device (the autocast
+        dtype under ``torch.autocast``). The backward as for
+        :func:`cudcn.adapters.torch.deform_conv2d`. Under
+        ``torch.onnx.export`` it is written as standard ONNX operators.
+
+    Raises:
+        cudcn.adapters.torch.ArgumentTypeError: an argument that is not a
+            tensor, an unsupported or mixed floating dtype, level tables
+            without an integer dtype, an im2col_step or points_per_level
+            entry that is not an int.
+        cudcn.adapters.torch.ArgumentValueError: ranks or shapes that
+            disagree, spatial_shapes and level_start_index inconsistent with
+            each other or with S, a points_per_level without one entry per
+            level, an im2col_step or points_per_level entry below 1, tensors
+            not on the CPU or CUDA or on different devices.
+        NotImplementedError: forward-mode differentiation
+            (``torch.func.jvp``, ``torch.func.jacfwd``,
+            ``torch.autograd.forward_ad``).
+
+    Example:
+        >>> import torch
+        >>> import cudcn.adapters.torch as ct
+        >>> value = torch.ones(1, 5, 1, 2, requires_grad=True)
+        >>> shapes = torch.tensor([[2, 2], [1, 1]])
+        >>> starts = torch.tensor([0, 4])
+        >>> locations = torch.full((1, 1, 1, 2, 1, 2), 0.5)
+        >>> weights = torch.full((1, 1, 1, 2, 1), 0.5)
+        >>> y = ct.ms_deform_attn(value, shapes, starts, locations, weights)
+        >>> tuple(y.shape), y.tolist()
+        ((1, 1, 2), [[[1.0, 1.0]]])
+        >>> y.sum().backward()
+        >>> tuple(value.grad.shape)
+        (1, 5, 1, 2)
+    """
     _bridge.check_tensors(value=value, spatial_shapes=spatial_shapes,
                           level_start_index=level_start_index,
                           sampling_locations=sampling_locations,
@@ -567,9 +787,61 @@ def _dcnv3_params(kernel_size, stride, padding, dilation, groups, offset_scale, 
 def dcnv3(input, offset, mask, kernel_size, stride=1, padding=0, dilation=1, groups=1,
           offset_scale=1.0, remove_center=False):
     """InternImage's DCNv3 core (``DCNv3Function``), run by cudcn;
-    differentiable in input, offset and mask. Channels-last: input
-    (N, H, W, G * C), offset (N, H_out, W_out, G * K * 2), mask
-    (N, H_out, W_out, G * K); see :func:`cudcn.dcnv3`."""
+    differentiable in input, offset and mask.
+
+    Channels-last; semantics as :func:`cudcn.dcnv3`. The tensors are
+    float32, float64, float16 or bfloat16, all of one dtype, all on the CPU
+    or all on one CUDA device. K = kh * kw kernel points (one fewer with
+    remove_center).
+
+    Args:
+        input: (N, H, W, G * C).
+        offset: (N, H_out, W_out, G * K * 2): per group, K (dx, dy) pairs,
+            the kernel points x-outer, y-inner.
+        mask: (N, H_out, W_out, G * K), the softmax (if any) already applied.
+        kernel_size, stride, padding, dilation: int or (h, w) pair of ints;
+            padding at least 0, the others at least 1.
+        groups: G, an int of at least 1 that divides input's channels.
+        offset_scale: real number, InternImage's ``offset_scale`` (the
+            factor of the offsets and of the kernel's extent around its
+            centre).
+        remove_center: bool: skip the kernel's centre point (odd square
+            kernels of at least 3 x 3).
+
+    Returns:
+        A (N, H_out, W_out, G * C) tensor of the input's dtype and device
+        (the autocast dtype under ``torch.autocast``),
+        ``H_out = (H + 2 * pad_h - (dil_h * (kh - 1) + 1)) // stride_h + 1``
+        (likewise W_out). The backward as for
+        :func:`cudcn.adapters.torch.deform_conv2d`. Under
+        ``torch.onnx.export`` it is written as standard ONNX operators.
+
+    Raises:
+        cudcn.adapters.torch.ArgumentTypeError: an argument that is not a
+            tensor, an unsupported or mixed dtype, a size that is not an int
+            or a pair of ints, an offset_scale that is not a real number, a
+            remove_center that is not a bool.
+        cudcn.adapters.torch.ArgumentValueError: ranks or shapes that
+            disagree, channels that groups does not divide, remove_center
+            with an even or non-square kernel, a size out of range, an empty
+            output, tensors not on the CPU or CUDA or on different devices.
+        NotImplementedError: forward-mode differentiation
+            (``torch.func.jvp``, ``torch.func.jacfwd``,
+            ``torch.autograd.forward_ad``).
+
+    Example:
+        >>> import torch
+        >>> import cudcn.adapters.torch as ct
+        >>> x = torch.arange(4.0).reshape(1, 2, 2, 1).requires_grad_()
+        >>> offset = torch.zeros(1, 2, 2, 2)
+        >>> mask = torch.ones(1, 2, 2, 1)
+        >>> y = ct.dcnv3(x, offset, mask, kernel_size=1)
+        >>> tuple(y.shape), y[..., 0].tolist()
+        ((1, 2, 2, 1), [[[0.0, 1.0], [2.0, 3.0]]])
+        >>> y.sum().backward()
+        >>> x.grad.flatten().tolist()
+        [1.0, 1.0, 1.0, 1.0]
+    """
     _bridge.check_tensors(input=input, offset=offset, mask=mask)
     input, offset, mask = _autocast(input, offset, mask)
     params = _dcnv3_params(kernel_size, stride, padding, dilation, groups, offset_scale,
@@ -586,8 +858,51 @@ def dcnv4(input, offset_mask, kernel_size, stride=1, padding=0, dilation=1, grou
           offset_scale=1.0, remove_center=False):
     """FlashInternImage's DCNv4 core (``DCNv4Function``), run by cudcn;
     differentiable in input and offset_mask (its padding channels get zero
-    gradient). input (N, H, W, G * C), offset_mask (N, H_out, W_out,
-    D >= G * 3K); see :func:`cudcn.dcnv4`."""
+    gradient).
+
+    :func:`cudcn.adapters.torch.dcnv3` with offsets and mask packed in one
+    tensor and no softmax; semantics as :func:`cudcn.dcnv4`. The tensors
+    are float32, float64, float16 or bfloat16, of one dtype, on the CPU or
+    on one CUDA device.
+
+    Args:
+        input: (N, H, W, G * C).
+        offset_mask: (N, H_out, W_out, D), ``D >= G * 3K``: per group g,
+            the values at ``g * 3K`` to ``g * 3K + 2K - 1`` are the K
+            (dx, dy) pairs and the next K the mask; channels from ``G * 3K``
+            on (DCNv4 pads D to a multiple of 8) are ignored.
+        kernel_size, stride, padding, dilation, groups, offset_scale, remove_center:
+            as :func:`cudcn.adapters.torch.dcnv3`.
+
+    Returns:
+        A (N, H_out, W_out, G * C) tensor of the input's dtype and device
+        (the autocast dtype under ``torch.autocast``), as
+        :func:`cudcn.adapters.torch.dcnv3`.
+
+    Raises:
+        cudcn.adapters.torch.ArgumentTypeError: as
+            :func:`cudcn.adapters.torch.dcnv3`.
+        cudcn.adapters.torch.ArgumentValueError: as
+            :func:`cudcn.adapters.torch.dcnv3`, and an offset_mask narrower
+            than ``G * 3K``.
+        NotImplementedError: forward-mode differentiation
+            (``torch.func.jvp``, ``torch.func.jacfwd``,
+            ``torch.autograd.forward_ad``).
+
+    Example:
+        >>> import torch
+        >>> import cudcn.adapters.torch as ct
+        >>> x = torch.arange(4.0).reshape(1, 2, 2, 1)
+        >>> offset_mask = torch.zeros(1, 2, 2, 8, requires_grad=True)
+        >>> with torch.no_grad():
+        ...     offset_mask[..., 2] = 1.0  # the mask of the one point
+        >>> y = ct.dcnv4(x, offset_mask, kernel_size=1)
+        >>> tuple(y.shape), y[..., 0].tolist()
+        ((1, 2, 2, 1), [[[0.0, 1.0], [2.0, 3.0]]])
+        >>> y.sum().backward()
+        >>> tuple(offset_mask.grad.shape)
+        (1, 2, 2, 8)
+    """
     _bridge.check_tensors(input=input, offset_mask=offset_mask)
     input, offset_mask = _autocast(input, offset_mask)
     params = _dcnv3_params(kernel_size, stride, padding, dilation, groups, offset_scale,

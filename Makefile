@@ -1,5 +1,6 @@
 # make demo   - create .venv and run `cudcn demo` (figures in docs/demo)
 # make test   - create .venv, install cudcn and everything the tests use, run the suite
+# make docs   - build the documentation site into docs/_build/html (warnings are errors)
 # make check-kernels - NVRTC-compile every GPU kernel instantiation with CUDA 12 and 13,
 #                      for every architecture each supports (no GPU needed)
 # make bench  - asv: the whole benchmark suite on the working tree, in .venv (no build)
@@ -17,13 +18,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cudcn-installed
 
-.PHONY: demo test check-kernels bench bench-history bench-compare sanitize racecheck coverage \
+.PHONY: demo test docs check-kernels bench bench-history bench-compare sanitize racecheck coverage \
 	clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,docs]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -31,6 +32,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# -n: every cross-reference must resolve; -W: any warning (a broken reference, a
+# malformed docstring, a documented name without a docstring) fails the build.
+docs: $(STAMP)
+	rm -rf docs/_build
+	$(PY) -m sphinx -b html -n -W --keep-going docs docs/_build/html
 
 check-kernels: $(STAMP)
 	$(PY) -m cudcn compile-check --cuda 12 --cuda 13

@@ -1,5 +1,5 @@
 """`cudcn bench`: the measurement machinery on a tiny workload (the real
-figures are the closing notes' and the README's, not a test's)."""
+figures are the closing notes' and the benchmarks guide's, not a test's)."""
 
 import io
 

@@ -207,7 +207,7 @@ def _small_conv(gpu, device=None):
 
 
 def test_each_op_runs_on_its_arrays_device_whatever_the_current_one(gpu):
-    """README: 'the result is a CuPy array on the inputs' device'. CuPy allocates
+    """The NumPy/CuPy guide: 'the result is a CuPy array on the inputs' device'. CuPy allocates
     on the current device, so the ops make the inputs' device current."""
     on_0, on_1 = _small_conv(gpu, 0), _small_conv(gpu, 1)
     for args in (on_0, on_0, on_1):

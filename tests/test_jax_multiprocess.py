@@ -104,7 +104,7 @@ def _rank_main(rank, world, port, out_file):
         return real_run(call, args, outs)
 
     _buffers.Call._run = recording_run
-    # As the README's recipe: jax.make_mesh's default (Explicit) axes, set as
+    # As the JAX guide's recipe: jax.make_mesh's default (Explicit) axes, set as
     # the mesh in use.
     mesh = jax.make_mesh((world,), ("d",))
     jax.set_mesh(mesh)

@@ -262,7 +262,7 @@ def test_float16_model_exports_and_runs_on_cpu_through_float32(tmp_path, exporte
     """A half model exports with float16 DeformConv. ONNX Runtime's CPU
     provider has no float16 DeformConv kernel (ORT 1.31): it inserts Casts
     and computes that node in float32. The last assert fails the day that
-    changes; the README says so."""
+    changes; the Deploy guide says so."""
     torch.manual_seed(0)
     model = randomize_offsets(ct.ModulatedDeformConv2dPack(4, 6, 3, padding=1,
                                                            deform_groups=2), std=0.1).eval()

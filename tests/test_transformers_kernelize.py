@@ -44,7 +44,7 @@ def _attention_layers(model):
 
 def _off_the_ties(model):
     """Fresh layers put points exactly on pixel centres and on the map's edge,
-    where grid_sample's gradient and the kernel's may differ (README): move
+    where grid_sample's gradient and the kernel's may differ (the transformers guide): move
     them off before comparing gradients."""
     torch.manual_seed(5)
     with torch.no_grad():

@@ -429,7 +429,7 @@ def _lowering(ctx, *args, call, results, split, host_index):
             f"cudcn.adapters.jax.{call.op} cannot be exported with jax.export: cudcn runs as "
             "a Python callback of the process that compiled it, which a serialized program "
             "cannot carry. Serve the model from Python with cudcn installed (jax.jit), or "
-            "export it through cudcn's PyTorch adapter to ONNX (README, Deploy)")
+            "export it through cudcn's PyTorch adapter to ONNX (the Deploy guide, docs/guides/deploy.md)")
     if split is not None and host_index is None and _over_devices(ctx):
         # The partitioner lowers each device's part into a module of its own,
         # whose host callbacks XLA never sees: the callback is registered

@@ -68,6 +68,14 @@ struct dim3 {
 #define CUDCN_TLS thread_local __attribute__((tls_model("initial-exec")))
 inline CUDCN_TLS dim3 gridDim, blockDim, blockIdx, threadIdx;
 
+// The items [cudcn_first_item, cudcn_end_item) of a launch that a worker runs
+// in one call of the kernel: on the host, CUDCN_KERNEL_LOOP walks that range
+// (cudcn_common.cuh), so a kernel's prologue (unpacking its arguments, the
+// structs it builds from them) runs once per range, not once per item, which
+// cost a small kernel's items more than their work. The race check calls the
+// kernel once per GPU thread instead, as a GPU would.
+inline CUDCN_TLS long long cudcn_first_item, cudcn_end_item;
+
 // The 16-bit storage types of cuda_fp16.h and cuda_bf16.h, with the
 // conversions the kernels call, bit for bit as CUDA rounds: round to nearest
 // even, subnormals kept, overflow to infinity. A NaN becomes CUDA's canonical
@@ -505,19 +513,18 @@ inline int launch_threads() {
 }
 
 // `params` follows cuLaunchKernel's convention: params[i] points at the value
-// of the kernel's i-th argument. The pool spreads the flattened (block,
-// thread) space, not just the blocks: a kernel over few items (one thread per
+// of the kernel's i-th argument; `active` is the launch's item count n, the
+// bound of every kernel's CUDCN_KERNEL_LOOP. The pool spreads the items
+// [0, n), not the grid's blocks: a kernel over few items (one thread per
 // plane) may be a single block. That is faithful because the kernels share
-// nothing between the threads of a block (no shared memory, no barriers).
-// Only the first `active` threads run: every kernel's grid-stride loop over
-// its n items gives the threads past n nothing to do, and spreading them
-// would leave a launch of fewer items than a block (16 plane blocks in a
-// block of 32) all on the first worker.
+// nothing between the threads of a block (no shared memory, no barriers)
+// and their grid-stride loops cover [0, n) whatever the grid. The race check
+// runs the grid's threads one by one, each with its own index, as a GPU does.
 template <typename... Args, std::size_t... Is>
 void launch(void (*kernel)(Args...), unsigned int grid, unsigned int block, long long active,
             void** params, std::index_sequence<Is...>) {
-  const long long total = static_cast<long long>(grid) * block;
 #ifdef CUDCN_RACECHECK
+  const long long total = static_cast<long long>(grid) * block;
   gridDim = dim3(grid);
   blockDim = dim3(block);
   for (long long t = 0; t < total; ++t) {
@@ -529,20 +536,17 @@ void launch(void (*kernel)(Args...), unsigned int grid, unsigned int block, long
   race::check();
   return;
 #endif
+  (void)grid;
+  (void)block;
   struct Context {
     void (*kernel)(Args...);
-    unsigned int grid, block;
     void** params;
-  } context{kernel, grid, block, params};
-  Pool::instance().run(min(total, active), [](void* raw, long long begin, long long end) {
+  } context{kernel, params};
+  Pool::instance().run(active, [](void* raw, long long begin, long long end) {
     const Context& c = *static_cast<const Context*>(raw);
-    gridDim = dim3(c.grid);
-    blockDim = dim3(c.block);
-    for (long long t = begin; t < end; ++t) {
-      blockIdx.x = static_cast<unsigned int>(t / c.block);
-      threadIdx.x = static_cast<unsigned int>(t % c.block);
-      c.kernel(*static_cast<std::remove_reference_t<Args>*>(c.params[Is])...);
-    }
+    cudcn_first_item = begin;
+    cudcn_end_item = end;
+    c.kernel(*static_cast<std::remove_reference_t<Args>*>(c.params[Is])...);
   }, &context);
 }
 

@@ -199,6 +199,14 @@ CUDCN_DEVICE ClampedCorners<A, I> clamped_corners(A y, A x, int height, int widt
 }  // namespace cudcn
 
 // Grid-stride loop: correct for any grid, so the launcher may cap the grid.
+// On the host (but in the race check, which runs GPU threads one by one) the
+// loop over the worker's range of items (cpu_shim.h's launch).
+#if defined(CUDCN_GPU) || defined(CUDCN_RACECHECK)
 #define CUDCN_KERNEL_LOOP(i, I, n)                                   \
   for (I i = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x; \
        i < (n); i += static_cast<I>(blockDim.x) * gridDim.x)
+#else
+#define CUDCN_KERNEL_LOOP(i, I, n)                                                 \
+  for (I i = static_cast<I>(cudcn_first_item), i##_end = static_cast<I>(cudcn_end_item); \
+       i < i##_end; ++i)
+#endif

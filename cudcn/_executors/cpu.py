@@ -22,7 +22,12 @@ import numpy as np
 
 from .. import _kernels, _launch, _sources
 
-CXXFLAGS = ("-std=c++17", "-O3", "-fPIC", "-shared", "-fno-math-errno", "-pthread")
+# -fno-trapping-math: nothing reads the floating-point exception flags, and
+# without it GCC keeps every comparison and float-to-int conversion behind
+# its branch, which leaves the point loops of point_sampling.cuh unvectorized
+# (values are the same: it allows no reassociation or contraction).
+CXXFLAGS = ("-std=c++17", "-O3", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math",
+            "-pthread")
 OPENMP_FLAGS = ("-fopenmp",)
 # The kernels are built where they run, so for this CPU's instruction set:
 # with AVX-512 the gathers' channel loops run wider (at N=2, C=64, 56x56 the

@@ -55,15 +55,16 @@ struct DCNv3Head {
   acc_t<T> scale;
   int height, width;
 
-  CUDCN_DEVICE SampledPoint<acc_t<T>, I> at(int p) const {
+  CUDCN_DEVICE PointPlace<acc_t<T>, I> place(int p) const {
     using A = acc_t<T>;
-    SampledPoint<A, I> pt;
-    pt.first_row = image_row;
-    const A x = p0_x + (A(load(point_grid + 2 * p)) + load(offset + 2 * p)) * scale;
-    const A y = p0_y + (A(load(point_grid + 2 * p + 1)) + load(offset + 2 * p + 1)) * scale;
-    pt.weight = load(mask + p);
-    pt.corners = bilinear_corners<A, I>(y, x, height, width);
-    return pt;
+    PointPlace<A, I> at;
+    at.x = p0_x + (A(load(point_grid + 2 * p)) + load(offset + 2 * p)) * scale;
+    at.y = p0_y + (A(load(point_grid + 2 * p + 1)) + load(offset + 2 * p + 1)) * scale;
+    at.weight = load(mask + p);
+    at.height = height;
+    at.width = width;
+    at.first_row = image_row;
+    return at;
   }
 };
 

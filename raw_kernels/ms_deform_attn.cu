@@ -34,18 +34,17 @@ struct AttnHead {
   const T* weights;    // likewise
   I image_row;         // n * S
 
-  CUDCN_DEVICE SampledPoint<acc_t<T>, I> at(int p) const {
+  CUDCN_DEVICE PointPlace<acc_t<T>, I> place(int p) const {
     using A = acc_t<T>;
-    SampledPoint<A, I> pt;
+    PointPlace<A, I> at;
     const I level = load(point_level + p);
-    const int height = static_cast<int>(load(levels + level * 3));
-    const int width = static_cast<int>(load(levels + level * 3 + 1));
-    pt.first_row = image_row + load(levels + level * 3 + 2);
-    const A x = load(locations + 2 * p) * A(width) - A(0.5);
-    const A y = load(locations + 2 * p + 1) * A(height) - A(0.5);
-    pt.weight = load(weights + p);
-    pt.corners = bilinear_corners<A, I>(y, x, height, width);
-    return pt;
+    at.height = static_cast<int>(load(levels + level * 3));
+    at.width = static_cast<int>(load(levels + level * 3 + 1));
+    at.first_row = image_row + load(levels + level * 3 + 2);
+    at.x = load(locations + 2 * p) * A(at.width) - A(0.5);
+    at.y = load(locations + 2 * p + 1) * A(at.height) - A(0.5);
+    at.weight = load(weights + p);
+    return at;
   }
 };
 

@@ -13,14 +13,16 @@
 // A `Points` type is a small struct of the op's arrays with
 //   Head head(I head) const      // what a head's points share, computed once
 //   int level(int p) const       // the map a point samples (0 for DCNv3)
-// where Head has SampledPoint<A, I> at(int p) const; every kernel below
-// takes it with the SamplingGeometry. Whatever needs a division (the
-// head's image, pixel, group) belongs in head(): integer divisions cost
-// more than a point's arithmetic, and a thread meets a head's points in a
-// row.
+// where Head has PointPlace<A, I> place(int p) const (where point p samples,
+// in its map's pixels, and its weight); every kernel below takes it with the
+// SamplingGeometry and finds the corners itself: point by point
+// (bilinear_corners), or kChunk points at a time (CornerChunk: the forward's
+// and the planes'). Whatever needs a division (the head's image, pixel,
+// group) belongs in head(): integer divisions cost more than a point's
+// arithmetic, and a thread meets a head's points in a row.
 //
 // Thread mappings. Forward: one thread per (head, block of channels),
-// channels fastest; a thread reads each point's geometry once per kLanes
+// channels fastest; a thread finds each point's geometry once per kLanes
 // channels, which it accumulates side by side (vector registers on the
 // CPU). Gradients of the points (their location and weight): one thread per
 // (head, point, block of channels) sums over its channels, then the op's
@@ -45,13 +47,34 @@ struct SamplingGeometry {
   int batch, spatial, queries, heads, channels, points, num_levels;
 };
 
-// One point of one head: where it samples and with what weight.
+// Where one point of one head samples, in its map's pixels, and with what
+// weight: what an op's Head says of point p (`place(p)`).
+template <typename A, typename I>
+struct PointPlace {
+  A y, x, weight;
+  int height, width;  // the point's map
+  I first_row;        // n * S + the map's first row
+};
+
+// The same point with its bilinear corners.
 template <typename A, typename I>
 struct SampledPoint {
   BilinearCorners<A, I> corners;  // indices within the point's map
-  I first_row;                    // n * S + the map's first row
+  I first_row;
   A weight;
 };
+
+template <typename Head>
+CUDCN_DEVICE auto point_at(const Head& head, int p) {
+  const auto at = head.place(p);
+  using A = decltype(at.weight);
+  using I = decltype(at.first_row);
+  SampledPoint<A, I> pt;
+  pt.corners = bilinear_corners<A, I>(at.y, at.x, at.height, at.width);
+  pt.first_row = at.first_row;
+  pt.weight = at.weight;
+  return pt;
+}
 
 // Where a point's corner j starts in value (or grad_value), from channel
 // c0 of head m: the point's map at `map_at(pt, m, c0, s)`, plus the corner's
@@ -88,6 +111,117 @@ CUDCN_DEVICE PointChannels<I> point_channels(I i, int channel_block, const Sampl
   return w;
 }
 
+// The corners of kChunk points at a time (of one head, from point p0):
+// bilinear_corners' arithmetic on arrays, a point a lane, which the host
+// compiler vectorizes (one point's scalar geometry cost several times its
+// 16 channels' multiply-adds). Written for that: masks as ints, no early
+// exit, floor(y) as the truncation minus one where that rounded up (y is in
+// (-1, H) there, or set to 0 first, so the conversion stays defined). The
+// same values as bilinear_corners for every point inside its window; a point
+// outside has `inside` 0, its corners invalid with weight 0 and its fractions
+// 0. A GPU thread takes one point at a time: its registers bound occupancy.
+#ifdef CUDCN_GPU
+constexpr int kChunk = 1;
+#else
+constexpr int kChunk = 16;
+#endif
+
+template <typename A, typename I>
+struct CornerChunk {
+  int inside[kChunk];
+  int valid[4][kChunk];
+  I offset[4][kChunk];  // corner j's row in value from channel 0 of the head (0 where invalid)
+  A weight[4][kChunk];
+  A frac_y[kChunk];
+  A frac_x[kChunk];
+  A point_weight[kChunk];
+
+  template <typename Head>
+  CUDCN_DEVICE void locate(const Head& head, int p0, int count, int m, const SamplingGeometry& s) {
+    const I row_length = I(s.heads) * s.channels;
+    for (int k = 0; k < count; ++k) {
+      const PointPlace<A, I> at = head.place(p0 + k);
+      const int h = at.height, w = at.width;
+      const int in = (at.y > A(-1)) & (at.y < A(h)) & (at.x > A(-1)) & (at.x < A(w));
+      const A y = in ? at.y : A(0), x = in ? at.x : A(0);
+      const int y_trunc = static_cast<int>(y), x_trunc = static_cast<int>(x);
+      const int y0 = y_trunc - (A(y_trunc) > y ? 1 : 0);
+      const int x0 = x_trunc - (A(x_trunc) > x ? 1 : 0);
+      const A fy = y - A(y0), fx = x - A(x0);
+      const int y0_in = y0 >= 0, y1_in = y0 + 1 < h, x0_in = x0 >= 0, x1_in = x0 + 1 < w;
+      const int v0 = in & y0_in & x0_in, v1 = in & y0_in & x1_in;
+      const int v2 = in & y1_in & x0_in, v3 = in & y1_in & x1_in;
+      const A hy = A(1) - fy, hx = A(1) - fx;
+      const I first = (at.first_row + I(y0) * w + x0) * row_length + I(m) * s.channels;
+      inside[k] = in;
+      valid[0][k] = v0;
+      valid[1][k] = v1;
+      valid[2][k] = v2;
+      valid[3][k] = v3;
+      offset[0][k] = v0 ? first : I(0);
+      offset[1][k] = v1 ? first + row_length : I(0);
+      offset[2][k] = v2 ? first + I(w) * row_length : I(0);
+      offset[3][k] = v3 ? first + I(w + 1) * row_length : I(0);
+      weight[0][k] = v0 ? hy * hx : A(0);
+      weight[1][k] = v1 ? hy * fx : A(0);
+      weight[2][k] = v2 ? fy * hx : A(0);
+      weight[3][k] = v3 ? fy * fx : A(0);
+      frac_y[k] = fy;
+      frac_x[k] = fx;
+      point_weight[k] = at.weight;
+    }
+  }
+};
+
+#ifndef CUDCN_GPU
+// kLanes channels as one vector of the host compiler's (GCC's and Clang's
+// vector_size), for the point's dot products and their sums: written as lane
+// loops, GCC's SLP vectorizer took them apart into scalars and shuffles,
+// several times the work. Loads and stores still go through load and store,
+// an element at a time, which the compiler merges.
+template <typename A, int N>
+struct LaneVector {
+  typedef A type __attribute__((vector_size(N * sizeof(A))));
+};
+template <typename A, int N = kLanes>
+using lanes_t = typename LaneVector<A, N>::type;
+
+template <typename A, typename T>
+CUDCN_DEVICE lanes_t<A> load_lanes(const T* from) {
+  A lane[kLanes];
+  for (int l = 0; l < kLanes; ++l) lane[l] = load(from + l);
+  lanes_t<A> v;
+  memcpy(&v, lane, sizeof v);
+  return v;
+}
+
+template <typename A>
+CUDCN_DEVICE void store_lanes(A* to, lanes_t<A> v) {
+  A lane[kLanes];
+  memcpy(lane, &v, sizeof v);
+  for (int l = 0; l < kLanes; ++l) store(to + l, lane[l]);
+}
+
+// The upper half of v added onto the lower: lane_sum's fold.
+template <typename A, int N>
+CUDCN_DEVICE lanes_t<A, N / 2> fold_lanes(lanes_t<A, N> v) {
+  lanes_t<A, N / 2> low, high;
+  memcpy(&low, &v, sizeof low);
+  memcpy(&high, reinterpret_cast<const char*>(&v) + sizeof low, sizeof high);
+  return low + high;
+}
+
+// lane_sum of the kLanes lanes of v, in its order.
+template <typename A>
+CUDCN_DEVICE A sum_lanes(lanes_t<A> v) {
+  static_assert(kLanes == 16, "four folds");
+  const lanes_t<A, 2> two = fold_lanes<A, 4>(fold_lanes<A, 8>(fold_lanes<A, 16>(v)));
+  A pair[2];
+  memcpy(pair, &two, sizeof pair);
+  return pair[0] + pair[1];
+}
+#endif
+
 // A point's four corner rows of head m in value, from channel c0: a corner
 // outside its map reads 0. On the host its pointer is a row of kLanes zeros
 // of the thread's own, so that the lane loops load unconditionally and
@@ -96,7 +230,9 @@ CUDCN_DEVICE PointChannels<I> point_channels(I i, int channel_block, const Sampl
 template <typename T>
 struct CornerRows {
   const T* row[4];
-#ifndef CUDCN_GPU
+#ifdef CUDCN_GPU
+  bool live[4];
+#else
   T zeros[kLanes];
 #endif
 
@@ -106,24 +242,32 @@ struct CornerRows {
 #endif
   }
 
+  CUDCN_DEVICE void set(int j, const T* base, bool valid) {
+#ifdef CUDCN_GPU
+    row[j] = base;
+    live[j] = valid;
+#else
+    row[j] = valid ? base : zeros;
+#endif
+  }
+
   template <typename A, typename I>
   CUDCN_DEVICE void at(const T* value, const SampledPoint<A, I>& pt, int m, int c0,
                        const SamplingGeometry& s) {
     const I map = map_at(pt, m, c0, s);
-    for (int j = 0; j < 4; ++j) {
-      const T* base = value + corner_at(map, pt, j, s);
-#ifdef CUDCN_GPU
-      row[j] = base;
-#else
-      row[j] = pt.corners.valid[j] ? base : zeros;
-#endif
-    }
+    for (int j = 0; j < 4; ++j) set(j, value + corner_at(map, pt, j, s), pt.corners.valid[j]);
   }
 
+  // Point k of a chunk.
   template <typename A, typename I>
-  CUDCN_DEVICE A load_at(const BilinearCorners<A, I>& q, int j, int l) const {
+  CUDCN_DEVICE void at(const T* value, const CornerChunk<A, I>& chunk, int k, int c0) {
+    for (int j = 0; j < 4; ++j) set(j, value + chunk.offset[j][k] + c0, chunk.valid[j][k]);
+  }
+
+  template <typename A>
+  CUDCN_DEVICE A load_at(int j, int l) const {
 #ifdef CUDCN_GPU
-    return q.valid[j] ? load(row[j] + l) : A(0);
+    return live[j] ? load(row[j] + l) : A(0);
 #else
     return load(row[j] + l);
 #endif
@@ -145,20 +289,23 @@ CUDCN_DEVICE void sample_forward(const T* value, const Points& points, T* output
   const int c_end = min(c_begin + channel_block, s.channels);
   T* out = output + head * s.channels;
   CornerRows<T> rows;
+  CornerChunk<A, I> chunk;
   const auto head_points = points.head(head);
   for (int c0 = c_begin; c0 < c_end; c0 += kLanes) {
     const int lanes = min(kLanes, c_end - c0);
     A acc[kLanes];
     for (int l = 0; l < kLanes; ++l) acc[l] = A(0);
-    for (int p = 0; p < s.points; ++p) {
-      const SampledPoint<A, I> pt = head_points.at(p);
-      if (!pt.corners.inside) continue;
-      const BilinearCorners<A, I>& q = pt.corners;
-      rows.at(value, pt, m, c0, s);
-      for (int l = 0; l < lanes; ++l) {
-        A sample = A(0);
-        for (int j = 0; j < 4; ++j) sample += q.weight[j] * rows.load_at(q, j, l);
-        acc[l] += sample * pt.weight;
+    for (int p0 = 0; p0 < s.points; p0 += kChunk) {
+      const int count = min(kChunk, s.points - p0);
+      chunk.locate(head_points, p0, count, m, s);
+      for (int k = 0; k < count; ++k) {
+        if (!chunk.inside[k]) continue;
+        rows.at(value, chunk, k, c0);
+        for (int l = 0; l < lanes; ++l) {
+          A sample = A(0);
+          for (int j = 0; j < 4; ++j) sample += chunk.weight[j][k] * rows.template load_at<A>(j, l);
+          acc[l] += sample * chunk.point_weight[k];
+        }
       }
     }
     for (int l = 0; l < lanes; ++l) store(out + c0 + l, acc[l]);
@@ -206,17 +353,23 @@ CUDCN_DEVICE A lane_sum(A (&lane)[N]) {
 // A point's three sums from its dot products, stored in its slot (all zero
 // for a point outside the window, whose dot products are).
 template <typename A, typename I>
-CUDCN_DEVICE void store_point_sums(const BilinearCorners<A, I>& q, const A dot[4], A* partials,
-                                   I slot) {
-  const A hy = A(1) - q.frac_y, ly = q.frac_y, hx = A(1) - q.frac_x, lx = q.frac_x;
+CUDCN_DEVICE void store_point_sums(const A weight[4], A frac_y, A frac_x, const A dot[4],
+                                   A* partials, I slot) {
+  const A hy = A(1) - frac_y, ly = frac_y, hx = A(1) - frac_x, lx = frac_x;
   A sum_w = A(0);
-  for (int j = 0; j < 4; ++j) sum_w += q.weight[j] * dot[j];
+  for (int j = 0; j < 4; ++j) sum_w += weight[j] * dot[j];
   store(partials + 3 * slot, sum_w);
   // Grouped by weight (no mixed adds and subtracts side by side, which GCC's
   // SLP vectorizer fuses into fmaddsub despite -ffp-contract=off: the same
   // sums would round differently in two kernels).
   store(partials + 3 * slot + 1, hx * (dot[2] - dot[0]) + lx * (dot[3] - dot[1]));
   store(partials + 3 * slot + 2, hy * (dot[1] - dot[0]) + ly * (dot[3] - dot[2]));
+}
+
+template <typename A, typename I>
+CUDCN_DEVICE void store_point_sums(const BilinearCorners<A, I>& q, const A dot[4], A* partials,
+                                   I slot) {
+  store_point_sums(q.weight, q.frac_y, q.frac_x, dot, partials, slot);
 }
 
 template <typename T, typename I, typename A>
@@ -236,7 +389,7 @@ CUDCN_DEVICE void point_sums(const T* grad_output, const T* value, const Sampled
       rows.at(value, pt, m, c0, s);
       for (int l = 0; l < lanes; ++l) {
         const A gc = load(g + c0 + l);
-        for (int j = 0; j < 4; ++j) lane_dot[j][l] += gc * rows.load_at(q, j, l);
+        for (int j = 0; j < 4; ++j) lane_dot[j][l] += gc * rows.template load_at<A>(j, l);
       }
     }
     for (int j = 0; j < 4; ++j) dot[j] = lane_sum(lane_dot[j]);
@@ -290,7 +443,7 @@ CUDCN_DEVICE void sample_backward_points_partial(const T* grad_output, const T* 
                                                  const Points& points, acc_t<T>* partials, I i,
                                                  int channel_block, const SamplingGeometry& s) {
   const PointChannels<I> item = point_channels(i, channel_block, s);
-  const SampledPoint<acc_t<T>, I> pt = points.head(item.head).at(item.point);
+  const SampledPoint<acc_t<T>, I> pt = point_at(points.head(item.head), item.point);
   CornerRows<T> rows;
   point_sums(grad_output, value, pt, item.head, item.m, item.c_begin, item.c_end, rows, partials,
              i, s);
@@ -305,7 +458,7 @@ CUDCN_DEVICE void sample_backward_value(const T* grad_output, const Points& poin
                                         const SamplingGeometry& s) {
   using A = acc_t<T>;
   const PointChannels<I> item = point_channels(i, channel_block, s);
-  const SampledPoint<A, I> pt = points.head(item.head).at(item.point);
+  const SampledPoint<A, I> pt = point_at(points.head(item.head), item.point);
   if (!pt.corners.inside) return;
   const T* g = grad_output + item.head * s.channels;
   const I map = map_at(pt, item.m, 0, s);
@@ -335,37 +488,71 @@ CUDCN_DEVICE void sample_backward_value_planes(const T* grad_output, const T* va
   const int level = static_cast<int>((i / blocks) % s.num_levels);
   const int m = static_cast<int>((i / blocks / s.num_levels) % s.heads);
   const I b = i / blocks / s.num_levels / s.heads;
+  // The level's points, [first, end): every op lists a head's points level by
+  // level, but the test below keeps any other order right too.
+  int first = s.points, end = 0;
+  for (int p = 0; p < s.points; ++p) {
+    if (points.level(p) == level) {
+      first = min(first, p);
+      end = p + 1;
+    }
+  }
   CornerRows<T> rows;
+  CornerChunk<A, I> chunk;
   for (I q = 0; q < s.queries; ++q) {
     const I head = (b * s.queries + q) * s.heads + m;
     const T* g = grad_output + head * s.channels + c0;
     A gc[kLanes];
     for (int l = 0; l < lanes; ++l) gc[l] = load(g + l);
+#ifndef CUDCN_GPU
+    lanes_t<A> g_lanes{};
+    if (lanes == kLanes) g_lanes = load_lanes<A>(g);
+#endif
     const auto head_points = points.head(head);
-    for (int p = 0; p < s.points; ++p) {
-      if (points.level(p) != level) continue;
-      const SampledPoint<A, I> pt = head_points.at(p);
-      const BilinearCorners<A, I>& q = pt.corners;
-      const I map = map_at(pt, m, c0, s);
-      if (with_points) {  // point_sums' arithmetic, on the lanes of g in hand
-        A dot[4] = {A(0), A(0), A(0), A(0)};
-        if (q.inside) {
-          rows.at(value, pt, m, c0, s);
-          A lane_dot[4][kLanes];
-          for (int j = 0; j < 4; ++j) {
-            for (int l = 0; l < kLanes; ++l) lane_dot[j][l] = A(0);
-            for (int l = 0; l < lanes; ++l) lane_dot[j][l] += gc[l] * rows.load_at(q, j, l);
-            dot[j] = lane_sum(lane_dot[j]);
+    for (int p0 = first; p0 < end; p0 += kChunk) {
+      const int count = min(kChunk, end - p0);
+      chunk.locate(head_points, p0, count, m, s);
+      for (int k = 0; k < count; ++k) {
+        const int p = p0 + k;
+        if (points.level(p) != level) continue;
+        if (with_points) {  // point_sums' arithmetic, on the lanes of g in hand
+          A dot[4] = {A(0), A(0), A(0), A(0)};
+          if (chunk.inside[k]) {
+            rows.at(value, chunk, k, c0);
+#ifndef CUDCN_GPU
+            if (lanes == kLanes) {
+              for (int j = 0; j < 4; ++j) {
+                dot[j] = sum_lanes<A>(lanes_t<A>{} + g_lanes * load_lanes<A>(rows.row[j]));
+              }
+            } else
+#endif
+            {
+              A lane_dot[4][kLanes];
+              for (int j = 0; j < 4; ++j) {
+                for (int l = 0; l < kLanes; ++l) lane_dot[j][l] = A(0);
+                for (int l = 0; l < lanes; ++l) lane_dot[j][l] += gc[l] * rows.template load_at<A>(j, l);
+                dot[j] = lane_sum(lane_dot[j]);
+              }
+            }
           }
+          const A weight[4] = {chunk.weight[0][k], chunk.weight[1][k], chunk.weight[2][k],
+                               chunk.weight[3][k]};
+          store_point_sums(weight, chunk.frac_y[k], chunk.frac_x[k], dot, partials,
+                           (head * s.points + p) * blocks + block);
         }
-        store_point_sums(q, dot, partials, (head * s.points + p) * blocks + block);
-      }
-      if (!q.inside) continue;
-      for (int j = 0; j < 4; ++j) {
-        if (!pt.corners.valid[j]) continue;
-        const A w = pt.corners.weight[j] * pt.weight;
-        A* to = grad_value + corner_at(map, pt, j, s);
-        for (int l = 0; l < lanes; ++l) store(to + l, load(to + l) + w * gc[l]);
+        if (!chunk.inside[k]) continue;
+        for (int j = 0; j < 4; ++j) {
+          if (!chunk.valid[j][k]) continue;
+          const A w = chunk.weight[j][k] * chunk.point_weight[k];
+          A* to = grad_value + chunk.offset[j][k] + c0;
+#ifndef CUDCN_GPU
+          if (lanes == kLanes) {
+            store_lanes<A>(to, load_lanes<A>(to) + w * g_lanes);
+            continue;
+          }
+#endif
+          for (int l = 0; l < lanes; ++l) store(to + l, load(to + l) + w * gc[l]);
+        }
       }
     }
   }
@@ -382,7 +569,7 @@ CUDCN_DEVICE void sample_scatter_entry(const Points& points, I* keys, I* sources
   const I head = i / 4 / s.points;
   const int p = static_cast<int>(i / 4 % s.points);
   const int m = static_cast<int>(head % s.heads);
-  const SampledPoint<A, I> pt = points.head(head).at(p);
+  const SampledPoint<A, I> pt = point_at(points.head(head), p);
   const bool live = pt.corners.inside && pt.corners.valid[j];
   store(keys + i, live ? (pt.first_row + pt.corners.index[j]) * s.heads + m : I(-1));
   store(sources + i, head * s.channels);

@@ -222,8 +222,12 @@ def test_a_grid_that_does_not_cover_n_fails_unless_the_kernel_strides(cupy):
 
 def test_every_kernel_is_a_grid_stride_loop_by_cudcns_macro():
     header = (_sources.kernel_dir() / "cudcn_common.cuh").read_text()
-    (macro,) = re.findall(r"#define CUDCN_KERNEL_LOOP\(i, I, n\)((?:.*\\\n)*.*)", header)
-    assert "i += static_cast<I>(blockDim.x) * gridDim.x" in macro
+    # The GPU's (and the race check's) definition first, then the host's,
+    # which walks the range of items its worker was given.
+    gpu, host = re.findall(r"#define CUDCN_KERNEL_LOOP\(i, I, n\)((?:.*\\\n)*.*)", header)
+    assert "#if defined(CUDCN_GPU) || defined(CUDCN_RACECHECK)\n#define CUDCN_KERNEL_LOOP" in header
+    assert "i += static_cast<I>(blockDim.x) * gridDim.x" in gpu
+    assert "cudcn_first_item" in host and "cudcn_end_item" in host
     for kernel in _kernels.KERNELS:
         code = _gpu_build.source_text(kernel.source)
         assert cupy_double._grid_strided(code, kernel.name.rsplit("::", 1)[-1]), kernel.name

@@ -22,8 +22,9 @@ LEFT_OUT = {
                                "XLA flag set before jax starts (the jax.distributed one is "
                                "tests/test_jax_multiprocess.py's)"},
     "deploy.md": {None: "tests/test_onnx_export.py runs it and compares ONNX Runtime's output"},
-    "transformers.md": {None: "it downloads a checkpoint; tests/test_transformers_kernelize.py "
-                              "makes the same calls on a model built from a config"},
+    "transformers.md": {"With a checkpoint": "it downloads a checkpoint; the guide's next "
+                                             "section makes the same calls on a model built "
+                                             "from a config"},
 }
 
 _FENCE = re.compile(r"^```(python|py)\n(.*?)^```", re.S | re.M)
@@ -84,9 +85,22 @@ def _jax(ns):
     assert ns["batched"].shape == (2, 2, 16, 28, 28)
 
 
+def _transformers(ns):
+    assert ns["same_logits"] and ns["same_boxes"]
+    assert ns["loss_default"].item() == pytest.approx(ns["loss_kernelized"].item(), abs=1e-10)
+    assert ns["largest_gradient_difference"] < 1e-8
+    layers = [m for m in ns["kernelized"].modules()
+              if type(m).__name__ == "MultiScaleDeformableAttention"]
+    assert layers and all("cudcn" in type(m).forward.__module__ or
+                          m.forward.__qualname__.startswith("MultiScaleDeformableAttentionLayer")
+                          for m in layers)
+
+
 # What each guide's blocks computed; a guide with runnable blocks must be here.
-CHECKS = {"numpy.md": _numpy, "pytorch.md": _pytorch, "jax.md": _jax}
-NEEDS = {"pytorch.md": ("torch", "torchvision"), "jax.md": ("jax",)}
+CHECKS = {"numpy.md": _numpy, "pytorch.md": _pytorch, "jax.md": _jax,
+          "transformers.md": _transformers}
+NEEDS = {"pytorch.md": ("torch", "torchvision"), "jax.md": ("jax",),
+         "transformers.md": ("torch", "transformers", "kernels")}
 
 RUNNABLE = sorted(p.name for p in GUIDES.glob("*.md") if _runnable(p.name))
 WITH_CUPY = [g for g in RUNNABLE if any("cupy" in code for code in _runnable(g))]

@@ -619,6 +619,9 @@ def test_convert_by_name_or_predicate_and_unknown_names():
     assert isinstance(layer, ct.ModulatedDeformConv2dPack) and layer.stride == (2, 2)
     with pytest.raises(ValueError, match="layer9"):
         ct.convert_to_deformable(model, layers=["layer9.conv"])
+    # One name as a str is that name, not the set of its letters.
+    assert ct.convert_to_deformable(model, layers="layer4.1.conv2") == ["layer4.1.conv2"]
+    assert isinstance(model.layer4[1].conv2, ct.DeformConv2dPack)
 
 
 def test_param_groups_apply_the_offset_lr_multiplier():

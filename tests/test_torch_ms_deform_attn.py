@@ -196,6 +196,20 @@ def test_attention_layer_matches_the_grid_sample_path(monkeypatch, batch_first, 
     torch.testing.assert_close(dv, want_dv, rtol=1e-9, atol=1e-9)
 
 
+def test_attention_layer_names_a_missing_geometry_argument():
+    """mmcv's layer fails on None.shape; cudcn's names what is missing."""
+    layer = ct.MultiScaleDeformableAttention(embed_dims=16, num_heads=2, num_levels=1,
+                                            num_points=2, batch_first=True)
+    query, value = torch.zeros(1, 3, 16), torch.zeros(1, 4, 16)
+    shapes, starts = torch.tensor([[2, 2]]), torch.tensor([0])
+    points = torch.full((1, 3, 1, 2), 0.5)
+    given = dict(reference_points=points, spatial_shapes=shapes, level_start_index=starts)
+    assert layer(query, value=value, **given).shape == (1, 3, 16)
+    for name in given:
+        with pytest.raises(ValueError, match=f"needs {name}"):
+            layer(query, value=value, **{**given, name: None})
+
+
 def test_attention_layer_keys_and_initialisation_are_mmcvs():
     layer = ct.MultiScaleDeformableAttention(embed_dims=64, num_heads=4, num_levels=3,
                                              num_points=2, value_proj_ratio=0.5)

@@ -17,8 +17,8 @@ def convert_to_deformable(model, layers=None, modulated=False, deform_groups=1,
 
     Args:
         model: any ``torch.nn.Module``.
-        layers: names of the convs to replace (as in ``model.named_modules()``),
-            or a predicate ``(name, conv) -> bool``; default (None) the last
+        layers: names of the convs to replace (as in ``model.named_modules()``;
+            one name may be given as a str), or a predicate ``(name, conv) -> bool``; default (None) the last
             three 3x3 convs in ``named_modules()`` order, as the paper does
             for ResNet's last stage.
         modulated: :class:`cudcn.adapters.torch.ModulatedDeformConv2dPack`
@@ -65,6 +65,8 @@ def convert_to_deformable(model, layers=None, modulated=False, deform_groups=1,
     elif callable(layers):
         select = layers
     else:
+        if isinstance(layers, str):  # one name, not a set of its letters
+            layers = [layers]
         wanted = set(layers)
         select = lambda name, conv: name in wanted  # noqa: E731
     pack = ModulatedDeformConv2dPack if modulated else DeformConv2dPack

@@ -653,7 +653,9 @@ class MultiScaleDeformableAttention(nn.Module):
 
     Raises:
         ValueError: (constructor) an embed_dims that num_heads does not
-            divide; (forward) reference_points whose last axis is not 2 or 4.
+            divide; (forward) reference_points, spatial_shapes or
+            level_start_index left out (None), reference_points whose last
+            axis is not 2 or 4.
         cudcn.adapters.torch.ArgumentTypeError: (forward) as
             :func:`cudcn.adapters.torch.ms_deform_attn`.
         cudcn.adapters.torch.ArgumentValueError: (forward) as
@@ -728,6 +730,11 @@ class MultiScaleDeformableAttention(nn.Module):
             warnings.warn("MultiScaleDeformableAttention: 'residual' is deprecated, use "
                           "'identity'", DeprecationWarning, stacklevel=2)
             identity = kwargs.pop("residual")
+        for name, given in (("reference_points", reference_points),
+                            ("spatial_shapes", spatial_shapes),
+                            ("level_start_index", level_start_index)):
+            if given is None:  # mmcv fails on None.shape; say which one is missing
+                raise ValueError(f"MultiScaleDeformableAttention needs {name}")
         if value is None:
             value = query
         if identity is None:

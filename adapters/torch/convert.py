@@ -2,12 +2,19 @@
 
 from torch import nn
 
-from .modules import DeformConv2dPack, ModulatedDeformConv2dPack
+from .modules import DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack
+
+
+def _plain_convs(model):
+    """(name, conv) of the model's nn.Conv2d layers, but those inside cudcn's
+    deformable layers (a Pack layer's conv_offset predicts its offsets)."""
+    owners = [name + "." for name, m in model.named_modules() if isinstance(m, DeformConv2d)]
+    return [(name, m) for name, m in model.named_modules()
+            if isinstance(m, nn.Conv2d) and not any(name.startswith(o) for o in owners)]
 
 
 def _last_3x3_convs(model, count=3):
-    names = [name for name, m in model.named_modules()
-             if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    names = [name for name, m in _plain_convs(model) if m.kernel_size == (3, 3)]
     return set(names[-count:])
 
 
@@ -18,9 +25,11 @@ def convert_to_deformable(model, layers=None, modulated=False, deform_groups=1,
     Args:
         model: any ``torch.nn.Module``.
         layers: names of the convs to replace (as in ``model.named_modules()``;
-            one name may be given as a str), or a predicate ``(name, conv) -> bool``; default (None) the last
-            three 3x3 convs in ``named_modules()`` order, as the paper does
-            for ResNet's last stage.
+            one name may be given as a str), or a predicate
+            ``(name, conv) -> bool``; default (None) the last three 3x3 convs
+            in ``named_modules()`` order, as the paper does for ResNet's last
+            stage. The convs inside cudcn's deformable layers (a Pack layer's
+            ``conv_offset``) are never chosen.
         modulated: :class:`cudcn.adapters.torch.ModulatedDeformConv2dPack`
             (DCN v2) instead of :class:`cudcn.adapters.torch.DeformConv2dPack`
             (DCN v1).
@@ -40,8 +49,8 @@ def convert_to_deformable(model, layers=None, modulated=False, deform_groups=1,
             model (checked before anything is replaced); a chosen conv with
             a padding_mode other than 'zeros' or a string padding ('same');
             a deform_groups below 1 or that does not divide a chosen conv's
-            in_channels. The last two are found conv by conv: the convs
-            before the failing one have been replaced already.
+            in_channels. Every check runs before any conv is replaced: after
+            an error the model is as it was.
         TypeError: a deform_groups that is not an int.
 
     Example:
@@ -70,12 +79,14 @@ def convert_to_deformable(model, layers=None, modulated=False, deform_groups=1,
         wanted = set(layers)
         select = lambda name, conv: name in wanted  # noqa: E731
     pack = ModulatedDeformConv2dPack if modulated else DeformConv2dPack
-    targets = [(name, m) for name, m in model.named_modules()
-               if isinstance(m, nn.Conv2d) and select(name, m)]
+    targets = [(name, m) for name, m in _plain_convs(model) if select(name, m)]
     if not callable(layers) and layers is not None:
         missing = set(layers) - {name for name, _ in targets}
         if missing:
             raise ValueError(f"layers names no nn.Conv2d of the model: {sorted(missing)}")
+    # Every layer is built (and checked) before any is swapped in: an error
+    # leaves the model as it was.
+    layers = []
     for name, conv in targets:
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError(f"{name}: only zero padding given as numbers can be converted, got "
@@ -87,6 +98,8 @@ def convert_to_deformable(model, layers=None, modulated=False, deform_groups=1,
         layer.weight.data.copy_(conv.weight.data)
         if conv.bias is not None:
             layer.bias.data.copy_(conv.bias.data)
+        layers.append(layer)
+    for (name, _), layer in zip(targets, layers):
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
     return [name for name, _ in targets]

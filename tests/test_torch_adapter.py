@@ -624,6 +624,23 @@ def test_convert_by_name_or_predicate_and_unknown_names():
     assert isinstance(model.layer4[1].conv2, ct.DeformConv2dPack)
 
 
+def test_convert_is_all_or_nothing_and_leaves_pack_layers_alone():
+    model = torchvision.models.resnet18(weights=None)
+    before = {name: type(m) for name, m in model.named_modules()}
+    # deform_groups=3 divides conv1's 3 input channels, not layer1.0.conv1's 64:
+    # conv1 (first in named_modules order) converts, then layer1.0.conv1 fails.
+    with pytest.raises(ValueError, match="deform_groups"):
+        ct.convert_to_deformable(model, layers=["conv1", "layer1.0.conv1"], deform_groups=3)
+    assert {name: type(m) for name, m in model.named_modules()} == before
+    # Converted twice with the default choice: the second time takes the next
+    # three plain 3x3 convs, not the Pack layers' own conv_offset.
+    first = ct.convert_to_deformable(model)
+    second = ct.convert_to_deformable(model)
+    assert not set(first) & set(second)
+    assert all("conv_offset" not in name for name in first + second)
+    assert all(isinstance(model.get_submodule(name), ct.DeformConv2dPack) for name in first + second)
+
+
 def test_param_groups_apply_the_offset_lr_multiplier():
     model = torch.nn.Sequential(ct.DeformConv2dPack(2, 2, 3, padding=1, bias=True, offset_lr_mult=0.1),
                                 torch.nn.Conv2d(2, 2, 1))
@@ -640,6 +657,8 @@ def test_bad_inputs_raise_clear_errors():
     a = as_tensors(deform_conv2d_inputs(seed=18))
     with pytest.raises(TypeError, match="offset must be a torch.Tensor, got ndarray"):
         ct.deform_conv2d(a["input"], a["offset"].numpy(), a["weight"])
+    with pytest.raises(TypeError, match="weight must be a torch.Tensor, got NoneType"):
+        ct.deform_conv2d(a["input"], a["offset"], None)  # only bias and mask may be None
     with pytest.raises(TypeError, match="input has dtype int64"):
         ct.deform_conv2d(a["input"].long(), a["offset"].long(), a["weight"].long(), padding=1)
     with pytest.raises(TypeError, match="offset has dtype float64 but input has bfloat16"):

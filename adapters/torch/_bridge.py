@@ -10,10 +10,11 @@ import torch
 
 from cudcn import _checks
 
-def check_tensors(**tensors):
-    """Each argument is a torch.Tensor (or None) on a device cudcn runs on."""
+def check_tensors(optional=(), **tensors):
+    """Each argument is a torch.Tensor on a device cudcn runs on; those named
+    in ``optional`` may be None."""
     for name, t in tensors.items():
-        if t is None:
+        if t is None and name in optional:
             continue
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")

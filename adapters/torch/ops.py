@@ -309,7 +309,8 @@ def deform_conv2d(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0
         >>> tuple(x.grad.shape), tuple(offset.grad.shape)
         ((1, 1, 4, 4), (1, 18, 2, 2))
     """
-    _bridge.check_tensors(input=input, offset=offset, weight=weight, bias=bias, mask=mask)
+    _bridge.check_tensors(("bias", "mask"), input=input, offset=offset, weight=weight, bias=bias,
+                          mask=mask)
     input, offset, weight, bias, mask = _autocast(input, offset, weight, bias, mask)
     return _deform_conv2d_op(input, offset, weight, bias, mask,
                              list(_checks.int_pair("stride", stride, 1)),
@@ -420,7 +421,7 @@ def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0,
         >>> tuple(offset.grad.shape)
         (1, 2, 2, 2)
     """
-    _bridge.check_tensors(input=input, rois=rois, offset=offset, mask=mask)
+    _bridge.check_tensors(("offset", "mask"), input=input, rois=rois, offset=offset, mask=mask)
     input, offset, mask = _autocast(input, offset, mask)
     params = (list(_checks.int_pair("output_size", output_size, 1)),
               _checks.real("spatial_scale", spatial_scale, positive=True),
@@ -544,7 +545,7 @@ def deform_psroi_pool(input, rois, offset=None, *, output_dim, group_size, poole
         >>> tuple(x.grad.shape)
         (1, 8, 4, 4)
     """
-    _bridge.check_tensors(input=input, rois=rois, offset=offset)
+    _bridge.check_tensors(("offset",), input=input, rois=rois, offset=offset)
     input, offset = _autocast(input, offset)
     pooled_size = _checks.integer("pooled_size", pooled_size, 1)
     params = (_checks.integer("output_dim", output_dim, 1),

@@ -79,10 +79,11 @@ def set_workspace_limit(nbytes):
     :func:`cudcn.workspace_limit` sets one for a block.
 
     Args:
-        nbytes: the cap in bytes, an int of at least 1.
+        nbytes: the cap in bytes, an int of at least 1, or None for each
+            backend's default again.
 
     Raises:
-        TypeError: nbytes that is not an int (a bool included).
+        TypeError: nbytes that is not an int (a bool included) or None.
         ValueError: nbytes < 1.
 
     Example:
@@ -90,13 +91,15 @@ def set_workspace_limit(nbytes):
         >>> import cudcn
         >>> def capped():
         ...     cudcn.set_workspace_limit(8 * 2**20)
-        ...     return cudcn.get_workspace_limit("cpu"), cudcn.get_workspace_limit("gpu")
+        ...     capped = cudcn.get_workspace_limit("cpu"), cudcn.get_workspace_limit("gpu")
+        ...     cudcn.set_workspace_limit(None)
+        ...     return capped, cudcn.get_workspace_limit("cpu")
         >>> contextvars.copy_context().run(capped)  # in a copy: this context keeps its cap
-        (8388608, 8388608)
+        ((8388608, 8388608), 16777216)
         >>> cudcn.get_workspace_limit("cpu")
         16777216
     """
-    _limit.set(_checked(nbytes))
+    _limit.set(None if nbytes is None else _checked(nbytes))
 
 
 @contextlib.contextmanager

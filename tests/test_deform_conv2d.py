@@ -1,5 +1,7 @@
 """deform_conv2d on the CPU backend against the float64 reference and finite differences."""
 
+import contextvars
+
 import numpy as np
 import pytest
 
@@ -133,6 +135,14 @@ def test_workspace_limit_is_restored_and_checked():
         cudcn.set_workspace_limit(0)
     with pytest.raises(TypeError, match="nbytes"):
         cudcn.set_workspace_limit(1.5)
+
+    def set_then_reset():
+        cudcn.set_workspace_limit(2048)
+        assert cudcn.get_workspace_limit() == cudcn.get_workspace_limit("gpu") == 2048
+        cudcn.set_workspace_limit(None)  # each backend's default again
+        return cudcn.get_workspace_limit(), cudcn.get_workspace_limit("gpu")
+
+    assert contextvars.copy_context().run(set_then_reset) == (16 * 2**20, 256 * 2**20)
 
 
 def test_any_memory_layout_gives_the_same_result(strategy):

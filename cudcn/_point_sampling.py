@@ -58,8 +58,8 @@ def backward(a, kernels, want_points, want_value, deterministic):
     """The points' partial sums and the map's gradient, as asked.
 
     On the CPU (the planes strategy) one pass over the points gives both:
-    each thread owns kLanes channels of its (n, m, level) rows and sums its
-    points' products over those same channels on the way.
+    each thread owns its (n, m, level) rows and sums its points' products
+    over each block of kLanes channels on the way.
     """
     xp = a.xp
     peer = a.heads_total * a.channels
@@ -90,7 +90,7 @@ def backward(a, kernels, want_points, want_value, deterministic):
         if strategy == "planes":
             _launch.run(_launch.make_launch(
                 kernels.value_planes, a.dtype,
-                a.planes * -(-a.channels // _kernels.SAMPLING_LANES), a.index, value=a.value,
+                a.planes, a.index, value=a.value,
                 partials=partials if fused else xp.empty(1, dtype=a.acc_dtype),
                 want_points=int(fused), **values))
         elif strategy == "items":

@@ -218,11 +218,7 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
             offset_groups do not divide, an offset or mask not of the
             output's size), a stride or dilation below 1 or a negative
             padding, an empty output.
-        cudcn.adapters.jax.SecondDerivativeError: when a derivative of its
-            gradient is traced (``jax.grad`` of ``jax.grad``).
-        cudcn.adapters.jax.ExportError: under ``jax.export``.
-        NotImplementedError: when lowered for a platform other than the CPU
-            or a GPU, or for several platforms at once.
+        {limits}
 
     Example:
         >>> import jax
@@ -323,11 +319,7 @@ def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0,
         ValueError: ranks or shapes that disagree, an output_size below 1,
             a spatial_scale that is not positive and finite, a gamma that
             is not finite.
-        cudcn.adapters.jax.SecondDerivativeError: when a derivative of its
-            gradient is traced (``jax.grad`` of ``jax.grad``).
-        cudcn.adapters.jax.ExportError: under ``jax.export``.
-        NotImplementedError: when lowered for a platform other than the CPU
-            or a GPU, or for several platforms at once.
+        {limits}
 
     Example:
         >>> import jax
@@ -428,11 +420,7 @@ def deform_psroi_pool(input, rois, offset=None, *, output_dim, group_size, poole
             than ``output_dim * group_size ** 2``, an offset of another size,
             output_dim not a multiple of num_classes), a size below 1, a
             spatial_scale that is not positive and finite.
-        cudcn.adapters.jax.SecondDerivativeError: when a derivative of its
-            gradient is traced (``jax.grad`` of ``jax.grad``).
-        cudcn.adapters.jax.ExportError: under ``jax.export``.
-        NotImplementedError: when lowered for a platform other than the CPU
-            or a GPU, or for several platforms at once.
+        {limits}
 
     Example:
         >>> import jax
@@ -570,11 +558,7 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
             level_start_index inconsistent with each other or with S, a
             points_per_level without one entry per level, an im2col_step or
             points_per_level entry below 1.
-        cudcn.adapters.jax.SecondDerivativeError: when a derivative of its
-            gradient is traced (``jax.grad`` of ``jax.grad``).
-        cudcn.adapters.jax.ExportError: under ``jax.export``.
-        NotImplementedError: when lowered for a platform other than the CPU
-            or a GPU, or for several platforms at once.
+        {limits}
 
     Example:
         >>> import jax
@@ -737,11 +721,7 @@ def dcnv3(input, offset, mask, kernel_size, stride=1, padding=0, dilation=1, gro
         ValueError: ranks or shapes that disagree, channels that groups does
             not divide, remove_center with an even or non-square kernel, a
             size out of range, an empty output.
-        cudcn.adapters.jax.SecondDerivativeError: when a derivative of its
-            gradient is traced (``jax.grad`` of ``jax.grad``).
-        cudcn.adapters.jax.ExportError: under ``jax.export``.
-        NotImplementedError: when lowered for a platform other than the CPU
-            or a GPU, or for several platforms at once.
+        {limits}
 
     Example:
         >>> import jax
@@ -795,11 +775,7 @@ def dcnv4(input, offset_mask, kernel_size, stride=1, padding=0, dilation=1, grou
         TypeError: as :func:`cudcn.adapters.jax.dcnv3`.
         ValueError: as :func:`cudcn.adapters.jax.dcnv3`, and an offset_mask
             narrower than ``G * 3K``.
-        cudcn.adapters.jax.SecondDerivativeError: when a derivative of its
-            gradient is traced (``jax.grad`` of ``jax.grad``).
-        cudcn.adapters.jax.ExportError: under ``jax.export``.
-        NotImplementedError: when lowered for a platform other than the CPU
-            or a GPU, or for several platforms at once.
+        {limits}
 
     Example:
         >>> import jax
@@ -823,3 +799,14 @@ def dcnv4(input, offset_mask, kernel_size, stride=1, padding=0, dilation=1, grou
 
 dcnv3.__doc__ = dcnv3.__doc__.replace("{args}", _DCNV3_ARGS_DOC)
 dcnv4.__doc__ = dcnv4.__doc__.replace("{args}", _DCNV3_ARGS_DOC)
+
+# What every op raises from the adapter's own limits, the same for all six.
+_LIMITS_RAISES_DOC = """cudcn.adapters.jax.SecondDerivativeError: when a derivative of its
+            gradient is traced (``jax.grad`` of ``jax.grad``).
+        cudcn.adapters.jax.ExportError: under ``jax.export``.
+        NotImplementedError: when lowered for a platform other than the CPU
+            or a GPU, or for several platforms at once."""
+
+for _op in (deform_conv2d, deform_roi_pool, deform_psroi_pool, ms_deform_attn, dcnv3, dcnv4):
+    _op.__doc__ = _op.__doc__.replace("{limits}", _LIMITS_RAISES_DOC)
+del _op
